@@ -1,0 +1,62 @@
+"""The `aster` command: one subcommand per module in aster/commands/."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from aster import __version__
+from aster.errors import AsterUserError
+
+# Order is the order `aster --help` lists them in.
+COMMANDS = ("train", "sft", "rl", "eval", "data", "sandbox", "parity", "config", "plot")
+
+DESCRIPTION = """\
+aster trains language models to reason with a Python tool (the ASTER recipe): cold-start SFT
+on interaction-dense tool trajectories, two-stage GRPO with a stateful Python sandbox, avg@k
+evaluation. The same trainer runs on CPU, NVIDIA GPUs (--device cuda) and Ascend NPUs
+(--device npu).
+
+Start with `aster train` (the embedded tiny default on CPU), or
+`aster train --device cuda --config configs/qwen3-4b.yaml` on a GPU node."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aster", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"aster {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"aster.commands.{name}").register(sub)
+    return parser
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    setup_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except AsterUserError as exc:
+        print(f"aster: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("aster: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

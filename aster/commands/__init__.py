@@ -1,0 +1,1 @@
+"""One module per `aster` subcommand; each defines `register(subparsers)`."""

@@ -1,0 +1,38 @@
+"""Options shared by the subcommands that run a job."""
+
+from __future__ import annotations
+
+import argparse
+
+from aster.backend import DEVICE_CHOICES
+from aster.errors import NotImplementedYetError
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """--config and trailing `a.b=c` overrides."""
+    parser.add_argument("--config", "-c", default=None, metavar="CONFIG",
+                        help="a YAML file or the name of a shipped config (tiny, qwen3-4b, "
+                             "qwen3-1.7b); default: the embedded tiny config")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="override config keys, e.g. rl.stage1.lr=2e-6 model.path=/ckpt")
+
+
+def add_run_args(parser: argparse.ArgumentParser) -> None:
+    """--config, --device, --output-dir, overrides."""
+    add_config_args(parser)
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default=None,
+                        help="where to run (default: the config's run.device, itself 'auto': "
+                             "npu if usable, else cuda, else cpu)")
+    parser.add_argument("--output-dir", "-o", default=None, metavar="DIR",
+                        help="run directory (default: runs/<config>-<timestamp>/)")
+
+
+def not_implemented(what: str, issue: str):
+    """A handler for a command whose implementation has not landed yet."""
+
+    def handler(args: argparse.Namespace) -> int:
+        raise NotImplementedYetError(
+            f"`aster {what}` is not implemented yet (tracked in the {issue} issue); "
+            "nothing was run")
+
+    return handler

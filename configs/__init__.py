@@ -1,0 +1,1 @@
+"""The YAML configs shipped with aster (tiny.yaml is the embedded default)."""
