@@ -1,0 +1,167 @@
+"""YAML configs (configs/) -> typed dataclasses, with `a.b=c` overrides and clear errors.
+
+A config file may name another as its `base:` (a shipped name such as `qwen3-4b`, or a path
+relative to the file); its keys are merged over the base's. Each section is the config class of
+the component that owns it (SandboxConfig lives with the sandbox, RLConfig with the trainer...).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from aster.configio import apply_overrides, build_dataclass, deep_merge, to_dict
+from aster.data.config import DataConfig
+from aster.errors import ConfigError
+from aster.eval import EvalConfig
+from aster.rollout.config import RolloutConfig
+from aster.sandbox.config import SandboxConfig
+from aster.train.config import CheckpointConfig, DistributedConfig, RLConfig, SFTConfig
+
+DEFAULT_CONFIG = "tiny"
+STAGES = ("sft", "rl_stage1", "filter", "rl_stage2", "eval")
+
+
+@dataclass
+class RunConfig:
+    """Where and how the run goes."""
+
+    name: str = "run"
+    output_dir: str | None = None  # default: runs/<name>-<timestamp>
+    device: Literal["auto", "cpu", "cuda", "npu"] = "auto"
+    seed: int = 0
+    deterministic: bool = False  # the backend's determinism settings (slower)
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+
+    def __post_init__(self):
+        for stage in self.stages:
+            if stage not in STAGES:
+                raise ValueError(f"run.stages contains {stage!r}; valid stages: "
+                                 f"{', '.join(STAGES)}")
+
+
+@dataclass
+class TinyModelConfig:
+    """The in-process Qwen3-architecture model used when model.path is empty."""
+
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    num_kv_heads: int = 1
+    head_dim: int = 32  # vLLM's CPU attention needs >= 32
+    intermediate_size: int = 128
+    vocab_size: int = 512  # the byte-level BPE tokenizer trained in-process
+    max_position_embeddings: int = 4096
+
+    def __post_init__(self):
+        if self.head_dim < 32:
+            raise ValueError(f"model.tiny.head_dim={self.head_dim} must be >= 32 "
+                             "(vLLM's CPU attention rejects smaller heads)")
+
+
+@dataclass
+class ModelConfig:
+    """The policy model: a Hugging Face directory or hub name, or the tiny in-process one."""
+
+    path: str | None = None  # None: build the tiny model (model.tiny) into the run directory
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 where supported
+    attn_implementation: str = "auto"  # auto: the backend's choice
+    gradient_checkpointing: bool = False
+    fused_ops: bool = False  # vendor fused RMSNorm/RoPE/SwiGLU (Ascend)
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+
+@dataclass
+class BackendConfig:
+    """Backend choices that are not the device itself."""
+
+    kernel_impl: Literal["auto", "reference", "chunked", "triton"] = "auto"
+    peak_tflops: float | None = None  # override the backend's peak for MFU
+
+
+@dataclass
+class LoggingConfig:
+    log_every: int = 1
+    tensorboard: bool = True
+    progress: bool = True  # progress bars on long work
+
+
+@dataclass
+class AsterConfig:
+    """The whole run: one section per component."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs that ship with aster (configs/*.yaml)."""
+    root = importlib.resources.files("aster.configs")
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(source: str, base_dir: Path | None = None) -> tuple[dict, Path | None]:
+    """Read a config by path (absolute, relative to base_dir or cwd) or shipped name."""
+    candidates = [Path(source)]
+    if base_dir is not None and not Path(source).is_absolute():
+        candidates.insert(0, base_dir / source)
+    for path in candidates:
+        if path.is_file():
+            return _parse(path.read_text(), str(path)), path.parent
+    name = source[:-5] if source.endswith(".yaml") else source
+    resource = importlib.resources.files("aster.configs") / f"{Path(name).name}.yaml"
+    if "/" not in name and resource.is_file():
+        return _parse(resource.read_text(), f"configs/{name}.yaml"), None
+    raise ConfigError(f"config {source!r} not found: give a YAML path or one of "
+                      f"{', '.join(shipped_configs())}")
+
+
+def _parse(text: str, where: str) -> dict:
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{where}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: the top level must be a mapping of sections")
+    return data
+
+
+def load_raw(source: str | None, _seen: tuple = ()) -> dict:
+    """The merged dict of a config and its `base:` chain (no overrides, not validated)."""
+    data, base_dir = _read_yaml(source or DEFAULT_CONFIG)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if base in _seen:
+        raise ConfigError(f"config {source!r}: `base:` chain loops through {base!r}")
+    if base_dir is not None and not Path(base).is_absolute() and (base_dir / base).is_file():
+        base = str(base_dir / base)
+    return deep_merge(load_raw(base, (*_seen, source)), data)
+
+
+def load_config(source: str | None = None, overrides: list[str] | None = None) -> AsterConfig:
+    """Load a config by path or shipped name (default: the embedded tiny one) with overrides."""
+    data = apply_overrides(load_raw(source), list(overrides or []))
+    return build_dataclass(AsterConfig, data)

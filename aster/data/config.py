@@ -1,0 +1,34 @@
+"""DataConfig: the `data:` section (SFT trajectories, RL prompts, eval sets, the synthetic task)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SyntheticTaskConfig:
+    """The embedded tiny default's task: multi-step arithmetic that needs stateful tool calls."""
+
+    num_sft: int = 256
+    num_rl: int = 128
+    num_eval: int = 64
+    min_steps: int = 2
+    max_steps: int = 4
+    max_operand: int = 999
+    seed: int = 1234
+
+
+@dataclass
+class DataConfig:
+    """Where the data come from. `synthetic` means: generate the tiny task in-process."""
+
+    sft_path: str = "synthetic"  # parquet / jsonl (ASTER_SFT4K, OpenAI messages, aster jsonl)
+    rl_path: str = "synthetic"  # verl/DAPO parquet or jsonl {problem, answer}
+    eval_paths: list[str] = field(default_factory=lambda: ["synthetic"])
+    min_tool_calls: int = 9  # interaction-density filter for SFT trajectories
+    max_rows: int = 0  # 0: all
+    synthetic: SyntheticTaskConfig = field(default_factory=SyntheticTaskConfig)
+
+    def __post_init__(self):
+        if self.min_tool_calls < 0:
+            raise ValueError(f"data.min_tool_calls={self.min_tool_calls!r} must be >= 0")

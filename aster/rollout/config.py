@@ -1,0 +1,38 @@
+"""RolloutConfig: the `rollout:` section (engine and agent-loop limits)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class RolloutConfig:
+    """Sampling and agent-loop settings used by RL rollouts (eval has its own)."""
+
+    engine: Literal["auto", "hf", "vllm"] = "auto"  # auto: the backend's default engine
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_tool_calls: int = 50
+    max_response_tokens: int = 16384  # tool-output tokens count toward it
+    max_tool_output_chars: int = 4096  # truncated head+tail beyond this
+    tool_timeout_s: float = 10.0
+    max_concurrency: int = 256  # trajectories in flight at once
+    # vLLM only
+    gpu_memory_utilization: float = 0.6
+    tensor_parallel_size: int = 1
+    enable_sleep_mode: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"rollout.temperature={self.temperature!r} must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"rollout.top_p={self.top_p!r} must be in (0, 1]")
+        for key in ("max_tool_calls", "max_response_tokens", "max_concurrency"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"rollout.{key}={getattr(self, key)!r} must be >= 1")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"rollout.gpu_memory_utilization={self.gpu_memory_utilization!r} "
+                             "must be in (0, 1]")

@@ -1,0 +1,126 @@
+"""Trainer configs: the `sft:`, `rl:`, `distributed:` and `checkpoint:` sections.
+
+Defaults are the ASTER paper's (see DESIGN.md, "The recipe").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+def _positive(section: str, obj, *keys: str) -> None:
+    dot = f"{section}." if section else ""
+    for key in keys:
+        value = getattr(obj, key)
+        if value is not None and value <= 0:
+            raise ValueError(f"{dot}{key}={value!r} must be > 0")
+
+
+@dataclass
+class SFTConfig:
+    """Cold-start SFT: full fine-tune, loss on assistant tokens only."""
+
+    lr: float = 3e-5
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_ratio: float = 0.06
+    epochs: int = 6
+    global_batch_size: int = 128  # sequences per optimizer step, all ranks
+    micro_batch_size: int = 1  # sequences per forward (or packs, with packing)
+    cutoff_len: int = 32768  # longer samples are dropped and counted, never truncated
+    packing: bool = True
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    save_every_steps: int = 0  # 0: at the end of each epoch
+
+    def __post_init__(self):
+        _positive("sft", self, "lr", "epochs", "global_batch_size", "micro_batch_size",
+                  "cutoff_len", "max_grad_norm")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"sft.warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
+
+
+@dataclass
+class RLStageConfig:
+    """What changes between RL stage 1 and stage 2."""
+
+    max_response_tokens: int = 16384
+    epochs: int = 1  # passes over the stage's prompt set
+    max_steps: int = 0  # 0: no cap beyond epochs
+    # stage 2: drop prompts answered correctly G/G during the previous stage's last epoch
+    filter_all_correct: bool = False
+
+    def __post_init__(self):
+        _positive("", self, "max_response_tokens", "epochs")
+
+
+@dataclass
+class CollapseMonitorConfig:
+    """Warn when tool calls per trajectory collapse while reward is flat or falling."""
+
+    enabled: bool = True
+    early_steps: int = 5  # the baseline is the mean over these first steps
+    window: int = 5  # recent steps compared against the baseline
+    min_fraction: float = 0.5  # warn below this fraction of the early tool-call rate
+
+
+@dataclass
+class RLConfig:
+    """GRPO, outcome-only binary reward, clip-higher, no KL, no entropy bonus."""
+
+    prompts_per_step: int = 128
+    group_size: int = 8  # G samples per prompt
+    mini_batch_prompts: int = 64  # 128 / 64 = 2 updates per step
+    ppo_epochs: int = 1
+    micro_batch_size: int = 4  # trajectories per forward
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    clip_c: float | None = None  # dual clip for A < 0 (e.g. 3.0); None: off
+    kl_coef: float = 0.0
+    entropy_coef: float = 0.0
+    adv_std_norm: bool = True  # (r - mean) / (std + eps); false: r - mean
+    adv_eps: float = 1e-6
+    old_logp: Literal["recompute", "rollout"] = "recompute"
+    tis_cap: float | None = None  # truncated importance sampling cap; None: off
+    stage1: RLStageConfig = field(default_factory=lambda: RLStageConfig(max_response_tokens=16384))
+    stage2: RLStageConfig = field(default_factory=lambda: RLStageConfig(
+        max_response_tokens=30720, filter_all_correct=True))
+    collapse_monitor: CollapseMonitorConfig = field(default_factory=CollapseMonitorConfig)
+
+    def __post_init__(self):
+        _positive("rl", self, "prompts_per_step", "group_size", "mini_batch_prompts",
+                  "ppo_epochs", "micro_batch_size", "lr", "max_grad_norm", "clip_c", "tis_cap")
+        if self.prompts_per_step % self.mini_batch_prompts:
+            raise ValueError(f"rl.mini_batch_prompts={self.mini_batch_prompts} must divide "
+                             f"rl.prompts_per_step={self.prompts_per_step}")
+        if not (0 <= self.clip_low < 1 and self.clip_high >= 0):
+            raise ValueError(f"rl.clip_low={self.clip_low!r} must be in [0, 1) and "
+                             f"rl.clip_high={self.clip_high!r} >= 0")
+
+
+@dataclass
+class DistributedConfig:
+    """Data parallel with sharded parameters through the backend's collective."""
+
+    strategy: Literal["auto", "none", "ddp", "fsdp2", "deepspeed"] = "auto"  # auto: fsdp2 if >1 rank
+    zero_stage: int = 3  # deepspeed only
+    cpu_offload: bool = False
+    reshard_after_forward: bool = True  # fsdp2
+    timeout_s: float = 1800.0
+
+
+@dataclass
+class CheckpointConfig:
+    """Atomic checkpoints for resume: model, optimizer, scheduler, RNG, data position."""
+
+    every_steps: int = 50
+    keep_last: int = 2
+    save_final_model: bool = True  # an ordinary Hugging Face directory per stage
+
+    def __post_init__(self):
+        _positive("checkpoint", self, "every_steps", "keep_last")
