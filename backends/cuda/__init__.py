@@ -1,0 +1,1 @@
+"""NVIDIA GPUs: NCCL, flash-attn, Triton kernels, vLLM."""
