@@ -1,0 +1,103 @@
+"""Loss assembly: model forward -> selected hidden states -> aster.kernels.token_logprobs ->
+aster.kernels.clipped_policy_loss with the global token count of the mini batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from aster import kernels
+
+
+class PolicyForward(nn.Module):
+    """Wraps a causal LM so one forward returns log p(label) of selected positions.
+
+    The lm_head matmul runs inside this module's forward, so sharding wrappers (FSDP2) have
+    the head's weight gathered when the kernel reads it; [N, V] logits are never built.
+    """
+
+    def __init__(self, model: nn.Module, kernel_impl: str = "auto"):
+        super().__init__()
+        self.model = model
+        self.kernel_impl = kernel_impl
+
+    def forward(self, input_ids, attention_mask, rows, cols, labels, *, temperature=1.0,
+                return_entropy=False):
+        out = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                    use_cache=False)
+        hidden = out.last_hidden_state[rows, cols]
+        weight = self.model.get_output_embeddings().weight
+        return kernels.token_logprobs(hidden, weight.to(hidden.dtype), labels,
+                                      temperature=temperature, return_entropy=return_entropy,
+                                      impl=self.kernel_impl)
+
+
+@dataclass
+class MicroBatch:
+    """Padded token ids plus the flat (row, col) positions whose next token is trained on."""
+
+    input_ids: torch.Tensor  # [B, T]
+    attention_mask: torch.Tensor  # [B, T]
+    rows: torch.Tensor  # [N]
+    cols: torch.Tensor  # [N]  position whose hidden state predicts labels[i]
+    labels: torch.Tensor  # [N]
+    traj_of_token: torch.Tensor  # [N] index (within the micro batch) of each token's trajectory
+    resp_index: torch.Tensor  # [N] index of each token within its response
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.labels.numel())
+
+
+def build_micro_batch(prompts: list, responses: list, loss_masks: list, pad_id: int = 0,
+                      device=None) -> MicroBatch:
+    """Right-padded ids of prompt+response rows and the loss-masked response positions."""
+    seqs = [list(p) + list(r) for p, r in zip(prompts, responses)]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    rows, cols, labels, owner, resp_idx = [], [], [], [], []
+    for b, (seq, prompt, mask) in enumerate(zip(seqs, prompts, loss_masks)):
+        ids[b, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attn[b, :len(seq)] = 1
+        m = torch.as_tensor(mask, dtype=torch.bool)
+        j = torch.nonzero(m).view(-1)
+        rows.append(torch.full_like(j, b))
+        cols.append(j + len(prompt) - 1)
+        labels.append(ids[b, j + len(prompt)])
+        owner.append(torch.full_like(j, b))
+        resp_idx.append(j)
+    cat = (lambda xs: torch.cat(xs).to(device)) if device is not None else torch.cat
+    return MicroBatch(ids.to(device) if device is not None else ids,
+                      attn.to(device) if device is not None else attn,
+                      cat(rows), cat(cols), cat(labels), cat(owner), cat(resp_idx))
+
+
+def gather_tokens(per_traj: list, mb: MicroBatch, indices: list[int]) -> torch.Tensor:
+    """Flat [N] values of per-trajectory token tensors at the micro batch's trained positions."""
+    vals = [torch.as_tensor(per_traj[i], dtype=torch.float32) for i in indices]
+    width = max(v.numel() for v in vals)
+    padded = torch.zeros((len(vals), width))
+    for b, v in enumerate(vals):
+        padded[b, :v.numel()] = v
+    return padded[mb.traj_of_token.cpu(), mb.resp_index.cpu()].to(mb.labels.device)
+
+
+def policy_logprobs(policy: nn.Module, mb: MicroBatch, temperature: float,
+                    return_entropy: bool = False):
+    """log p of the micro batch's trained tokens under `policy` (a PolicyForward)."""
+    return policy(mb.input_ids, mb.attention_mask, mb.rows, mb.cols, mb.labels,
+                  temperature=temperature, return_entropy=return_entropy)
+
+
+def micro_batch_loss(logp, old_logp, adv, *, num_tokens, clip_low, clip_high, clip_c=None,
+                     rollout_logp=None, tis_cap=None, kernel_impl="auto"):
+    """clipped_policy_loss over a micro batch's flat tokens, normalised by the *global*
+    mini-batch token count so the sum over micro batches and ranks is the token mean."""
+    mask = torch.ones_like(logp)
+    return kernels.clipped_policy_loss(
+        logp, old_logp, adv, mask, num_tokens=num_tokens, clip_low=clip_low,
+        clip_high=clip_high, clip_c=clip_c, rollout_logp=rollout_logp if tis_cap else None,
+        tis_cap=tis_cap, impl=kernel_impl)
