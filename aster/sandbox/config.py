@@ -5,20 +5,72 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+def _default_preload() -> list[str]:
+    return ["math", "sympy", "numpy", "itertools", "fractions"]
+
+
 @dataclass
 class SandboxConfig:
-    """Limits are per call unless named per session."""
+    """Every limit of the sandbox. Limits are per call unless named per session.
+
+    timeout_s: wall clock per call (a call may pass its own); grace_s: time between the SIGINT
+    sent at the deadline and the SIGKILL of the session's processes. memory_mb: address space
+    (RLIMIT_AS and RLIMIT_DATA) of each session. max_output_chars: the output a call returns;
+    beyond it the middle is cut out and a marker says how much. max_code_chars: the largest cell
+    accepted. max_file_mb: the largest file a session may write (its output buffer included).
+    max_open_files / max_processes: per session (processes via a pids cgroup where one can be
+    created, else RLIMIT_NPROC under a per-session uid). drop_privileges: when the pool runs as
+    root, each session runs under its own unprivileged uid (uid_base + n). no_network: put the
+    sessions in an empty network namespace where the machine allows. work_dir: where the
+    private per-session directories are made (default: the system temp dir).
+    """
 
     timeout_s: float = 10.0
+    grace_s: float = 0.5
     max_sessions: int = 64
     spare_workers: int = 2
+    acquire_timeout_s: float = 300.0
+    start_timeout_s: float = 60.0
     memory_mb: int = 2048
     max_output_chars: int = 8192
-    preload: list[str] = field(default_factory=lambda: ["math", "sympy", "numpy", "itertools",
-                                                        "fractions"])
+    max_code_chars: int = 100_000
+    max_file_mb: int = 64
+    max_open_files: int = 256
+    max_processes: int = 64
+    blas_threads: int = 1
+    drop_privileges: bool = True
+    uid_base: int = 200_000
+    no_network: bool = True
+    work_dir: str | None = None
+    preload: list[str] = field(default_factory=_default_preload)
 
     def __post_init__(self):
-        if self.timeout_s <= 0:
-            raise ValueError(f"sandbox.timeout_s={self.timeout_s!r} must be > 0")
-        if self.max_sessions < 1:
-            raise ValueError(f"sandbox.max_sessions={self.max_sessions!r} must be >= 1")
+        positive = ("timeout_s", "grace_s", "acquire_timeout_s", "start_timeout_s")
+        for key in positive:
+            _check(key, getattr(self, key), (int, float), lambda v: v > 0, "a number > 0")
+        at_least_one = ("max_sessions", "memory_mb", "max_file_mb", "blas_threads")
+        for key in at_least_one:
+            _check(key, getattr(self, key), int, lambda v: v >= 1, "an integer >= 1")
+        _check("spare_workers", self.spare_workers, int, lambda v: v >= 0, "an integer >= 0")
+        _check("max_output_chars", self.max_output_chars, int, lambda v: v >= 256,
+               "an integer >= 256")
+        _check("max_code_chars", self.max_code_chars, int, lambda v: v >= 1, "an integer >= 1")
+        _check("max_open_files", self.max_open_files, int, lambda v: v >= 16, "an integer >= 16")
+        _check("max_processes", self.max_processes, int, lambda v: v >= 1, "an integer >= 1")
+        _check("uid_base", self.uid_base, int, lambda v: 1000 <= v < 2**31 - 2**20,
+               "an integer in [1000, 2**31 - 2**20)")
+        for key in ("drop_privileges", "no_network"):
+            _check(key, getattr(self, key), bool, lambda v: True, "true or false")
+        if self.work_dir is not None and not isinstance(self.work_dir, str):
+            raise ValueError(f"sandbox.work_dir={self.work_dir!r} must be a path or null")
+        if not isinstance(self.preload, list) or not all(
+                isinstance(m, str) and m.replace(".", "").replace("_", "").isalnum()
+                for m in self.preload):
+            raise ValueError(f"sandbox.preload={self.preload!r} must be a list of module names")
+
+
+def _check(key: str, value, types, ok, what: str) -> None:
+    if isinstance(value, bool) and types is not bool:
+        raise ValueError(f"sandbox.{key}={value!r} must be {what}")
+    if not isinstance(value, types) or not ok(value):
+        raise ValueError(f"sandbox.{key}={value!r} must be {what}")

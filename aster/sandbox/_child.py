@@ -1,0 +1,337 @@
+"""The zygote and worker processes of the sandbox.
+
+Run as a script (``python -I _child.py CONFIG_JSON CTL_FD``) by the pool; it imports nothing
+from aster so that the warm parent holds only the preloaded modules. The zygote imports the
+preload list once, leaves the network (an empty network namespace), then forks one worker per
+request it receives on the control socket; each request carries the worker's end of a
+socketpair (SCM_RIGHTS). A worker is a long-lived interpreter that runs cells sent by its
+session, Jupyter-like, and replies with the status and the captured output.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import ctypes
+import gc
+import io
+import json
+import linecache
+import os
+import resource
+import signal
+import socket
+import struct
+import sys
+import traceback
+
+CLONE_NEWNET = 0x40000000
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+_HEADER = struct.Struct(">I")
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def send_msg(sock: socket.socket, obj) -> None:
+    """One length-prefixed JSON message."""
+    data = json.dumps(obj).encode()
+    sock.sendall(_HEADER.pack(len(data)) + data)
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        chunk = sock.recv(n - got)
+        if not chunk:
+            raise EOFError("peer closed")
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def recv_msg(sock: socket.socket):
+    (size,) = _HEADER.unpack(recv_exact(sock, _HEADER.size))
+    return json.loads(recv_exact(sock, size))
+
+
+# ----------------------------------------------------------------------------- zygote
+
+
+def _reap(signum=None, frame=None) -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def zygote_main(cfg: dict, ctl_fd: int) -> None:
+    """Preload, leave the network, then fork a worker per request until the pool goes away."""
+    ctl = socket.socket(fileno=ctl_fd)
+    notes, errors = [], []
+    if cfg["no_network"]:
+        if _LIBC.unshare(CLONE_NEWNET) == 0:
+            notes.append("network: none (empty network namespace)")
+        else:
+            notes.append("network: NOT isolated (unshare(CLONE_NEWNET) failed: "
+                         f"{os.strerror(ctypes.get_errno())})")
+    else:
+        notes.append("network: allowed (sandbox.no_network=false)")
+    for name in cfg["preload"]:
+        try:
+            __import__(name)
+        except BaseException as exc:  # a bad preload is reported to the pool, not fatal here
+            errors.append(f"{name}: {type(exc).__name__}: {exc}")
+    sys.set_int_max_str_digits(0)
+    _LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    signal.signal(signal.SIGCHLD, _reap)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    gc.collect()
+    gc.freeze()  # keeps the collector from touching (and so copying) the preloaded objects
+    send_msg(ctl, {"ready": os.getpid(), "notes": notes, "errors": errors})
+    zygote_pid = os.getpid()
+    while True:
+        try:
+            (size,) = _HEADER.unpack(recv_exact(ctl, _HEADER.size))
+            data, fds, _, _ = socket.recv_fds(ctl, size, 1)
+            while len(data) < size:
+                data += recv_exact(ctl, size - len(data))
+        except (EOFError, OSError):
+            break
+        req = json.loads(data)
+        if not fds:
+            continue
+        pid = os.fork()
+        if pid == 0:
+            try:
+                ctl.close()
+                worker_main(cfg, req, fds[0], zygote_pid)
+            finally:
+                os._exit(0)
+        os.close(fds[0])
+    os._exit(0)
+
+
+# ----------------------------------------------------------------------------- worker setup
+
+
+def _setup_process(cfg: dict, req: dict, zygote_pid: int) -> None:
+    """Session, cgroup, private dir, rlimits and uid of a fresh worker (runs before any cell)."""
+    os.setsid()
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != zygote_pid:
+        os._exit(1)
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    if req.get("cgroup"):
+        with open(os.path.join(req["cgroup"], "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+    workdir = req["dir"]
+    os.makedirs(workdir, mode=0o700, exist_ok=True)
+    uid = req.get("uid")
+    if uid is not None:
+        os.chown(workdir, uid, uid)
+    os.chdir(workdir)
+    os.environ.update(HOME=workdir, TMPDIR=workdir, PWD=workdir)
+    mem = cfg["memory_mb"] << 20
+    for res, value in ((resource.RLIMIT_AS, mem), (resource.RLIMIT_DATA, mem),
+                       (resource.RLIMIT_FSIZE, cfg["max_file_mb"] << 20),
+                       (resource.RLIMIT_NOFILE, cfg["max_open_files"]),
+                       (resource.RLIMIT_CORE, 0)):
+        resource.setrlimit(res, (value, value))
+    if uid is not None:
+        resource.setrlimit(resource.RLIMIT_NPROC, (cfg["max_processes"], cfg["max_processes"]))
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+    _LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+
+
+def _setup_streams(sock_fd: int) -> int:
+    """stdin from /dev/null; stdout and stderr into one memfd (order kept); other fds closed."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    out = os.memfd_create("aster-cell-output")
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    keep = sorted({0, 1, 2, sock_fd, out})
+    low = 3
+    for fd in keep:
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+    os.closerange(low, 65536)
+    sys.stdin = io.TextIOWrapper(io.BytesIO(b""), encoding="utf-8")
+    return out
+
+
+def _make_stream(fd: int) -> io.TextIOWrapper:
+    raw = io.FileIO(fd, "wb", closefd=False)
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="backslashreplace",
+                            write_through=True)
+
+
+# ----------------------------------------------------------------------------- cells
+
+
+class _Cell:
+    """Jupyter-like execution of cells in one persistent namespace."""
+
+    def __init__(self, out_fd: int, max_chars: int):
+        self.out_fd = out_fd
+        self.max_chars = max_chars
+        self.stdout = _make_stream(1)
+        self.stderr = _make_stream(2)
+        self.ns = {"__name__": "__main__", "__builtins__": builtins}
+        self.count = 0
+        self.in_cell = False
+        self._repr = repr
+        self._write = os.write
+
+    def run(self, code: str) -> dict:
+        self.count += 1
+        name = f"<cell-{self.count}>"
+        linecache.cache[name] = (len(code), None, code.splitlines(True), name)
+        status, tail = "ok", ""
+        try:
+            self.in_cell = True
+            status = self._exec(code, name)
+        except SystemExit as exc:
+            if exc.code not in (None, 0):
+                status, tail = "error", f"SystemExit: {exc.code}\n"
+        except KeyboardInterrupt:
+            status, tail = "interrupted", "KeyboardInterrupt\n"
+        except BaseException as exc:  # everything the cell raised is the cell's result
+            status, tail = "error", self._format(exc)
+        finally:
+            self.in_cell = False
+        self._restore()
+        return {"status": status, "output": self._collect(tail)}
+
+    def _exec(self, code: str, name: str) -> str:
+        try:
+            tree = ast.parse(code, name)
+        except (SyntaxError, ValueError) as exc:
+            self._write(2, "".join(traceback.format_exception_only(type(exc), exc)).encode(
+                "utf-8", "backslashreplace"))
+            return "error"
+        last = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = ast.Expression(tree.body.pop().value)
+        exec(compile(tree, name, "exec"), self.ns)
+        if last is not None:
+            value = eval(compile(last, name, "eval"), self.ns)
+            if value is not None:
+                self.ns["_"] = value
+                text = self._repr(value) + "\n"
+                self._write(1, text.encode("utf-8", "backslashreplace"))
+        return "ok"
+
+    def _format(self, exc: BaseException) -> str:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+            tb = tb.tb_next  # drop the worker's own frames: line numbers are the cell's
+        try:
+            te = traceback.TracebackException(type(exc), exc, tb, compact=True)
+            _hide_own_frames(te, set())
+            lines = list(te.format())
+        except BaseException:  # a __str__ that raises, or a broken traceback module
+            lines = [f"{type(exc).__name__}: <exception could not be printed>\n"]
+        return "".join(lines)
+
+    def _restore(self) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:  # the user replaced the stream with something broken
+                pass
+        sys.stdout, sys.stderr = self.stdout, self.stderr
+        sys.__stdout__, sys.__stderr__ = self.stdout, self.stderr
+
+    def _collect(self, tail: str) -> str:
+        """The cell's output (head and tail past max_chars) plus `tail`; empties the buffer."""
+        fd, limit = self.out_fd, self.max_chars
+        size = os.fstat(fd).st_size
+        if size <= 4 * limit:
+            text = os.pread(fd, size, 0).decode("utf-8", "replace") + tail
+        else:
+            half = limit // 2
+            head = os.pread(fd, 4 * half, 0).decode("utf-8", "replace")[:half]
+            end = os.pread(fd, 4 * half, size - 4 * half).decode("utf-8", "replace") + tail
+            end = end[-(limit - half):]
+            text = (f"{head}\n[... about {size - len(head) - len(end)} characters of output "
+                    f"truncated ...]\n{end}")
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        return clip(text, limit + 100)
+
+
+def _hide_own_frames(te: traceback.TracebackException, seen: set) -> None:
+    """Drop the worker's frames (input(), exit()) from a traceback and its chain."""
+    if id(te) in seen:
+        return
+    seen.add(id(te))
+    te.stack = traceback.StackSummary.from_list(
+        [f for f in te.stack if f.filename != __file__])
+    for other in (te.__cause__, te.__context__):
+        if other is not None:
+            _hide_own_frames(other, seen)
+
+
+def clip(text: str, limit: int) -> str:
+    """Keep the first and last limit/2 characters with a marker saying how many were cut."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    omitted = len(text) - limit
+    return (f"{text[:half]}\n[... {omitted} characters of output truncated ...]\n"
+            f"{text[len(text) - (limit - half):]}")
+
+
+def _no_input(*args, **kwargs):
+    raise EOFError("input() is not available in the sandbox: nobody is there to type; "
+                   "put the data in the code")
+
+
+def _exit(code=None):
+    raise SystemExit(code)
+
+
+def worker_main(cfg: dict, req: dict, sock_fd: int, zygote_pid: int) -> None:
+    """Set the worker up, say ready, then run cells until the session ends."""
+    _setup_process(cfg, req, zygote_pid)
+    out_fd = _setup_streams(sock_fd)
+    sock = socket.socket(fileno=sock_fd)
+    cell = _Cell(out_fd, cfg["max_output_chars"])
+    cell._restore()
+    builtins.input = _no_input
+    builtins.exit = builtins.quit = _exit
+
+    def on_sigint(signum, frame):
+        if cell.in_cell:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    me = os.getpid()
+    send_msg(sock, {"ready": me})
+    while True:
+        try:
+            req = recv_msg(sock)
+        except (EOFError, OSError, ValueError):
+            os._exit(0)
+        reply = cell.run(req["code"])
+        if os.getpid() != me:  # a fork made inside the cell came back here: not a worker
+            os._exit(0)
+        reply["seq"] = req["seq"]
+        try:
+            send_msg(sock, reply)
+        except (OSError, ValueError, TypeError):
+            os._exit(3)
+
+
+if __name__ == "__main__":
+    zygote_main(json.loads(sys.argv[1]), int(sys.argv[2]))

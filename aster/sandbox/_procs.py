@@ -1,0 +1,251 @@
+"""Pool-side process handling: the zygote client, worker handles, pids cgroups, killing."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from aster.sandbox._child import _HEADER, recv_exact, send_msg
+from aster.sandbox.config import SandboxConfig
+from aster.sandbox.result import SandboxError
+
+CHILD_SCRIPT = str(Path(__file__).with_name("_child.py"))
+
+
+def _pids_cgroup_mount() -> Path | None:
+    """The pids controller's directory (cgroup v1 or v2), if this process may create groups."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    for line in mounts:
+        parts = line.split()
+        if len(parts) < 4:
+            continue
+        if parts[2] == "cgroup" and "pids" in parts[3].split(","):
+            return Path(parts[1])
+        if parts[2] == "cgroup2":
+            ctl = Path(parts[1]) / "cgroup.subtree_control"
+            if ctl.exists() and "pids" in ctl.read_text().split():
+                return Path(parts[1])
+    return None
+
+
+class CgroupTree:
+    """A pids cgroup per worker under one root per pool: bounds and finds every process."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._ids = itertools.count()
+
+    @classmethod
+    def create(cls) -> CgroupTree | None:
+        """A fresh root group, or None where pids cgroups cannot be made here."""
+        mount = _pids_cgroup_mount()
+        if mount is None:
+            return None
+        root = mount / f"aster-sandbox-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            root.mkdir()
+        except OSError:
+            return None
+        return cls(root)
+
+    def new_group(self, max_processes: int) -> str:
+        group = self.root / f"w{next(self._ids)}"
+        group.mkdir()
+        (group / "pids.max").write_text(str(max_processes))
+        return str(group)
+
+    @staticmethod
+    def kill_group(group: str, timeout: float = 5.0) -> bool:
+        """SIGKILL every process in the group until it is empty, then remove it."""
+        procs = Path(group) / "cgroup.procs"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                pids = [int(p) for p in procs.read_text().split()]
+            except (OSError, ValueError):
+                return True
+            if not pids:
+                try:
+                    os.rmdir(group)
+                    return True
+                except OSError:
+                    pass
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.002)
+        return False
+
+    def remove(self) -> None:
+        for group in list(self.root.glob("w*")):
+            self.kill_group(str(group))
+        try:
+            os.rmdir(self.root)
+        except OSError:
+            pass
+
+
+class Worker:
+    """The pool's handle on one worker process (a session's interpreter)."""
+
+    def __init__(self, pid: int, sock: socket.socket, workdir: str, group: str | None):
+        self.pid = pid
+        self.sock = sock
+        self.workdir = workdir
+        self.group = group
+        self.seq = 0
+        self.dead = False
+
+    def read_msg(self, deadline: float, max_bytes: int):
+        """The next message, None if the deadline passed; EOFError if the worker is gone."""
+        head = self._read(deadline, _HEADER.size)
+        if head is None:
+            return None
+        (size,) = _HEADER.unpack(head)
+        if size > max_bytes:
+            raise EOFError(f"reply of {size} bytes is over the protocol limit")
+        body = self._read(max(deadline, time.monotonic() + 5.0), size)
+        if body is None:
+            raise EOFError("reply cut short")
+        return json.loads(body)
+
+    def _read(self, deadline: float, n: int) -> bytes | None:
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN | select.POLLHUP | select.POLLERR)
+        buf = b""
+        while len(buf) < n:
+            wait_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            if not poller.poll(wait_ms):
+                if buf:
+                    raise EOFError("reply cut short")
+                return None
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise EOFError("worker closed its end")
+            buf += chunk
+        return buf
+
+    def peek_output(self, limit: int) -> str:
+        """The output the running cell has written so far (read via /proc; empty on failure)."""
+        try:
+            fd = os.open(f"/proc/{self.pid}/fd/1", os.O_RDONLY)
+        except OSError:
+            return ""
+        try:
+            size = os.fstat(fd).st_size
+            if size <= 4 * limit:
+                return os.pread(fd, size, 0).decode("utf-8", "replace")
+            head = os.pread(fd, 2 * limit, 0).decode("utf-8", "replace")[: limit // 2]
+            tail = os.pread(fd, 2 * limit, size - 2 * limit).decode("utf-8", "replace")
+            return f"{head}\n[... output truncated ...]\n{tail[-(limit // 2):]}"
+        except OSError:
+            return ""
+        finally:
+            os.close(fd)
+
+    def kill(self) -> None:
+        """SIGKILL the worker, its process group and (when there is one) its cgroup."""
+        self.dead = True
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+        if self.group is not None:
+            CgroupTree.kill_group(self.group)
+        self.sock.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class Zygote:
+    """The warm parent: a fresh interpreter that preloads the modules and forks workers."""
+
+    def __init__(self, config: SandboxConfig):
+        self.config = config
+        self.notes: list[str] = []
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+        threads = str(config.blas_threads)
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS"):
+            env[var] = threads
+        env["PYTHONHASHSEED"] = "0"
+        cfg = {k: getattr(config, k) for k in ("no_network", "preload", "memory_mb",
+                                                "max_file_mb", "max_open_files",
+                                                "max_processes", "max_output_chars")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", CHILD_SCRIPT, json.dumps(cfg), str(child.fileno())],
+            pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True)
+        child.close()
+        self.ctl = parent
+        self._ready = False
+
+    def wait_ready(self) -> None:
+        """Block until the preloads are imported; a bad preload is a one-line ValueError."""
+        if self._ready:
+            return
+        poller = select.poll()
+        poller.register(self.ctl, select.POLLIN)
+        if not poller.poll(int(self.config.start_timeout_s * 1000)):
+            self.close()
+            raise SandboxError(f"the sandbox zygote did not start within "
+                               f"sandbox.start_timeout_s={self.config.start_timeout_s}")
+        try:
+            (size,) = _HEADER.unpack(recv_exact(self.ctl, _HEADER.size))
+            msg = json.loads(recv_exact(self.ctl, size))
+        except (EOFError, OSError, ValueError) as exc:
+            self.close()
+            raise SandboxError(f"the sandbox zygote died while starting ({exc})") from None
+        if msg["errors"]:
+            self.close()
+            raise ValueError(f"sandbox.preload={self.config.preload!r}: cannot import "
+                             f"{'; '.join(msg['errors'])}; fix or remove the module")
+        self.notes = msg["notes"]
+        self._ready = True
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def fork(self, request: dict) -> socket.socket:
+        """Ask for one worker; returns the pool's end of its socket."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            data = json.dumps(request).encode()
+            self.ctl.sendall(_HEADER.pack(len(data)))
+            socket.send_fds(self.ctl, [data], [theirs.fileno()])
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return ours
+
+    def close(self) -> None:
+        self.ctl.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            self.proc.wait()
+
+
+__all__ = ["CgroupTree", "Worker", "Zygote", "send_msg"]

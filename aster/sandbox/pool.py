@@ -1,0 +1,338 @@
+"""SandboxPool and Session: long-lived forked interpreters, one per session, with limits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import weakref
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+from aster.sandbox._procs import CgroupTree, Worker, Zygote, send_msg
+from aster.sandbox.config import SandboxConfig
+from aster.sandbox.result import (
+    ExecResult,
+    SandboxBusyError,
+    SandboxClosedError,
+    SandboxError,
+)
+
+log = logging.getLogger("aster.sandbox")
+
+
+class SandboxPool:
+    """A warm zygote, pre-forked spare workers and a bound on live sessions.
+
+    ``with SandboxPool(cfg) as pool, pool.session() as s: s.run("x = 1")``. Thread-safe: many
+    threads (or asyncio tasks through ``Session.arun``) may use different sessions at once.
+    """
+
+    def __init__(self, config: SandboxConfig | None = None):
+        self.config = config if config is not None else SandboxConfig()
+        self._closed = False
+        self._lock = threading.Lock()  # zygote use, spares, live set
+        self._wake = threading.Condition(self._lock)
+        self._slots = threading.BoundedSemaphore(self.config.max_sessions)
+        self._spares: deque[Worker] = deque()
+        self._live: set[Worker] = set()
+        self._root = tempfile.mkdtemp(prefix="aster-sandbox-", dir=self.config.work_dir)
+        os.chmod(self._root, 0o711)  # sessions under other uids must reach their own dirs
+        self._cgroups = CgroupTree.create()
+        self._uids = itertools.count()
+        self._is_root = os.geteuid() == 0
+        self._zygote = Zygote(self.config)
+        self._executor = ThreadPoolExecutor(max_workers=self.config.max_sessions,
+                                            thread_name_prefix="aster-sandbox")
+        self._finalizer = weakref.finalize(self, SandboxPool._cleanup, self._zygote,
+                                           self._spares, self._live, self._cgroups, self._root)
+        self._filler = threading.Thread(target=self._fill_spares, name="aster-sandbox-spares",
+                                        daemon=True)
+        self._filler.start()
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def enforcement(self) -> list[str]:
+        """What isolation is actually in force on this machine, one line per limit."""
+        with self._lock:
+            self._zygote.wait_ready()
+            notes = list(self._zygote.notes)
+        cfg = self.config
+        if self._cgroups is not None:
+            notes.append(f"processes: pids cgroup, at most {cfg.max_processes} per session; "
+                         "every process of a session is killed with it")
+        else:
+            notes.append("processes: process group kill only (no pids cgroup here)"
+                         + ("; RLIMIT_NPROC per session uid" if self._uid_enabled else ""))
+        if self._uid_enabled:
+            notes.append(f"privileges: each session runs as its own uid >= {cfg.uid_base}, "
+                         "no new privileges; files outside world-writable dirs are read-only")
+        else:
+            notes.append("privileges: sessions run as the pool's uid (drop_privileges off or "
+                         "not root): code can signal processes of that uid")
+        notes.append(f"memory: RLIMIT_AS/RLIMIT_DATA {cfg.memory_mb} MB; files: "
+                     f"{cfg.max_file_mb} MB each, {cfg.max_open_files} open; "
+                     f"BLAS threads {cfg.blas_threads}")
+        return notes
+
+    @contextlib.contextmanager
+    def session(self):
+        """A fresh Session for the duration of the ``with`` block (waits for a free slot)."""
+        session = self.open_session()
+        try:
+            yield session
+        finally:
+            session.close()
+
+    @contextlib.asynccontextmanager
+    async def asession(self):
+        """The asyncio twin of ``session()``."""
+        loop = asyncio.get_running_loop()
+        session = await loop.run_in_executor(self._executor, self.open_session)
+        try:
+            yield session
+        finally:
+            await loop.run_in_executor(self._executor, session.close)
+
+    def open_session(self) -> Session:
+        """A new Session; close it with ``Session.close()`` (or use ``session()``)."""
+        self._check_open()
+        if not self._slots.acquire(timeout=self.config.acquire_timeout_s):
+            raise SandboxBusyError(f"no free sandbox session within sandbox.acquire_timeout_s="
+                                   f"{self.config.acquire_timeout_s} (sandbox.max_sessions="
+                                   f"{self.config.max_sessions} are open)")
+        try:
+            return Session(self, self._take_worker())
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def close(self) -> None:
+        """Kill every session and spare, stop the zygote, remove the cgroups and directories."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._wake.notify_all()
+        self._filler.join(timeout=10)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._finalizer()
+
+    def __enter__(self) -> SandboxPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+
+    @property
+    def _uid_enabled(self) -> bool:
+        return self._is_root and self.config.drop_privileges
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SandboxClosedError("the sandbox pool is closed")
+
+    def _take_worker(self) -> Worker:
+        with self._lock:
+            self._check_open()
+            worker = None
+            while self._spares:
+                candidate = self._spares.popleft()
+                if self._still_alive(candidate):
+                    worker = candidate
+                    break
+                candidate.kill()
+            if worker is None:
+                worker = self._spawn_locked()
+            self._live.add(worker)
+            self._wake.notify_all()
+        return worker
+
+    def _still_alive(self, worker: Worker) -> bool:
+        try:
+            return worker.read_msg(time.monotonic(), 1 << 16) is None
+        except (EOFError, OSError, ValueError):
+            return False
+
+    def _spawn_locked(self) -> Worker:
+        """Fork one worker through the zygote (restarting the zygote if it died)."""
+        self._zygote.wait_ready()
+        if not self._zygote.alive():
+            log.warning("sandbox zygote died; starting a new one")
+            self._zygote.close()
+            self._zygote = Zygote(self.config)
+            self._finalizer.detach()
+            self._finalizer = weakref.finalize(self, SandboxPool._cleanup, self._zygote,
+                                               self._spares, self._live, self._cgroups,
+                                               self._root)
+            self._zygote.wait_ready()
+        n = next(self._uids)
+        workdir = os.path.join(self._root, f"s{n}")
+        group = None
+        if self._cgroups is not None:
+            group = self._cgroups.new_group(self.config.max_processes)
+        uid = self.config.uid_base + n % (1 << 20) if self._uid_enabled else None
+        sock = self._zygote.fork({"dir": workdir, "cgroup": group, "uid": uid})
+        worker = Worker(-1, sock, workdir, group)
+        try:
+            msg = worker.read_msg(time.monotonic() + self.config.start_timeout_s, 1 << 16)
+        except (EOFError, OSError, ValueError) as exc:
+            msg = None
+            log.warning("sandbox worker failed to start: %s", exc)
+        if not msg or "ready" not in msg:
+            worker.kill()
+            raise SandboxError("a sandbox worker failed to start; see the log")
+        worker.pid = int(msg["ready"])
+        return worker
+
+    def _fill_spares(self) -> None:
+        """Background: keep config.spare_workers forked and waiting."""
+        while True:
+            with self._lock:
+                while not self._closed and len(self._spares) >= self.config.spare_workers:
+                    self._wake.wait(timeout=1.0)
+                if self._closed:
+                    return
+                try:
+                    self._spares.append(self._spawn_locked())
+                except (SandboxError, ValueError, OSError) as exc:
+                    log.warning("sandbox: could not pre-fork a spare worker: %s", exc)
+                    self._wake.wait(timeout=1.0)
+
+    def _retire(self, worker: Worker) -> None:
+        with self._lock:
+            self._live.discard(worker)
+        worker.kill()
+
+    def _replace(self, worker: Worker) -> Worker:
+        self._retire(worker)
+        fresh = self._take_worker()
+        return fresh
+
+    @staticmethod
+    def _cleanup(zygote, spares, live, cgroups, root) -> None:
+        for worker in list(spares) + list(live):
+            worker.kill()
+        spares.clear()
+        live.clear()
+        if cgroups is not None:
+            cgroups.remove()
+        zygote.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+class Session:
+    """One live interpreter: state persists across ``run`` calls until ``close``."""
+
+    def __init__(self, pool: SandboxPool, worker: Worker):
+        self._pool = pool
+        self._worker: Worker | None = worker
+        self._lock = threading.Lock()
+
+    @property
+    def closed(self) -> bool:
+        """True after ``close()`` (or once the pool is closed)."""
+        return self._worker is None or self._pool._closed
+
+    def run(self, code: str, timeout: float | None = None) -> ExecResult:
+        """Run one cell; never raises for anything the code does (see ExecResult.status)."""
+        if not isinstance(code, str):
+            raise TypeError(f"code must be a str, not {type(code).__name__}")
+        if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
+            raise ValueError(f"timeout={timeout!r} must be a number of seconds > 0")
+        cfg = self._pool.config
+        with self._lock:
+            if self.closed:
+                raise SandboxClosedError("this sandbox session is closed")
+            if not code.strip():
+                return ExecResult("error: the code is empty; send the Python to run",
+                                  "error", 0.0)
+            if len(code) > cfg.max_code_chars:
+                return ExecResult(f"error: the code is {len(code)} characters, over the "
+                                  f"limit of {cfg.max_code_chars}; send less at a time",
+                                  "error", 0.0)
+            return self._call(code, cfg.timeout_s if timeout is None else float(timeout))
+
+    async def arun(self, code: str, timeout: float | None = None) -> ExecResult:
+        """The asyncio twin of ``run`` (runs on the pool's thread pool)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool._executor, self.run, code, timeout)
+
+    def close(self) -> None:
+        """Kill the interpreter and free the slot; closing twice is harmless."""
+        with self._lock:
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            self._pool._retire(worker)
+            self._pool._slots.release()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _call(self, code: str, timeout: float) -> ExecResult:
+        cfg = self._pool.config
+        worker = self._worker
+        worker.seq += 1
+        start = time.monotonic()
+        max_bytes = 16 * cfg.max_output_chars + (1 << 16)
+        try:
+            send_msg(worker.sock, {"seq": worker.seq, "code": code})
+            reply = worker.read_msg(start + timeout, max_bytes)
+            if reply is None:
+                return self._interrupt(worker, start, timeout, max_bytes)
+        except (EOFError, OSError, ValueError, TypeError):
+            reply = None
+        if not isinstance(reply, dict) or reply.get("seq") != worker.seq:
+            return self._crashed(worker, start)
+        status = reply.get("status")
+        output = str(reply.get("output", ""))
+        if status not in ("ok", "error"):
+            status = "error"  # a KeyboardInterrupt the code raised itself
+        return ExecResult(output, status, time.monotonic() - start)
+
+    def _interrupt(self, worker: Worker, start: float, timeout: float,
+                   max_bytes: int) -> ExecResult:
+        """Past the deadline: SIGINT, a grace period, then SIGKILL and a fresh interpreter."""
+        cfg = self._pool.config
+        note = f"TimeoutError: the code ran longer than {timeout:g} s and was interrupted"
+        try:
+            os.kill(worker.pid, signal.SIGINT)
+            reply = worker.read_msg(time.monotonic() + cfg.grace_s, max_bytes)
+        except (EOFError, OSError, ValueError):
+            reply = None
+        if isinstance(reply, dict) and reply.get("seq") == worker.seq:
+            output = str(reply.get("output", ""))
+            if output.endswith("KeyboardInterrupt\n"):
+                output = output[: -len("KeyboardInterrupt\n")]
+            return ExecResult(_append(output, note), "timeout", time.monotonic() - start)
+        partial = worker.peek_output(cfg.max_output_chars)
+        self._worker = self._pool._replace(worker)
+        note += ("; it did not stop, so the interpreter was restarted and all variables were "
+                 "lost")
+        return ExecResult(_append(partial, note), "timeout", time.monotonic() - start,
+                          state_reset=True)
+
+    def _crashed(self, worker: Worker, start: float) -> ExecResult:
+        self._worker = self._pool._replace(worker)
+        note = ("the Python process crashed (a segfault, os._exit or a kill); the interpreter "
+                "was restarted and all variables were lost")
+        return ExecResult(note, "crashed", time.monotonic() - start, state_reset=True)
+
+
+def _append(text: str, line: str) -> str:
+    if text and not text.endswith("\n"):
+        text += "\n"
+    return text + line
