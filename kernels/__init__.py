@@ -1,0 +1,70 @@
+"""aster.kernels: fused token log-probs and the token-mean clipped policy loss.
+
+Each op has one signature and three implementations: ``reference`` (naive, float64, the ground
+truth), ``chunked`` (portable torch, the CPU and NPU default) and ``triton`` (the CUDA default;
+also runs under TRITON_INTERPRET=1 on CPU). ``impl="auto"`` asks the current backend.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+IMPLS = ("reference", "chunked", "triton")
+_MODULES = {"reference": "aster.kernels.reference", "chunked": "aster.kernels.chunked",
+            "triton": "aster.kernels.triton"}
+
+__all__ = ["IMPLS", "clipped_policy_loss", "resolve_impl", "token_logprobs"]
+
+
+def resolve_impl(impl: str = "auto") -> str:
+    """The concrete implementation name for `impl` ("auto" asks the current backend)."""
+    if impl == "auto":
+        from aster.backend import current_backend
+
+        impl = current_backend().kernel_impl
+    if impl not in IMPLS:
+        raise ValueError(f"unknown kernel impl {impl!r}; valid: auto, {', '.join(IMPLS)}")
+    return impl
+
+
+def _module(impl: str):
+    # Imported lazily so that `import aster.kernels` never imports triton.
+    return importlib.import_module(_MODULES[resolve_impl(impl)])
+
+
+def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
+                   temperature: float = 1.0, return_entropy: bool = False, impl: str = "auto"):
+    """Per-token log p(label) under softmax(hidden @ weight.T / temperature).
+
+    hidden [N, H] and weight [V, H] (same dtype), labels [N] int in [0, V). Returns fp32
+    logp [N], or (logp, entropy) [N] each with ``return_entropy``. The chunked and Triton
+    implementations never materialise the [N, V] logits. Differentiable w.r.t. hidden and
+    weight for any upstream gradient of logp and entropy; call it under torch.no_grad() for
+    old-policy log-probs.
+    """
+    return _module(impl).token_logprobs(hidden, weight, labels, temperature=temperature,
+                                        return_entropy=return_entropy)
+
+
+def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                        mask: torch.Tensor, *, num_tokens, clip_low: float = 0.2,
+                        clip_high: float = 0.28, clip_c: float | None = None,
+                        rollout_logp: torch.Tensor | None = None, tis_cap: float | None = None,
+                        impl: str = "auto"):
+    """Token-mean PPO/GRPO loss with clip-higher, optional dual clip and truncated IS.
+
+    ratio = exp(clamp(logp - old_logp, -20, 20)); per token
+    max(-A * ratio, -A * clip(ratio, 1 - clip_low, 1 + clip_high)), capped at -A * clip_c for
+    A < 0 when ``clip_c`` is set, times the truncated importance weight
+    min(exp(old_logp - rollout_logp), tis_cap) when ``tis_cap`` is set (no gradient). The masked
+    sum is divided by ``num_tokens``: the unmasked-token count of the *global* mini batch (all
+    micro batches, all ranks), so summed micro-batch losses do not depend on the split
+    (clamped to >= 1). Returns (loss, metrics) with detached metrics clip_frac_upper,
+    clip_frac_lower, dual_clip_frac, approx_kl, ratio_mean (all sums / num_tokens) and
+    ratio_max. Only ``logp`` receives a gradient.
+    """
+    return _module(impl).clipped_policy_loss(
+        logp, old_logp, advantages, mask, num_tokens=num_tokens, clip_low=clip_low,
+        clip_high=clip_high, clip_c=clip_c, rollout_logp=rollout_logp, tis_cap=tis_cap)

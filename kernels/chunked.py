@@ -1,0 +1,207 @@
+"""Portable chunked kernels in plain torch (the CPU and NPU default).
+
+token_logprobs walks the tokens in chunks: each chunk's [n, V] logits live only inside the loop
+(forward: logsumexp and entropy; backward: recomputed, turned into dlogits in place, and fed to
+two matmuls), so peak extra memory is O(n*V + V*H) instead of O(N*V). The backward recomputes
+the logits (4 lm_head matmuls in all instead of 3) because the upstream gradients of logp and
+entropy are arbitrary and unknown at forward time.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from aster.kernels._checks import (
+    LOG_RATIO_CLAMP,
+    check_logprobs_args,
+    check_loss_args,
+    token_count,
+)
+
+# Elements of one chunk's [n, V] fp32 logits: 2**24 (64 MiB) keeps two live chunk buffers well
+# under a tenth of the naive path's memory at V=151936 while the matmuls stay large enough
+# (n >= 64 rows) to run near BLAS speed.
+CHUNK_ELEMENTS = 1 << 24
+
+
+def _chunk_rows(num_tokens: int, vocab: int, chunk_tokens: int | None) -> int:
+    if chunk_tokens is not None:
+        if chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be >= 1; got {chunk_tokens}")
+        return chunk_tokens
+    return max(1, min(num_tokens, CHUNK_ELEMENTS // max(vocab, 1)))
+
+
+def _chunk_logits(hidden_chunk: torch.Tensor, weight: torch.Tensor,
+                  temperature: float) -> torch.Tensor:
+    """fp32 [n, V] logits / temperature. The matmul runs in the input dtype (BLAS accumulates
+    bf16 products in fp32); everything after it is fp32."""
+    logits = (hidden_chunk @ weight.t()).float()
+    if temperature != 1.0:
+        logits.mul_(1.0 / temperature)
+    return logits
+
+
+class _TokenLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, temperature, return_entropy, chunk_tokens):
+        n_tok = hidden.shape[0]
+        step = _chunk_rows(n_tok, weight.shape[0], chunk_tokens)
+        labels = labels.long()
+        logp = torch.empty(n_tok, dtype=torch.float32, device=hidden.device)
+        lse = torch.empty_like(logp)
+        entropy = torch.empty_like(logp)
+        for s in range(0, n_tok, step):
+            e = min(s + step, n_tok)
+            logits = _chunk_logits(hidden[s:e], weight, temperature)
+            lse_c = torch.logsumexp(logits, dim=-1)
+            lse[s:e] = lse_c
+            logp[s:e] = logits.gather(1, labels[s:e, None]).squeeze(1) - lse_c
+            if return_entropy:
+                log_probs = logits.sub_(lse_c[:, None])  # in place: no second [n, V] buffer
+                probs = torch.exp(log_probs)
+                # -sum(p * log p) as a batched dot product: no [n, V] product temporary.
+                entropy[s:e] = -torch.bmm(probs[:, None, :], log_probs[:, :, None]).view(-1)
+                del probs
+            del logits
+        ctx.save_for_backward(hidden, weight, labels, lse, entropy)
+        ctx.temperature, ctx.step = temperature, step
+        ctx.return_entropy = return_entropy
+        ctx.mark_non_differentiable(labels)
+        return (logp, entropy) if return_entropy else logp
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_entropy=None):
+        hidden, weight, labels, lse, entropy = ctx.saved_tensors
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if not (need_h or need_w):
+            return None, None, None, None, None, None
+        if not ctx.return_entropy:
+            grad_entropy = None
+        grad_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) \
+            if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+            if need_w else None
+        g_lp = grad_logp.float() if grad_logp is not None else torch.zeros_like(lse)
+        g_ent = grad_entropy.float() if grad_entropy is not None else None
+        inv_t = 1.0 / ctx.temperature
+        for s in range(0, hidden.shape[0], ctx.step):
+            e = min(s + ctx.step, hidden.shape[0])
+            dlogits = _dlogits_chunk(hidden[s:e], weight, labels[s:e], lse[s:e], entropy[s:e],
+                                     g_lp[s:e], None if g_ent is None else g_ent[s:e],
+                                     ctx.temperature)
+            if need_h:  # bf16 weights: this matmul runs in bf16 (fp32 accumulate in BLAS)
+                grad_h[s:e] = (dlogits.to(weight.dtype) @ weight).float().mul_(inv_t)
+            if need_w:  # fp32 accumulator, fp32 operands: [n, H] is cheap to upcast
+                grad_w.addmm_(dlogits.t(), hidden[s:e].float(), alpha=inv_t)
+            del dlogits
+        return (None if grad_h is None else grad_h.to(hidden.dtype),
+                None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None)
+
+
+def _dlogits_chunk(hidden_chunk, weight, labels, lse, entropy, g_lp, g_ent, temperature):
+    """d(loss)/d(z) for z = logits / temperature, reusing the recomputed logits' buffer:
+    dz = g_lp * (onehot - p) - g_ent * p * (log p + H)."""
+    log_probs = _chunk_logits(hidden_chunk, weight, temperature).sub_(lse[:, None])
+    probs = torch.exp(log_probs)
+    if g_ent is not None:
+        coef = log_probs.add_(entropy[:, None]).mul_(g_ent[:, None]).add_(g_lp[:, None])
+        dlogits = probs.mul_(coef).neg_()
+    else:
+        dlogits = probs.mul_(g_lp[:, None]).neg_()
+    del log_probs
+    rows = torch.arange(labels.shape[0], device=labels.device)
+    dlogits[rows, labels] += g_lp
+    return dlogits
+
+
+def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
+                   temperature: float = 1.0, return_entropy: bool = False,
+                   chunk_tokens: int | None = None):
+    """Chunked log p(label) [N] fp32 (and entropy [N]); see aster.kernels.token_logprobs.
+
+    `chunk_tokens` overrides the rows per chunk (default: CHUNK_ELEMENTS // V).
+    """
+    check_logprobs_args(hidden, weight, labels, temperature)
+    return _TokenLogprobs.apply(hidden, weight, labels, float(temperature), bool(return_entropy),
+                                chunk_tokens)
+
+
+def _loss_terms(logp, old_logp, adv, valid, clip_low, clip_high, clip_c, tis_w):
+    """fp32 per-token loss, ratio, log-ratio and d(per-token loss)/d(logp) (unmasked)."""
+    log_ratio = torch.clamp(logp - old_logp, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    ratio = torch.exp(log_ratio)
+    clipped_ratio = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    per_token = torch.maximum(-adv * ratio, -adv * clipped_ratio)
+    # The gradient flows only where the unclipped term wins and the log-ratio is not clamped.
+    live = ~(((adv > 0) & (ratio > 1.0 + clip_high)) | ((adv < 0) & (ratio < 1.0 - clip_low)))
+    live &= log_ratio.abs() < LOG_RATIO_CLAMP
+    if clip_c is not None:
+        dual = (adv < 0) & (ratio > clip_c)
+        per_token = torch.where(dual, -adv * clip_c, per_token)
+        live &= ~dual
+    dloss = torch.where(live & valid, -adv * ratio * tis_w, torch.zeros_like(ratio))
+    per_token = torch.where(valid, per_token * tis_w, torch.zeros_like(per_token))
+    return per_token, ratio, log_ratio, dloss
+
+
+class _ClippedLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logp, old_logp, adv, valid, count, clip_low, clip_high, clip_c, tis_w):
+        per_token, ratio, log_ratio, dloss = _loss_terms(
+            logp.float(), old_logp.float(), adv.float(), valid, clip_low, clip_high, clip_c,
+            tis_w)
+        ctx.save_for_backward(dloss, count)
+        ctx.logp_dtype = logp.dtype
+        ctx.mark_non_differentiable(ratio, log_ratio)
+        return per_token.sum() / count, ratio, log_ratio
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_ratio, _grad_log_ratio):
+        dloss, count = ctx.saved_tensors
+        grad = (dloss * (grad_loss / count)).to(ctx.logp_dtype)
+        return grad, None, None, None, None, None, None, None, None
+
+
+def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                        mask: torch.Tensor, *, num_tokens, clip_low: float = 0.2,
+                        clip_high: float = 0.28, clip_c: float | None = None,
+                        rollout_logp: torch.Tensor | None = None, tis_cap: float | None = None):
+    """Token-mean clipped loss with a closed-form backward (saves one [tokens] tensor);
+    see aster.kernels.clipped_policy_loss."""
+    check_loss_args(logp, old_logp, advantages, mask, num_tokens, clip_low, clip_high, clip_c,
+                    rollout_logp, tis_cap)
+    valid = mask.bool()
+    count = token_count(num_tokens, logp.device)
+    old, adv = old_logp.detach().float(), advantages.detach().float()
+    tis_w = torch.ones((), dtype=torch.float32, device=logp.device)
+    if tis_cap is not None:
+        tis_log = torch.clamp(old - rollout_logp.detach().float(), -LOG_RATIO_CLAMP,
+                              LOG_RATIO_CLAMP)
+        tis_w = torch.clamp(torch.exp(tis_log), max=tis_cap)
+    loss, ratio, log_ratio = _ClippedLoss.apply(logp, old, adv, valid, count, clip_low,
+                                                clip_high, clip_c, tis_w)
+    metrics = loss_metrics(ratio, log_ratio, adv, valid, count, clip_low, clip_high, clip_c)
+    return loss, metrics
+
+
+@torch.no_grad()
+def loss_metrics(ratio, log_ratio, adv, valid, count, clip_low, clip_high, clip_c):
+    """Detached 0-d fp32 metrics. Fractions, KL and ratio mean are sums over unmasked tokens
+    divided by `count` (the global token count), so summing them over micro batches and ranks
+    gives the global mean; ratio_max is the local max (reduce with max)."""
+    zero = torch.zeros_like(ratio)
+
+    def frac(cond):
+        return torch.where(valid & cond, 1.0, 0.0).sum() / count
+
+    no_dual = torch.zeros_like(valid)
+    return {
+        "clip_frac_upper": frac((adv > 0) & (ratio > 1.0 + clip_high)),
+        "clip_frac_lower": frac((adv < 0) & (ratio < 1.0 - clip_low)),
+        "dual_clip_frac": frac((adv < 0) & (ratio > clip_c) if clip_c is not None else no_dual),
+        "approx_kl": torch.where(valid, (ratio - 1.0) - log_ratio, zero).sum() / count,
+        "ratio_mean": torch.where(valid, ratio, zero).sum() / count,
+        "ratio_max": torch.where(valid, ratio, zero).max() if ratio.numel()
+        else torch.zeros((), device=ratio.device),
+    }
