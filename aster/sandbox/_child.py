@@ -29,6 +29,9 @@ CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_KEEPCAPS = 8
+CAP_DAC_READ_SEARCH = 2
+_SYS_CAPSET = {"x86_64": 126, "aarch64": 91}
 _HEADER = struct.Struct(">I")
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
@@ -143,12 +146,41 @@ def _setup_process(cfg: dict, req: dict, zygote_pid: int) -> None:
                        (resource.RLIMIT_NOFILE, cfg["max_open_files"]),
                        (resource.RLIMIT_CORE, 0)):
         resource.setrlimit(res, (value, value))
+    if uid is not None and not _world_readable(sys.base_prefix) and (
+            os.uname().machine not in _SYS_CAPSET):
+        uid = None  # cannot keep read access to the interpreter's files: stay as we are
     if uid is not None:
         resource.setrlimit(resource.RLIMIT_NPROC, (cfg["max_processes"], cfg["max_processes"]))
         os.setgroups([])
         os.setresgid(uid, uid, uid)
+        keep_read = not _world_readable(sys.base_prefix)
+        if keep_read:
+            _LIBC.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0)
         os.setresuid(uid, uid, uid)
+        if keep_read:
+            _keep_only_cap(CAP_DAC_READ_SEARCH)
     _LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+
+
+def _world_readable(path: str) -> bool:
+    """Whether an unprivileged uid can read the interpreter's own files."""
+    path = os.path.realpath(path)
+    while True:
+        mode = os.stat(path).st_mode
+        if not mode & 0o005 == 0o005:
+            return False
+        parent = os.path.dirname(path)
+        if parent == path:
+            return True
+        path = parent
+
+
+def _keep_only_cap(cap: int) -> None:
+    """After the uid change: keep one capability (effective and permitted), drop the rest."""
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    data = (ctypes.c_uint32 * 6)(1 << cap, 1 << cap, 0, 0, 0, 0)
+    if _LIBC.syscall(_SYS_CAPSET[os.uname().machine], header, data) != 0:
+        os._exit(4)
 
 
 def _setup_streams(sock_fd: int) -> int:

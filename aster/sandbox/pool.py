@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -16,6 +17,7 @@ import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
+from aster.sandbox._child import _world_readable
 from aster.sandbox._procs import CgroupTree, Worker, Zygote, send_msg
 from aster.sandbox.config import SandboxConfig
 from aster.sandbox.result import (
@@ -75,6 +77,9 @@ class SandboxPool:
         if self._uid_enabled:
             notes.append(f"privileges: each session runs as its own uid >= {cfg.uid_base}, "
                          "no new privileges; files outside world-writable dirs are read-only")
+            if not _world_readable(sys.base_prefix):
+                notes.append("privileges: the interpreter's files are not world-readable, so "
+                             "sessions keep CAP_DAC_READ_SEARCH (they can read any file)")
         else:
             notes.append("privileges: sessions run as the pool's uid (drop_privileges off or "
                          "not root): code can signal processes of that uid")
