@@ -59,7 +59,7 @@ def test_chat_template_renders_hermes_tool_format(tiny_dir):
     ]
     text = tok.apply_chat_template(messages, tools=TOOLS, tokenize=False)
     assert text.startswith("<|im_start|>system\n# Tools\n")
-    assert '"name": "code_interpreter"' in text.split("</tools>")[0]
+    assert '"name": "code_interpreter"' in text.split("\n</tools>")[0]
     assert ('<|im_start|>assistant\n<tool_call>\n{"name": "code_interpreter", "arguments": '
             '{"code": "print(2+3)"}}\n</tool_call><|im_end|>\n') in text
     assert "<|im_start|>user\n<tool_response>\n5\n</tool_response><|im_end|>\n" in text
