@@ -17,6 +17,16 @@ class SyntheticTaskConfig:
     max_operand: int = 999
     seed: int = 1234
 
+    def __post_init__(self):
+        for key in ("num_sft", "num_rl", "num_eval"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"data.synthetic.{key}={getattr(self, key)!r} must be >= 0")
+        if not 1 <= self.min_steps <= self.max_steps <= 8:
+            raise ValueError(f"data.synthetic.min_steps={self.min_steps!r} / max_steps="
+                             f"{self.max_steps!r} must satisfy 1 <= min_steps <= max_steps <= 8")
+        if self.max_operand < 10:
+            raise ValueError(f"data.synthetic.max_operand={self.max_operand!r} must be >= 10")
+
 
 @dataclass
 class DataConfig:

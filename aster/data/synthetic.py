@@ -1,0 +1,159 @@
+"""The embedded tiny default's task: multi-step integer arithmetic that needs a stateful tool.
+
+A problem chains 2-4 operations on 3-digit numbers, each step naming a variable the next one
+uses: ``a = 347 * 12, b = a - 589, c = b % 97. What is c?``. The reference trajectory makes one
+``code_interpreter`` call per step (``b = a - 589`` only runs if ``a`` survived from the
+previous call: state matters), reads each printed value, and ends with ``\\boxed{c}``. The tool
+outputs are produced by actually running the sandbox; the reference is checked against exact
+integer arithmetic. Three disjoint splits come from one seed: SFT trajectories, RL prompts and
+eval prompts.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+
+from aster.data.config import SyntheticTaskConfig
+from aster.data.formats import CODE_INTERPRETER_TOOL, make_call
+from aster.data.prompts import user_turn
+
+logger = logging.getLogger("aster")
+
+VARIABLES = "abcdefgh"
+_MAX_VALUE = 10**7  # keeps printed values short (few tokens)
+
+
+@dataclass(frozen=True)
+class Step:
+    """`target = source op operand`; the first step's source is a number, not a variable."""
+
+    target: str
+    source: str
+    op: str
+    operand: int
+
+    @property
+    def code(self) -> str:
+        return f"{self.target} = {self.source} {self.op} {self.operand}"
+
+
+@dataclass(frozen=True)
+class Problem:
+    steps: tuple[Step, ...]
+    answer: int
+
+    @property
+    def text(self) -> str:
+        chain = ", ".join(s.code for s in self.steps)
+        return f"{chain}. What is {self.steps[-1].target}?"
+
+
+def _apply(value: int, op: str, operand: int) -> int:
+    return {"+": value + operand, "-": value - operand, "*": value * operand,
+            "//": value // operand, "%": value % operand}[op]
+
+
+def _pick_op(rng: random.Random, value: int, operand: int) -> str:
+    ops = ["+", "*", "%", "//"] + (["-"] if value - operand >= 0 else [])
+    op = rng.choice(ops)
+    if op == "*" and value * operand >= _MAX_VALUE:
+        op = rng.choice(["%", "//", "+"])
+    return op
+
+
+def sample_problem(rng: random.Random, cfg: SyntheticTaskConfig) -> Problem:
+    """One random problem; `answer` by exact integer arithmetic."""
+    num_steps = rng.randint(cfg.min_steps, cfg.max_steps)
+    value = rng.randint(10, cfg.max_operand)
+    source = str(value)
+    steps = []
+    for i in range(num_steps):
+        operand = rng.randint(2, cfg.max_operand)
+        op = rng.choice(["+", "-", "*"]) if i == 0 else _pick_op(rng, value, operand)
+        if op == "-" and value - operand < 0:
+            op = "+"
+        steps.append(Step(VARIABLES[i], source, op, operand))
+        value = _apply(value, op, operand)
+        source = VARIABLES[i]
+    return Problem(tuple(steps), value)
+
+
+def sample_problems(cfg: SyntheticTaskConfig) -> tuple[list[Problem], list[Problem], list[Problem]]:
+    """The SFT, RL and eval problems: distinct texts, deterministic from cfg.seed."""
+    rng = random.Random(cfg.seed)
+    wanted = cfg.num_sft + cfg.num_rl + cfg.num_eval
+    seen: set[str] = set()
+    problems: list[Problem] = []
+    for _ in range(wanted * 50):
+        problem = sample_problem(rng, cfg)
+        if problem.text not in seen:
+            seen.add(problem.text)
+            problems.append(problem)
+            if len(problems) == wanted:
+                break
+    if len(problems) < wanted:
+        raise ValueError(f"data.synthetic: only {len(problems)} distinct problems for {wanted} "
+                         "wanted; raise max_operand or max_steps")
+    a, b = cfg.num_sft, cfg.num_sft + cfg.num_rl
+    return problems[:a], problems[a:b], problems[b:]
+
+
+def _think(text: str) -> str:
+    return f"<think>\n{text}\n</think>"
+
+
+def reference_trajectory(problem: Problem, session) -> dict:
+    """Run the problem's steps in a sandbox `session`; the trajectory in the internal SFT form."""
+    from aster.sandbox import format_tool_response
+
+    messages = [{"role": "user", "content": user_turn(problem.text)}]
+    output = ""
+    for step in problem.steps:
+        result = session.run(f"{step.code}\nprint({step.target})")
+        output = format_tool_response(result)
+        if not result.ok:
+            raise RuntimeError(f"the sandbox failed on {step.code!r}: {output.strip()}")
+        messages.append({"role": "assistant", "content": _think(f"Compute {step.target}."),
+                         "tool_calls": [make_call(f"{step.code}\nprint({step.target})")]})
+        messages.append({"role": "tool", "content": output})
+    if output.strip() != str(problem.answer):
+        raise RuntimeError(f"sandbox printed {output.strip()!r} for {problem.text!r}, "
+                           f"expected {problem.answer}")
+    last = problem.steps[-1].target
+    messages.append({"role": "assistant",
+                     "content": _think(f"{last} = {problem.answer}.")
+                     + f"\n\n\\boxed{{{problem.answer}}}"})
+    return {"messages": messages, "tools": [CODE_INTERPRETER_TOOL], "answer": str(problem.answer)}
+
+
+@dataclass
+class SyntheticData:
+    """The three splits: SFT trajectories (internal SFT form), RL and eval prompts."""
+
+    sft: list[dict]
+    rl: list[dict]
+    eval: list[dict]
+
+
+def _prompt(problem: Problem, split: str) -> dict:
+    return {"problem": problem.text, "answer": str(problem.answer),
+            "data_source": f"synthetic-{split}"}
+
+
+def build_synthetic(cfg: SyntheticTaskConfig | None = None, sandbox_cfg=None) -> SyntheticData:
+    """Generate the task: reference trajectories by running the sandbox, prompts held apart."""
+    from aster.sandbox import SandboxConfig, SandboxPool
+
+    cfg = cfg or SyntheticTaskConfig()
+    sft_problems, rl_problems, eval_problems = sample_problems(cfg)
+    trajectories = []
+    with SandboxPool(sandbox_cfg or SandboxConfig()) as pool:
+        for problem in sft_problems:
+            with pool.session() as session:
+                trajectories.append(reference_trajectory(problem, session))
+    logger.info("synthetic task: %d SFT trajectories (sandbox-run), %d RL and %d eval prompts",
+                len(trajectories), len(rl_problems), len(eval_problems))
+    return SyntheticData(sft=trajectories, rl=[_prompt(p, "rl") for p in rl_problems],
+                         eval=[_prompt(p, "eval") for p in eval_problems])
