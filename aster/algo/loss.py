@@ -24,9 +24,9 @@ class PolicyForward(nn.Module):
         self.kernel_impl = kernel_impl
 
     def forward(self, input_ids, attention_mask, rows, cols, labels, *, temperature=1.0,
-                return_entropy=False):
+                return_entropy=False, position_ids=None):
         out = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                    use_cache=False)
+                                    position_ids=position_ids, use_cache=False)
         hidden = out.last_hidden_state[rows, cols]
         weight = self.model.get_output_embeddings().weight
         return kernels.token_logprobs(hidden, weight.to(hidden.dtype), labels,

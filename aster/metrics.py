@@ -1,0 +1,127 @@
+"""Per-step metrics: one fixed console line (rank 0, logger "aster"), metrics.jsonl,
+TensorBoard, and the interaction-collapse monitor."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+log = logging.getLogger("aster")
+
+CONSOLE_KEYS = ("loss", "reward", "tool_calls", "resp_len", "grad_norm", "tok/s", "mem")
+
+
+def format_line(stage: str, step: int, m: dict) -> str:
+    """`[stage] step N loss .. reward .. tool_calls .. resp_len .. grad_norm .. tok/s .. mem ..`"""
+    sources = {"loss": m.get("loss"), "reward": m.get("reward_mean"),
+               "tool_calls": m.get("tool_calls_mean"), "resp_len": m.get("response_len_mean"),
+               "grad_norm": m.get("grad_norm"), "tok/s": m.get("tokens_per_s"),
+               "mem": m.get("mem_peak_gib")}
+    parts = [f"[{stage}] step {step}"]
+    for key in CONSOLE_KEYS:
+        v = sources[key]
+        if v is None:
+            parts.append(f"{key} -")
+        elif key == "mem":
+            parts.append(f"mem {v:.2f}G")
+        elif key in ("tok/s", "resp_len"):
+            parts.append(f"{key} {v:.0f}")
+        else:
+            parts.append(f"{key} {v:.4f}" if key in ("loss", "grad_norm") else f"{key} {v:.3f}")
+    return " ".join(parts)
+
+
+class CollapseMonitor:
+    """Warns when tool calls per trajectory fall below `min_fraction` of their early value
+    (mean over the first `early_steps`) while reward over the recent `window` is flat or
+    falling. `update` returns the flag and its inputs so they land in the metrics."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.tool_calls: list[float] = []
+        self.rewards: list[float] = []
+
+    def update(self, tool_calls: float, reward: float) -> dict:
+        self.tool_calls.append(tool_calls)
+        self.rewards.append(reward)
+        c = self.cfg
+        if not c.enabled or len(self.tool_calls) < c.early_steps + c.window:
+            return {"collapse_warning": 0.0}
+        early = sum(self.tool_calls[:c.early_steps]) / c.early_steps
+        recent = self.tool_calls[-c.window:]
+        recent_calls = sum(recent) / c.window
+        rewards = self.rewards[-c.window:]
+        flat_or_falling = rewards[-1] <= rewards[0] + 1e-9
+        collapsed = early > 0 and recent_calls < c.min_fraction * early and flat_or_falling
+        if collapsed:
+            log.warning("interaction collapse: tool calls per trajectory %.2f fell below "
+                        "%.0f%% of their early value %.2f while reward is flat or falling",
+                        recent_calls, 100 * c.min_fraction, early)
+        return {"collapse_warning": float(collapsed), "tool_calls_early": early,
+                "tool_calls_recent": recent_calls}
+
+
+class MetricsWriter:
+    """Appends one JSON record per step to run_dir/metrics.jsonl and TensorBoard (rank 0)."""
+
+    def __init__(self, run_dir: str | Path, *, is_main: bool = True, tensorboard: bool = True,
+                 log_every: int = 1):
+        self.is_main = is_main
+        self.log_every = log_every
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.tb = None
+        if is_main and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+            except ImportError:
+                log.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
+
+    def write(self, stage: str, step: int, metrics: dict, global_step: int | None = None) -> None:
+        if not self.is_main:
+            return
+        record = {"stage": stage, "step": step,
+                  **{k: _clean(v) for k, v in metrics.items()}}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            gs = step if global_step is None else global_step
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(f"{stage}/{k}", v, gs)
+            self.tb.flush()
+        if step % self.log_every == 0:
+            log.info(format_line(stage, step, metrics))
+
+    def truncate_after(self, stage: str, step: int) -> None:
+        """Drop records of `stage` past `step` (a resumed run rewrites them)."""
+        if not self.is_main or not self.path.is_file():
+            return
+        keep = [line for line in self.path.read_text().splitlines()
+                if line and not (json.loads(line)["stage"] == stage
+                                 and json.loads(line)["step"] > step)]
+        self.path.write_text("".join(f"{line}\n" for line in keep))
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _clean(v):
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The records of run_dir/metrics.jsonl."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,140 @@
+"""Pieces both trainers share: model loading, optimizer and schedule, the optimizer step with
+gradient clipping and the NaN guard, saving a stage's model as a Hugging Face directory."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+from aster.errors import AsterUserError
+
+log = logging.getLogger("aster")
+
+
+class TrainingDivergedError(AsterUserError):
+    """The loss or gradient became NaN/inf; training stopped before corrupting the weights."""
+
+
+class ModelPathError(AsterUserError):
+    """model.path does not point at a loadable model directory."""
+
+
+def resolve_dtype(name: str, backend) -> torch.dtype:
+    """`auto` is bf16 where the backend supports it, else fp32."""
+    if name == "auto":
+        bf16_ok = backend.capabilities.bf16 and backend.device_type != "cpu"
+        return torch.bfloat16 if bf16_ok else torch.float32
+    dtype = getattr(torch, name)
+    if not backend.supports_dtype(dtype):
+        raise AsterUserError(f"model.dtype={name} is not supported on --device {backend.name}; "
+                             "use model.dtype=float32")
+    return dtype
+
+
+def load_policy(path: str, model_cfg, backend):
+    """(model in train mode on the backend's device, tokenizer) from a model directory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise ModelPathError(f"model.path={path!r} is not a model directory (no config.json); "
+                             "point it at a Hugging Face model directory or leave it empty "
+                             "for the tiny model")
+    attn = model_cfg.attn_implementation
+    attn = backend.attn_implementation() if attn == "auto" else attn
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=resolve_dtype(model_cfg.dtype, backend), attn_implementation=attn)
+    model = backend.prepare_model(model, fused_ops=model_cfg.fused_ops).to(backend.device())
+    if model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model.train(), tokenizer
+
+
+def build_optimizer(model, lr: float, weight_decay: float, betas=(0.9, 0.999)):
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay,
+                             betas=tuple(betas), foreach=False)
+
+
+def build_scheduler(optimizer, total_steps: int, warmup_steps: int, schedule: str = "constant"):
+    """Linear warmup, then constant / cosine / linear decay to 0 at total_steps."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        progress = min(1.0, progress)
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0 - progress
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def optimizer_step(model, optimizer, scheduler, max_grad_norm: float, loss: float,
+                   where: str, last_good: str | None) -> float:
+    """Clip, guard against NaN/inf, step. Raises TrainingDivergedError without stepping."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        optimizer.zero_grad(set_to_none=True)
+        keep = f"the last good checkpoint is {last_good}" if last_good else \
+            "no checkpoint was written yet"
+        raise TrainingDivergedError(f"{where}: loss={loss} grad_norm={grad_norm} is not finite; "
+                                    f"stopped, {keep}; lower the learning rate or check the data")
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def save_hf_model(model, tokenizer, out_dir: str | Path, is_main: bool = True) -> Path:
+    """An ordinary Hugging Face directory of the (possibly sharded) model; collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from aster.train.parallel import unwrap
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                                 cpu_offload=True))
+    out = Path(out_dir)
+    if is_main:
+        tmp = out.with_name(out.name + ".tmp")
+        inner = unwrap(model)
+        inner.save_pretrained(tmp, state_dict=state)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+        tmp.rename(out)
+    return out
+
+
+class TrainContext:
+    """What a trainer needs: config, backend, the policy (wrapped for parallelism), the plain
+    Hugging Face model under it, tokenizer, run directory and metrics writer."""
+
+    def __init__(self, cfg, backend, policy, hf_model, tokenizer, run_dir, writer):
+        self.cfg, self.backend = cfg, backend
+        self.policy, self.hf_model, self.tokenizer = policy, hf_model, tokenizer
+        self.run_dir, self.writer = Path(run_dir), writer
+
+    @property
+    def dist(self):
+        return self.backend.dist
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum across ranks in place (identity in a single process)."""
+        if self.dist.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def ckpt_dir(self, stage: str) -> Path:
+        return self.run_dir / "checkpoints" / stage

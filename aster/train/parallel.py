@@ -1,0 +1,80 @@
+"""The one place parallelism is applied: none, DDP, torch FSDP2 (`fully_shard`) or DeepSpeed
+ZeRO, all through the current backend's collective (gloo / nccl / hccl)."""
+
+from __future__ import annotations
+
+import logging
+
+from torch import nn
+
+from aster.errors import CapabilityError
+
+log = logging.getLogger("aster")
+
+
+def resolve_strategy(strategy: str, world_size: int) -> str:
+    """`auto` is fsdp2 with more than one rank, none otherwise."""
+    if strategy == "auto":
+        return "fsdp2" if world_size > 1 else "none"
+    return strategy
+
+
+def apply_parallelism(model: nn.Module, backend, dist_cfg) -> tuple[nn.Module, str]:
+    """Wrap `model` (a single-device module already on backend.device()) for data parallel.
+
+    Returns (wrapped model, strategy used). Gradients of every strategy are *averaged* over
+    ranks; losses normalised by a global token count must be scaled by world_size first.
+    """
+    world_size = backend.dist.world_size
+    strategy = resolve_strategy(dist_cfg.strategy, world_size)
+    if strategy == "none" or world_size == 1 and strategy != "deepspeed":
+        return model, "none"
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        device = backend.device()
+        ids = None if device.type == "cpu" else [device.index]
+        return DistributedDataParallel(model, device_ids=ids), "ddp"
+    if strategy == "fsdp2":
+        return _fsdp2(model, backend, dist_cfg), "fsdp2"
+    if strategy == "deepspeed":
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError:
+            raise CapabilityError("distributed.strategy=deepspeed needs DeepSpeed: pip install "
+                                  "deepspeed, or use distributed.strategy=fsdp2") from None
+        raise CapabilityError("distributed.strategy=deepspeed: build the engine with "
+                              "deepspeed_engine(); the trainers use fsdp2 or ddp")
+    raise ValueError(f"distributed.strategy={strategy!r} is not known")
+
+
+def _fsdp2(model: nn.Module, backend, dist_cfg) -> nn.Module:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
+
+    mesh = init_device_mesh(backend.device_type, (backend.dist.world_size,))
+    kwargs = {"mesh": mesh, "reshard_after_forward": dist_cfg.reshard_after_forward}
+    if dist_cfg.cpu_offload:
+        kwargs["offload_policy"] = CPUOffloadPolicy()
+    for layer in _decoder_layers(model):
+        fully_shard(layer, **kwargs)
+    fully_shard(model, **kwargs)
+    return model
+
+
+def _decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The repeated transformer blocks (each sharded as one unit)."""
+    names = set(getattr(_find_pretrained(model), "_no_split_modules", None) or [])
+    return [m for m in model.modules() if type(m).__name__ in names]
+
+
+def _find_pretrained(model: nn.Module):
+    for m in model.modules():
+        if hasattr(m, "_no_split_modules"):
+            return m
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The single-device module under a DDP wrapper (FSDP2 shards in place)."""
+    return getattr(model, "module", model)

@@ -1,0 +1,202 @@
+"""Cold-start SFT: multi-turn tool conversations rendered with the model's chat template, loss
+on assistant tokens only (reasoning, calls, answers); prompts and tool outputs masked; samples
+over the cutoff dropped and counted, never truncated."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from aster.algo import PolicyForward
+from aster.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from aster.train.common import build_optimizer, build_scheduler, optimizer_step
+
+log = logging.getLogger("aster")
+
+
+@dataclass
+class Encoded:
+    """One tokenised conversation: ids and the 0/1 loss mask over them (1 = assistant)."""
+
+    ids: list[int]
+    mask: list[int]
+
+
+def _render(tokenizer, messages, tools, generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False,
+                                         add_generation_prompt=generation_prompt)
+
+
+def assistant_spans(tokenizer, messages: list[dict], tools=None) -> tuple[str, list[tuple]]:
+    """The rendered text and the character spans of every assistant turn (its header excluded,
+    its end-of-turn token included), found by rendering growing prefixes."""
+    full = _render(tokenizer, messages, tools, False)
+    spans = []
+    for i, msg in enumerate(messages):
+        if msg["role"] != "assistant":
+            continue
+        start = _render(tokenizer, messages[:i], tools, True)
+        end = _render(tokenizer, messages[:i + 1], tools, False)
+        if not (full.startswith(start) and full.startswith(end)):
+            raise ValueError("the chat template does not render conversations prefix by prefix")
+        spans.append((len(start), len(end)))
+    return full, spans
+
+
+def encode_conversation(tokenizer, messages: list[dict], tools=None) -> Encoded:
+    """Token ids of the rendered conversation and the mask of assistant tokens."""
+    text, spans = assistant_spans(tokenizer, messages, tools)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    mask = []
+    for a, b in enc["offset_mapping"]:
+        inside = any(s <= a and b <= e and b > a for s, e in spans)
+        mask.append(int(inside))
+    return Encoded(list(enc["input_ids"]), mask)
+
+
+def encode_dataset(tokenizer, examples: list[dict], cutoff_len: int) -> tuple[list[Encoded], int]:
+    """Encode every example; those longer than cutoff_len are dropped and counted."""
+    kept, dropped = [], 0
+    for ex in examples:
+        enc = encode_conversation(tokenizer, ex["messages"], ex.get("tools"))
+        if len(enc.ids) > cutoff_len or not any(enc.mask):
+            dropped += 1
+            continue
+        kept.append(enc)
+    if dropped:
+        log.warning("sft: dropped %d of %d samples over sft.cutoff_len=%d (not truncated)",
+                    dropped, len(examples), cutoff_len)
+    return kept, dropped
+
+
+def collate_padded(batch: list[Encoded], pad_id: int, device) -> dict:
+    """Right-padded rows with an attention mask; trained positions as flat (row, col, label)."""
+    width = max(len(e.ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for b, e in enumerate(batch):
+        ids[b, :len(e.ids)] = torch.tensor(e.ids)
+        attn[b, :len(e.ids)] = 1
+    rows, cols = _trained_positions([e.mask for e in batch], [0] * len(batch))
+    labels = ids[rows, cols + 1]
+    return {"input_ids": ids.to(device), "attention_mask": attn.to(device), "position_ids": None,
+            "rows": rows.to(device), "cols": cols.to(device), "labels": labels.to(device)}
+
+
+def collate_packed(batch: list[Encoded], device) -> dict:
+    """All sequences in one row with position ids restarting per sequence (packed attention
+    backends split on the position-id resets); no padding, no dense mask."""
+    ids = torch.tensor([t for e in batch for t in e.ids], dtype=torch.long)[None]
+    pos = torch.cat([torch.arange(len(e.ids)) for e in batch])[None]
+    offsets, acc = [], 0
+    for e in batch:
+        offsets.append(acc)
+        acc += len(e.ids)
+    masks = [e.mask for e in batch]
+    _, cols = _trained_positions(masks, offsets)  # one row: columns are global offsets
+    labels = ids[0, cols + 1]
+    return {"input_ids": ids.to(device), "attention_mask": None, "position_ids": pos.to(device),
+            "rows": torch.zeros_like(cols).to(device), "cols": cols.to(device),
+            "labels": labels.to(device)}
+
+
+def _trained_positions(masks: list[list[int]], offsets: list[int]):
+    """(row, col) of every position whose *next* token is an assistant token."""
+    rows, cols = [], []
+    for b, (mask, off) in enumerate(zip(masks, offsets)):
+        m = torch.tensor(mask[1:], dtype=torch.bool)
+        j = torch.nonzero(m).view(-1)
+        rows.append(torch.full_like(j, b))
+        cols.append(j + off)
+    return torch.cat(rows), torch.cat(cols)
+
+
+def count_trained(batch: list[Encoded]) -> int:
+    return sum(sum(e.mask[1:]) for e in batch)
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+    return torch.randperm(n, generator=gen).tolist()
+
+
+def _step_batch(data: list[Encoded], step: int, cfg, seed: int, rank: int, world: int):
+    """This rank's sequences of global step `step` (the data position is the step itself)."""
+    per_epoch = math.ceil(len(data) / cfg.global_batch_size)
+    epoch, idx = divmod(step, per_epoch)
+    order = _epoch_order(len(data), seed, epoch)
+    chosen = order[idx * cfg.global_batch_size:(idx + 1) * cfg.global_batch_size]
+    mine = chosen[rank * len(chosen) // world:(rank + 1) * len(chosen) // world]
+    return epoch, [data[i] for i in mine]
+
+
+def sft_micro_loss(policy, batch: dict, num_tokens: float):
+    """Token-mean negative log-likelihood of the assistant tokens, normalised by the global
+    token count of the step (so the sum over micro batches and ranks is the mean)."""
+    logp = policy(batch["input_ids"], batch["attention_mask"], batch["rows"], batch["cols"],
+                  batch["labels"], position_ids=batch["position_ids"])
+    return -logp.sum() / num_tokens
+
+
+def _collate(chunk, packed: bool, pad_id: int, device) -> dict:
+    return collate_packed(chunk, device) if packed else collate_padded(chunk, pad_id, device)
+
+
+def run_sft(ctx, data: list[Encoded], num_dropped: int = 0) -> dict:
+    """Train on encoded conversations; resumes from the stage's last checkpoint. Returns the
+    last step's metrics."""
+    cfg, dist = ctx.cfg.sft, ctx.dist
+    packed = cfg.packing and ctx.backend.capabilities.packed_attention
+    per_epoch = math.ceil(len(data) / cfg.global_batch_size)
+    total = per_epoch * cfg.epochs
+    optimizer = build_optimizer(ctx.policy, cfg.lr, cfg.weight_decay, cfg.adam_betas)
+    scheduler = build_scheduler(optimizer, total, int(cfg.warmup_ratio * total),
+                                cfg.lr_schedule)
+    start, last_good = _resume(ctx, "sft", optimizer, scheduler)
+    save_every = cfg.save_every_steps or per_epoch
+    pad_id = ctx.tokenizer.pad_token_id or 0
+    metrics: dict = {}
+    for step in range(start, total):
+        t0 = time.perf_counter()
+        epoch, mine = _step_batch(data, step, cfg, ctx.cfg.run.seed, dist.rank, dist.world_size)
+        count = ctx.all_reduce_sum(torch.tensor([float(count_trained(mine))], dtype=torch.float64))
+        num_tokens = max(1.0, count.item())
+        loss_sum = 0.0
+        for s in range(0, len(mine), cfg.micro_batch_size):
+            batch = _collate(mine[s:s + cfg.micro_batch_size], packed, pad_id,
+                             ctx.backend.device())
+            loss = sft_micro_loss(ctx.policy, batch, num_tokens)
+            (loss * dist.world_size).backward()  # the wrappers average gradients over ranks
+            loss_sum += loss.item()
+        loss_total = ctx.all_reduce_sum(torch.tensor([loss_sum], dtype=torch.float64)).item()
+        lr = scheduler.get_last_lr()[0]
+        grad_norm = optimizer_step(ctx.policy, optimizer, scheduler, cfg.max_grad_norm,
+                                   loss_total, f"sft step {step + 1}", last_good)
+        elapsed = time.perf_counter() - t0
+        metrics = {"loss": loss_total, "grad_norm": grad_norm, "lr": lr, "epoch": epoch,
+                   "tokens": num_tokens, "tokens_per_s": num_tokens / elapsed,
+                   "step_time_s": elapsed, "dropped_over_cutoff": num_dropped,
+                   **ctx.backend.memory_stats()}
+        ctx.writer.write("sft", step + 1, metrics)
+        if (step + 1) % save_every == 0 or step + 1 == total:
+            last_good = str(save_checkpoint(ctx.ckpt_dir("sft"), step + 1, model=ctx.policy,
+                                            optimizer=optimizer, scheduler=scheduler,
+                                            extra={"stage": "sft", "epoch": epoch},
+                                            keep_last=ctx.cfg.checkpoint.keep_last,
+                                            is_main=dist.is_main))
+    return metrics
+
+
+def _resume(ctx, stage: str, optimizer, scheduler) -> tuple[int, str | None]:
+    """(first step to run, last good checkpoint) after loading the stage's latest checkpoint."""
+    ckpt = latest_checkpoint(ctx.ckpt_dir(stage))
+    if ckpt is None:
+        return 0, None
+    meta = load_checkpoint(ckpt, model=ctx.policy, optimizer=optimizer, scheduler=scheduler)
+    ctx.writer.truncate_after(stage, meta["step"])
+    log.info("%s: resumed from %s (step %d)", stage, ckpt, meta["step"])
+    return meta["step"], str(ckpt)
