@@ -38,14 +38,14 @@ def set_rng_state(state: dict) -> None:
 
 
 def _model_state(model) -> dict:
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, StateDictOptions
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
                                                                 cpu_offload=True))
 
 
 def _optim_state(model, optimizer) -> dict:
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, StateDictOptions
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     return get_optimizer_state_dict(model, optimizer,
                                     options=StateDictOptions(full_state_dict=True,

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import torch
 
-from aster.algo import PolicyForward
 from aster.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from aster.train.common import build_optimizer, build_scheduler, optimizer_step
 
