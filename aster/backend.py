@@ -32,6 +32,13 @@ _REGISTRY: dict[str, str] = {
 AUTO_ORDER = ("npu", "cuda", "cpu")
 DEVICE_CHOICES = ("auto", *_REGISTRY)
 
+# User-facing text about devices lives here too, so the rest of the core stays device-free.
+DEVICE_HELP = ("where to run (default: the config's run.device, itself 'auto': npu if usable, "
+               "else cuda, else cpu)")
+DEVICES_BLURB = ("The same trainer runs on CPU, NVIDIA GPUs (--device cuda) and Ascend NPUs "
+                 "(--device npu).")
+EXAMPLE_CLUSTER_RUN = "aster train --device cuda --config qwen3-4b"
+
 KERNEL_IMPLS = ("reference", "chunked", "triton")
 ENGINES = ("hf", "vllm")
 

@@ -8,19 +8,20 @@ import logging
 import sys
 
 from aster import __version__
+from aster.backend import DEVICES_BLURB, EXAMPLE_CLUSTER_RUN
 from aster.errors import AsterUserError
 
 # Order is the order `aster --help` lists them in.
 COMMANDS = ("train", "sft", "rl", "eval", "data", "sandbox", "parity", "config", "plot")
 
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 aster trains language models to reason with a Python tool (the ASTER recipe): cold-start SFT
 on interaction-dense tool trajectories, two-stage GRPO with a stateful Python sandbox, avg@k
-evaluation. The same trainer runs on CPU, NVIDIA GPUs (--device cuda) and Ascend NPUs
-(--device npu).
+evaluation. {DEVICES_BLURB}
 
 Start with `aster train` (the embedded tiny default on CPU), or
-`aster train --device cuda --config configs/qwen3-4b.yaml` on a GPU node."""
+`{EXAMPLE_CLUSTER_RUN}` on a GPU node. Every job command takes --config and
+KEY=VALUE overrides; `aster config show` prints what a run will use."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +42,15 @@ def setup_logging(verbose: bool) -> None:
                         datefmt="%H:%M:%S")
 
 
+def check_device(args: argparse.Namespace) -> None:
+    """Fail fast, before any work, when an explicit --device is not usable here."""
+    device = getattr(args, "device", None)
+    if device not in (None, "auto"):
+        from aster.backend import resolve_device_name
+
+        resolve_device_name(device)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -49,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(args.verbose)
     try:
+        check_device(args)
         return int(args.func(args) or 0)
     except AsterUserError as exc:
         print(f"aster: error: {exc}", file=sys.stderr)

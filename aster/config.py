@@ -14,6 +14,7 @@ from typing import Literal
 
 import yaml
 
+from aster.backend import DEVICE_CHOICES
 from aster.configio import apply_overrides, build_dataclass, deep_merge, to_dict
 from aster.data.config import DataConfig
 from aster.errors import ConfigError
@@ -32,12 +33,14 @@ class RunConfig:
 
     name: str = "run"
     output_dir: str | None = None  # default: runs/<name>-<timestamp>
-    device: Literal["auto", "cpu", "cuda", "npu"] = "auto"
+    device: str = "auto"  # one of aster.backend.DEVICE_CHOICES
     seed: int = 0
     deterministic: bool = False  # the backend's determinism settings (slower)
     stages: list[str] = field(default_factory=lambda: list(STAGES))
 
     def __post_init__(self):
+        if self.device not in DEVICE_CHOICES:
+            raise ValueError(f"run.device={self.device!r} must be one of {', '.join(DEVICE_CHOICES)}")
         for stage in self.stages:
             if stage not in STAGES:
                 raise ValueError(f"run.stages contains {stage!r}; valid stages: "
@@ -154,10 +157,10 @@ def load_raw(source: str | None, _seen: tuple = ()) -> dict:
     base = data.pop("base", None)
     if base is None:
         return data
-    if base in _seen:
-        raise ConfigError(f"config {source!r}: `base:` chain loops through {base!r}")
     if base_dir is not None and not Path(base).is_absolute() and (base_dir / base).is_file():
         base = str(base_dir / base)
+    if base in (*_seen, source):
+        raise ConfigError(f"config {source!r}: `base:` chain loops through {base!r}")
     return deep_merge(load_raw(base, (*_seen, source)), data)
 
 

@@ -26,9 +26,9 @@ def pytest_collection_modifyitems(config, items):
     has_cuda = torch.cuda.is_available()
     has_npu = None
     for item in items:
-        if "cuda" in item.keywords and not has_cuda:
+        if item.get_closest_marker("cuda") and not has_cuda:
             item.add_marker(skip_cuda)
-        if "npu" in item.keywords:
+        if item.get_closest_marker("npu"):
             has_npu = _npu_available() if has_npu is None else has_npu
             if not has_npu:
                 item.add_marker(skip_npu)

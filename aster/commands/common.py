@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from aster.backend import DEVICE_CHOICES
+from aster.backend import DEVICE_CHOICES, DEVICE_HELP
 from aster.errors import NotImplementedYetError
 
 
@@ -20,9 +20,7 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 def add_run_args(parser: argparse.ArgumentParser) -> None:
     """--config, --device, --output-dir, overrides."""
     add_config_args(parser)
-    parser.add_argument("--device", choices=DEVICE_CHOICES, default=None,
-                        help="where to run (default: the config's run.device, itself 'auto': "
-                             "npu if usable, else cuda, else cpu)")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default=None, help=DEVICE_HELP)
     parser.add_argument("--output-dir", "-o", default=None, metavar="DIR",
                         help="run directory (default: runs/<config>-<timestamp>/)")
 
