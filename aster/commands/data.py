@@ -1,11 +1,139 @@
-"""`aster data`: Inspect, curate and synthesise SFT trajectories (stats, curate, synth)."""
+"""`aster data`: inspect, curate and synthesise SFT trajectories (stats, curate, synth, synthetic)."""
 
 from __future__ import annotations
 
-from aster.commands.common import add_run_args, not_implemented
+import argparse
+import json
+import logging
+from collections import Counter
+
+from aster.commands.common import add_run_args
+
+logger = logging.getLogger("aster")
+
+
+def _tokenizer(path: str | None):
+    if not path:
+        return None
+    from transformers import AutoTokenizer
+
+    from aster.errors import AsterUserError
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise AsterUserError(f"--tokenizer {path}: cannot load a tokenizer there ({exc})") from exc
+
+
+def _stats_of(loaded, args):
+    from aster.data.curate import trajectory_stats
+
+    tokenizer = _tokenizer(args.tokenizer)
+    return [trajectory_stats(e, tokenizer, rescore=not args.no_rescore) for e in loaded.examples]
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    from aster.data.formats import load_sft
+    from aster.data.report import format_summary, summarize, text_histogram, write_png
+
+    loaded = load_sft(args.file)
+    stats = _stats_of(loaded, args)
+    summary = summarize(stats)
+    print(f"{args.file}: {len(stats)} trajectories ({loaded.layout} layout), "
+          f"{loaded.skipped.count} malformed rows skipped")
+    print("tool calls per trajectory:")
+    print(text_histogram([s.tool_calls for s in stats]))
+    print("summary:" + ("" if args.tokenizer else " (tokens approximated as chars/4; "
+                                                  "--tokenizer for exact counts)"))
+    print(format_summary(summary))
+    if args.png:
+        write_png(stats, args.png)
+        print(f"wrote {args.png}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(summary, fh, indent=1)
+    return 0
+
+
+def run_curate(args: argparse.Namespace) -> int:
+    from aster.data.curate import curate
+    from aster.data.formats import load_sft, sft_row
+    from aster.data.io import file_kind, write_rows
+
+    loaded = load_sft(args.input)
+    stats = _stats_of(loaded, args)
+    result = curate(loaded.examples, stats, min_tool_calls=args.min_tool_calls,
+                    require_correct=not args.keep_incorrect, max_tokens=args.max_tokens,
+                    dedup=args.dedup, size=args.size, seed=args.seed)
+    print(f"{args.input}: {len(loaded.examples) + loaded.skipped.count} rows "
+          f"({loaded.layout} layout)")
+    print(f"  {'malformed':<28} -{loaded.skipped.count}")
+    for name, n in result.removed.items():
+        print(f"  {name:<28} -{n}")
+    out_kind = file_kind(args.output)
+    if out_kind == loaded.file_kind:  # same file type: the rows exactly as they were read
+        rows = [loaded.rows[i] for i in result.kept]
+    else:
+        rows = [sft_row(loaded.examples[i], loaded.layout, out_kind) for i in result.kept]
+    write_rows(rows, args.output)
+    kept = Counter(stats[i].use for i in result.kept)
+    print(f"wrote {len(rows)} trajectories to {args.output} ({loaded.layout} layout; "
+          f"tool use: {dict(kept)})")
+    return 0
+
+
+def run_synthetic(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from aster.config import load_config
+    from aster.data import write_prompts, write_sft
+    from aster.data.synthetic import build_synthetic
+
+    cfg = load_config(args.config, args.overrides)
+    data = build_synthetic(cfg.data.synthetic, cfg.sandbox)
+    out = Path(args.out_dir)
+    write_sft(data.sft, out / "sft.jsonl", "aster")
+    write_prompts(data.rl, out / "rl.jsonl", "plain")
+    write_prompts(data.eval, out / "eval.jsonl", "plain")
+    print(f"wrote {out}/sft.jsonl ({len(data.sft)}), rl.jsonl ({len(data.rl)}), "
+          f"eval.jsonl ({len(data.eval)})")
+    return 0
+
+
+def _add_stat_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tokenizer", default=None, metavar="PATH",
+                   help="count tokens with this tokenizer's chat template (default: ~chars/4)")
+    p.add_argument("--no-rescore", action="store_true",
+                   help="do not re-score final answers with aster.reward")
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("data", help="Inspect, curate and synthesise SFT trajectories (stats, curate, synth).", description="Inspect, curate and synthesise SFT trajectories (stats, curate, synth).")
-    add_run_args(parser)
-    parser.set_defaults(func=not_implemented("data", "data and evaluation"))
+    desc = "Inspect, curate and synthesise SFT trajectories (stats, curate, synth, synthetic)."
+    parser = sub.add_parser("data", help=desc, description=desc)
+    dsub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    p = dsub.add_parser("stats", help="interaction density of an SFT file: histogram + table")
+    p.add_argument("file")
+    p.add_argument("--png", default=None, metavar="OUT", help="also draw histograms to a PNG")
+    p.add_argument("--json", default=None, metavar="OUT", help="also write the summary as JSON")
+    _add_stat_args(p)
+    p.set_defaults(func=run_stats)
+
+    p = dsub.add_parser("curate", help="filter an SFT file by interaction density, sample a size")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--min-tool-calls", type=int, default=9,
+                   help="keep trajectories with at least N tool calls (default 9, the paper's)")
+    p.add_argument("--size", type=int, default=0, help="sample this many rows (0: all)")
+    p.add_argument("--max-tokens", type=int, default=0, help="drop longer ones (0: no limit)")
+    p.add_argument("--dedup", action="store_true", help="keep one trajectory per problem")
+    p.add_argument("--keep-incorrect", action="store_true",
+                   help="keep trajectories whose final answer is wrong")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    _add_stat_args(p)
+    p.set_defaults(func=run_curate)
+
+    p = dsub.add_parser("synthetic", help="write the tiny task's SFT/RL/eval splits as jsonl")
+    p.add_argument("out_dir")
+    add_run_args(p)
+    p.set_defaults(func=run_synthetic)

@@ -53,6 +53,7 @@ class LoadedSFT:
     layout: str
     file_kind: str
     skipped: Skipped = field(default_factory=Skipped)
+    rows: list[dict] = field(default_factory=list)  # the raw rows, aligned with `examples`
 
 
 def make_call(code: str, name: str = TOOL_NAME) -> dict:
@@ -230,6 +231,7 @@ def load_sft(path: str | os.PathLike, max_rows: int = 0) -> LoadedSFT:
             loaded.skipped.add(index, str(exc))
             continue
         loaded.examples.append(example)
+        loaded.rows.append(row)
         if max_rows and len(loaded.examples) >= max_rows:
             break
     loaded.skipped.report(str(path), len(loaded.examples))
