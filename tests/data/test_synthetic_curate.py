@@ -1,0 +1,93 @@
+"""The synthetic task (sandbox-run references, disjoint splits) and interaction-density curation."""
+
+from __future__ import annotations
+
+import json
+
+from aster.cli import main
+from aster.data.config import DataConfig, SyntheticTaskConfig
+from aster.data.curate import curate, tool_use_kind, trajectory_stats
+from aster.data.formats import load_sft, make_call, validate_example, write_sft
+from aster.data.synthetic import build_synthetic, sample_problems
+
+SMALL = SyntheticTaskConfig(num_sft=6, num_rl=5, num_eval=4, seed=7)
+
+
+def test_splits_are_disjoint_and_deterministic():
+    cfg = SyntheticTaskConfig(num_sft=200, num_rl=100, num_eval=50, seed=3)
+    sft, rl, ev = sample_problems(cfg)
+    texts = [{p.text for p in split} for split in (sft, rl, ev)]
+    assert [len(t) for t in texts] == [200, 100, 50]
+    assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
+    assert [p.text for p in sample_problems(cfg)[1]] == [p.text for p in rl]
+    assert [p.text for p in sample_problems(SyntheticTaskConfig(seed=4))[1]] != [p.text for p in rl]
+
+
+def test_reference_trajectories_are_run_in_the_sandbox_and_stateful():
+    data = build_synthetic(SMALL)
+    assert len(data.sft) == 6 and len(data.rl) == 5 and len(data.eval) == 4
+    for traj in data.sft:
+        validate_example(traj)
+        stats = trajectory_stats(traj)
+        assert stats.tool_calls >= SMALL.min_steps and stats.tool_errors == 0
+        assert stats.correct is True and stats.use == "causal"
+        calls = [m for m in traj["messages"] if m.get("tool_calls")]
+        later = calls[1]["tool_calls"][0]["function"]["arguments"]["code"]
+        assert later.split(" = ")[1].startswith("a ")  # step 2 reads step 1's variable
+        outputs = [m["content"].strip() for m in traj["messages"] if m["role"] == "tool"]
+        assert outputs[-1] == traj["answer"]
+        assert traj["messages"][-1]["content"].endswith(f"\\boxed{{{traj['answer']}}}")
+    assert {"problem", "answer", "data_source"} <= set(data.rl[0])
+    assert "Please reason" not in data.rl[0]["problem"]
+
+
+def test_trainer_entry_points_filter_by_tool_calls():
+    from aster.data import eval_sets, rl_prompts, sft_examples
+
+    cfg = DataConfig(min_tool_calls=3, synthetic=SMALL)
+    kept = sft_examples(cfg)
+    assert kept and all(trajectory_stats(t).tool_calls >= 3 for t in kept)
+    assert len(rl_prompts(cfg)) == 5 and list(eval_sets(cfg)) == ["synthetic"]
+
+
+def _traj(codes_outputs, answer="5", final="\\boxed{5}", problem="p"):
+    msgs = [{"role": "user", "content": problem}]
+    for code, out in codes_outputs:
+        msgs.append({"role": "assistant", "content": "", "tool_calls": [make_call(code)]})
+        msgs.append({"role": "tool", "content": out})
+    msgs.append({"role": "assistant", "content": final})
+    return {"messages": msgs, "tools": None, "answer": answer}
+
+
+def test_tool_use_kinds_and_errors():
+    assert tool_use_kind(_traj([])) == "none"
+    assert tool_use_kind(_traj([("print(2+3)", "5")])) == "post-hoc"
+    assert tool_use_kind(_traj([("print(1)", "1"), ("print(2)", "2")])) == "independent"
+    assert tool_use_kind(_traj([("x = 123", ""), ("print(x + 1)", "124")])) == "causal"
+    assert tool_use_kind(_traj([("print(17*23)", "391"), ("print(391 + 5)", "396")])) == "causal"
+    err = _traj([("1/0", "Traceback (most recent call last):\nZeroDivisionError: division by zero")])
+    assert trajectory_stats(err).tool_errors == 1
+
+
+def test_curate_filters_in_order_and_cli_writes_layout_read(tmp_path, capsys):
+    rows = [_traj([("x = 1", "")] * 10, problem="a"),  # dense, correct
+            _traj([("x = 1", "")] * 10, problem="a"),  # duplicate problem
+            _traj([("x = 1", "")] * 10, final="\\boxed{6}", problem="b"),  # wrong answer
+            _traj([("x = 1", "")] * 2, problem="c"),  # sparse
+            _traj([("x = 1", "")] * 12, problem="d")]
+    stats = [trajectory_stats(r) for r in rows]
+    result = curate(rows, stats, min_tool_calls=9, dedup=True)
+    assert result.kept == [0, 4]
+    assert list(result.removed.values()) == [1, 1, 1]
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_sft(rows, src, "openai")
+    assert main(["data", "curate", str(src), str(out), "--dedup", "--size", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "tool_calls < 9" in printed and "sampled to --size 1" in printed
+    kept = load_sft(out)
+    assert kept.layout == "openai" and len(kept.examples) == 1
+    png = tmp_path / "s.png"
+    assert main(["data", "stats", str(src), "--png", str(png), "--json",
+                 str(tmp_path / "s.json")]) == 0
+    assert png.stat().st_size > 0
+    assert json.loads((tmp_path / "s.json").read_text())["tool_calls_ge_9"] == 4
