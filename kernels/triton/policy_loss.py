@@ -123,7 +123,6 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: 
     check_loss_args(logp, old_logp, advantages, mask, num_tokens, clip_low, clip_high, clip_c,
                     rollout_logp, tis_cap)
     _check_device(logp)
-    shape = logp.shape
     flat = logp.reshape(-1).contiguous()
     old = old_logp.detach().reshape(-1).float().contiguous()
     adv = advantages.detach().reshape(-1).float().contiguous()
@@ -136,7 +135,6 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: 
     count = token_count(num_tokens, logp.device)
     loss, sums, ratio_max = _TritonClippedLoss.apply(flat, old, adv, valid, tis_w, count,
                                                      float(clip_low), float(clip_high), clip_c)
-    del shape
     names = ("clip_frac_upper", "clip_frac_lower", "dual_clip_frac", "approx_kl", "ratio_mean")
     metrics = {name: sums[i].detach() for i, name in enumerate(names)}
     metrics["ratio_max"] = ratio_max.detach()

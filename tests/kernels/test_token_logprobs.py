@@ -1,0 +1,180 @@
+"""token_logprobs: chunked and Triton (interpreter on CPU) against the float64 reference,
+one test per known trap."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from aster import kernels
+from aster.kernels import chunked
+from tests.kernels._inputs import assert_close, make_inputs, run_logprobs, run_reference
+
+triton_lp = pytest.importorskip("aster.kernels.triton.logprobs")
+
+# Small tiles so the interpreter exercises many tiles, vocab splits and ragged edges.
+SMALL = triton_lp.LogprobBlocks(block_n=16, block_v=32, block_k=16, num_warps=1, num_stages=1,
+                                programs_target=6, dlogits_bytes=1 << 12)
+IMPLS = {
+    "chunked": functools.partial(chunked.token_logprobs, chunk_tokens=7),
+    "triton": functools.partial(triton_lp.token_logprobs, blocks=SMALL),
+}
+FP32 = dict(atol=2e-5, rtol=2e-4)  # fp32 softmax over <= ~1e3 logits of size ~3
+
+
+@pytest.mark.parametrize("impl", sorted(IMPLS))
+@pytest.mark.parametrize("n,h,v,temperature", [
+    (1, 8, 5, 1.0),  # N=1, V smaller than one block
+    (37, 24, 1001, 0.7),  # odd N, V not a multiple of the block, temperature < 1
+    (64, 32, 256, 1.6),  # everything divides, temperature > 1
+])
+def test_matches_reference(impl, n, h, v, temperature):
+    inputs = make_inputs(n, h, v, seed=n + v)
+    got = run_logprobs(IMPLS[impl], *inputs, temperature=temperature)
+    assert_close(got, run_reference(*inputs, temperature=temperature), what=impl, **FP32)
+
+
+@pytest.mark.parametrize("impl", sorted(IMPLS))
+def test_qwen_vocab_with_non_dividing_block(impl):
+    v = 151936
+    blocks = triton_lp.LogprobBlocks(block_n=16, block_v=2048, block_k=16, num_warps=1,
+                                     num_stages=1, programs_target=4, dlogits_bytes=1 << 20)
+    assert v % blocks.block_v != 0
+    fn = functools.partial(triton_lp.token_logprobs, blocks=blocks) if impl == "triton" \
+        else chunked.token_logprobs
+    inputs = make_inputs(3, 16, v, seed=3, scale=3.0)
+    inputs[2][0] = v - 1  # the last column lives in the ragged final tile
+    got = run_logprobs(fn, *inputs)
+    assert_close(got, run_reference(*inputs), atol=5e-5, rtol=5e-4, what=impl)
+
+
+@pytest.mark.parametrize("impl", sorted(IMPLS))
+def test_all_negative_logits(impl):
+    hidden, weight, labels, g_lp, g_ent = make_inputs(20, 12, 77, seed=1)
+    # A constant feature pushes every logit to about -1000: a running max started at 0
+    # instead of -inf would underflow every exp to 0 and return -inf / nan.
+    hidden[:, -1] = 1.0
+    weight[:, -1] = -1000.0
+    got = run_logprobs(IMPLS[impl], hidden, weight, labels, g_lp, g_ent)
+    assert all(torch.isfinite(t).all() for t in got)
+    want = run_reference(hidden, weight, labels, g_lp, g_ent)
+    # The constant feature's hidden gradient is -1000 * sum(dlogits), exactly 0 but an fp32
+    # cancellation of terms of size ~1000 (error ~1e-1); every other entry is well conditioned.
+    got = (*got[:2], got[2][:, :-1], got[3])
+    want = (*want[:2], want[2][:, :-1], want[3])
+    # logits ~ -1000 carry fp32 rounding of ~6e-5 each; the softmax sees only differences.
+    assert_close(got, want, atol=2e-3, rtol=1e-3, what=impl)
+
+
+@pytest.mark.parametrize("impl", sorted(IMPLS))
+def test_peaked_distribution(impl):
+    hidden, weight, labels, g_lp, g_ent = make_inputs(24, 16, 300, seed=2)
+    hidden[:, -1] = 1.0
+    weight[:, -1] = 0.0
+    weight[7, -1] = 60.0  # token 7 dominates every row by ~60 nats
+    labels[::2] = 7
+    got = run_logprobs(IMPLS[impl], hidden, weight, labels, g_lp, g_ent)
+    want = run_reference(hidden, weight, labels, g_lp, g_ent)
+    assert_close(got, want, atol=1e-4, rtol=1e-4, what=impl)
+    assert got[0][::2].abs().max() < 1e-5 and got[0][1::2].max() < -50
+    assert got[1].max() < 1e-20 + 1e-6  # entropy of a one-hot-like distribution
+
+
+@pytest.mark.parametrize("impl", sorted(IMPLS))
+def test_bf16_inputs_accumulate_in_fp32(impl):
+    # All-zero logits: the exact answer is logp = -log V, entropy = log V. Summing 4099 terms
+    # of exp(0) in bf16 would stall at 256; fp32 accumulation is exact to ~1e-6.
+    v = 4099
+    hidden = torch.zeros(5, 16, dtype=torch.bfloat16)
+    weight = torch.randn(v, 16).to(torch.bfloat16)
+    logp, ent = IMPLS[impl](hidden, weight, torch.arange(5), return_entropy=True)
+    assert logp.dtype == torch.float32 and ent.dtype == torch.float32
+    expect = torch.log(torch.tensor(float(v)))
+    torch.testing.assert_close(logp, -expect.expand(5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(ent, expect.expand(5), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("impl", sorted(IMPLS))
+def test_bf16_matches_reference(impl):
+    inputs = make_inputs(33, 32, 515, dtype=torch.bfloat16, seed=5, scale=2.0)
+    got = run_logprobs(IMPLS[impl], *inputs)
+    want = run_reference(*inputs)
+    # Triton keeps the logits in fp32 (error ~1e-6); the chunked path rounds its matmul output
+    # to bf16 (relative 2**-8 on logits of size <= ~8: <= ~0.06 nats on logp). Gradients are
+    # returned in bf16 (relative 2**-8).
+    logit_tol = 2e-5 if impl == "triton" else 8e-2
+    for name, a, b, atol in zip(("logp", "entropy"), got[:2], want[:2], (logit_tol,) * 2):
+        torch.testing.assert_close(a, b, atol=atol, rtol=0, msg=name)
+    for a, b in zip(got[2:], want[2:]):
+        assert (a - b).abs().max() <= 0.05 * b.abs().max() + 1e-3
+
+
+@pytest.mark.parametrize("impl", sorted(IMPLS))
+def test_grad_paths(impl):
+    hidden, weight, labels, _, _ = make_inputs(9, 8, 50, seed=4)
+    fn = IMPLS[impl]
+    with torch.no_grad():  # old-policy log-probs: forward only
+        old = fn(hidden, weight, labels)
+    assert not old.requires_grad and old.shape == (9,)
+    h = hidden.clone().requires_grad_(True)
+    logp, _ent = fn(h, weight, labels, return_entropy=True)  # entropy unused: grad is None
+    logp.sum().backward()
+    h_ref = hidden.double().requires_grad_(True)
+    kernels.reference.token_logprobs(h_ref, weight.double(), labels).sum().backward()
+    torch.testing.assert_close(h.grad.double(), h_ref.grad, **FP32)
+
+
+def test_chunking_does_not_change_results_and_bounds_memory():
+    hidden, weight, labels, g_lp, g_ent = make_inputs(40, 8, 97, seed=6)
+    one = run_logprobs(chunked.token_logprobs, hidden, weight, labels, g_lp, g_ent,
+                       chunk_tokens=40)
+    many = run_logprobs(chunked.token_logprobs, hidden, weight, labels, g_lp, g_ent,
+                        chunk_tokens=3)
+    assert_close(many, one, atol=1e-6, rtol=1e-5, what="chunk 3 vs 40")
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class LargestOutput(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor):
+                    LargestOutput.largest = max(LargestOutput.largest, t.numel())
+            return out
+
+    with LargestOutput():
+        run_logprobs(chunked.token_logprobs, hidden, weight, labels, g_lp, g_ent,
+                     chunk_tokens=4)
+    # Nothing bigger than one chunk's logits or the weight gradient; never [N, V] = 40 * 97.
+    assert LargestOutput.largest <= max(4 * 97, 97 * 8) < 40 * 97
+
+
+def test_int64_offsets():
+    # Rows past 2**31 / V: row * V overflows int32. The helper must widen before multiplying.
+    stride = 151936
+    row_start = 2**31 // stride - 3
+    out = torch.empty(16, dtype=torch.int64)
+    triton_lp._offsets_probe_kernel[(1,)](out, row_start, stride, BLOCK=16)
+    expect = (torch.arange(16, dtype=torch.int64) + row_start) * stride
+    assert expect.max() > 2**31
+    assert torch.equal(out, expect)
+
+
+def test_dispatch_and_errors(monkeypatch):
+    from aster.backend import current_backend
+
+    assert kernels.resolve_impl("auto") == current_backend().kernel_impl
+    with pytest.raises(ValueError, match="reference, chunked, triton"):
+        kernels.resolve_impl("cutlass")
+    hidden, weight, labels, _, _ = make_inputs(4, 8, 10)
+    with pytest.raises(ValueError, match="hidden size"):
+        kernels.token_logprobs(hidden, weight[:, :4], labels, impl="chunked")
+    with pytest.raises(ValueError, match="labels must lie"):
+        kernels.token_logprobs(hidden, weight, labels + 10, impl="reference")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        kernels.token_logprobs(hidden, weight, labels, impl="triton")
