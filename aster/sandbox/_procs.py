@@ -84,6 +84,8 @@ class CgroupTree:
                 except OSError:
                     pass
             for pid in pids:
+                if pid <= 1:
+                    continue
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
@@ -158,16 +160,33 @@ class Worker:
         finally:
             os.close(fd)
 
+    def interrupt(self) -> None:
+        """SIGINT to the worker, only while it is certainly still this session's process."""
+        if self.pid <= 1:
+            return
+        if self.group is not None:
+            try:
+                members = (Path(self.group) / "cgroup.procs").read_text().split()
+            except OSError:
+                return
+            if str(self.pid) not in members:
+                return
+        try:
+            os.kill(self.pid, signal.SIGINT)
+        except OSError:
+            pass
+
     def kill(self) -> None:
         """SIGKILL the worker, its process group and (when there is one) its cgroup."""
         self.dead = True
-        for kill in (os.killpg, os.kill):
-            try:
-                kill(self.pid, signal.SIGKILL)
-            except OSError:
-                pass
-        if self.group is not None:
+        if self.group is not None:  # exact: only this session's live processes are listed
             CgroupTree.kill_group(self.group)
+        elif self.pid > 1:  # never -1 or 0: kill(-1) would signal every process we may
+            for kill in (os.killpg, os.kill):
+                try:
+                    kill(self.pid, signal.SIGKILL)
+                except OSError:
+                    pass
         self.sock.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
 

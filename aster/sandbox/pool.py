@@ -8,7 +8,6 @@ import itertools
 import logging
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -194,10 +193,10 @@ class SandboxPool:
         except (EOFError, OSError, ValueError) as exc:
             msg = None
             log.warning("sandbox worker failed to start: %s", exc)
-        if not msg or "ready" not in msg:
+        if not isinstance(msg, dict) or not isinstance(msg.get("ready"), int) or msg["ready"] <= 1:
             worker.kill()
             raise SandboxError("a sandbox worker failed to start; see the log")
-        worker.pid = int(msg["ready"])
+        worker.pid = msg["ready"]
         return worker
 
     def _fill_spares(self) -> None:
@@ -314,7 +313,7 @@ class Session:
         cfg = self._pool.config
         note = f"TimeoutError: the code ran longer than {timeout:g} s and was interrupted"
         try:
-            os.kill(worker.pid, signal.SIGINT)
+            worker.interrupt()
             reply = worker.read_msg(time.monotonic() + cfg.grace_s, max_bytes)
         except (EOFError, OSError, ValueError):
             reply = None
