@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from collections import Counter
 
-from aster.commands.common import add_run_args
+from aster.commands.common import add_config_args, add_run_args
 
 logger = logging.getLogger("aster")
 
@@ -100,6 +101,26 @@ def run_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_synth(args: argparse.Namespace) -> int:
+    from aster.config import load_config
+    from aster.data import load_prompts
+    from aster.data.synth import SynthConfig, synthesize
+    from aster.sandbox import SandboxPool
+
+    cfg = load_config(args.config, args.overrides)
+    prompts = load_prompts(args.prompts, max_rows=args.max_prompts).prompts
+    synth_cfg = SynthConfig(endpoint=args.endpoint, model=args.model,
+                            samples_per_prompt=args.samples, max_tool_calls=args.max_tool_calls,
+                            max_tokens=args.max_tokens, temperature=args.temperature,
+                            top_p=args.top_p, concurrency=args.concurrency,
+                            api_key=os.environ.get(args.api_key_env) if args.api_key_env else None)
+    with SandboxPool(cfg.sandbox) as pool:
+        counts = synthesize(prompts, args.output, synth_cfg, pool, progress=not args.no_progress)
+    print(f"wrote {counts.pop('done')} new trajectories to {args.output} "
+          f"({counts.pop('skipped')} already there; finish reasons: {counts})")
+    return 0
+
+
 def _add_stat_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", default=None, metavar="PATH",
                    help="count tokens with this tokenizer's chat template (default: ~chars/4)")
@@ -132,6 +153,26 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     _add_stat_args(p)
     p.set_defaults(func=run_curate)
+
+    p = dsub.add_parser("synth", help="teacher trajectories from an OpenAI-compatible endpoint, "
+                                      "tools run in aster's sandbox (resumable)")
+    p.add_argument("prompts", help="prompt file (verl parquet or jsonl {problem, answer})")
+    p.add_argument("output", help="output .jsonl (aster SFT layout); existing samples skipped")
+    p.add_argument("--endpoint", required=True, metavar="URL",
+                   help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--model", default="teacher", help="model name sent to the endpoint")
+    p.add_argument("--api-key-env", default=None, metavar="VAR",
+                   help="environment variable holding the API key")
+    p.add_argument("--samples", type=int, default=1, help="trajectories per prompt")
+    p.add_argument("--max-tool-calls", type=int, default=50)
+    p.add_argument("--max-tokens", type=int, default=16384, help="per completion request")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--max-prompts", type=int, default=0, help="first N prompts only (0: all)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_args(p)
+    p.set_defaults(func=run_synth)
 
     p = dsub.add_parser("synthetic", help="write the tiny task's SFT/RL/eval splits as jsonl")
     p.add_argument("out_dir")
