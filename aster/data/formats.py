@@ -26,13 +26,18 @@ from dataclasses import dataclass, field
 from aster.data.io import Skipped, is_bad_line, read_rows, write_rows
 
 TOOL_NAME = "code_interpreter"
+# The same schema as aster.rollout.chat's (SFT prompts must render exactly like RL prompts).
 CODE_INTERPRETER_TOOL = {
     "type": "function",
     "function": {
         "name": TOOL_NAME,
-        "description": "Run Python code; variables persist between calls.",
-        "parameters": {"type": "object", "properties": {"code": {
-            "type": "string"}}, "required": ["code"]},
+        "description": ("Run Python code in a stateful interpreter (variables, functions and "
+                        "imports persist across calls) and return what it prints."),
+        "parameters": {
+            "type": "object",
+            "properties": {"code": {"type": "string", "description": "Python code to run."}},
+            "required": ["code"],
+        },
     },
 }
 LAYOUTS = ("sharegpt", "openai", "aster")

@@ -45,7 +45,7 @@ def strip_suffix(text: str) -> str:
 
 def user_turn(problem: str) -> str:
     """The user message for `problem`: the problem and the suffix, the suffix exactly once."""
-    return f"{strip_suffix(problem)}\n{SUFFIX}"
+    return f"{strip_suffix(problem)}\n\n{SUFFIX}"  # as aster.rollout.chat.user_message
 
 
 def prompt_messages(problem: str, system: str | None = None) -> list[dict]:

@@ -97,7 +97,7 @@ def test_hub_name_and_missing_file_errors(tmp_path):
 
 def test_suffix_applied_exactly_once():
     once = user_turn("Find x.")
-    assert once == f"Find x.\n{SUFFIX}"
+    assert once == f"Find x.\n\n{SUFFIX}"
     assert user_turn(once) == once
     assert user_turn(f"\nFind x.\n{SUFFIX}\n") == once
 
