@@ -1,0 +1,224 @@
+"""The fixed-seed parity suite (`aster parity record` / `compare`).
+
+Runs the same small computations on whatever backend is current, from fixed seeds, and
+records scalar fingerprints of them: the kernels (token log-probs with entropy and gradients,
+the clipped policy loss), one SFT step and one GRPO step of a tiny Qwen3 model (loss, grad
+norm, log-probs of a fixed batch after the step, checksums of the updated weights). Two
+records — from two machines, or two backends — are compared quantity by quantity against
+tolerances written down per dtype.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from aster import kernels
+from aster.algo.grpo import group_advantages
+from aster.algo.loss import PolicyForward, build_micro_batch, gather_tokens, policy_logprobs
+from aster.errors import AsterUserError
+
+# (rtol, atol) per dtype. float64: the kernels return fp32 log-probs by contract, so agreement
+# is bounded by fp32 rounding of the outputs (~1e-7 relative) and then one Adam step.
+# float32: different GEMM/reduction orders (MKL vs cuBLAS vs CANN) differ by ~1e-6 relative per
+# op; through a 2-layer model, a backward and one optimizer step that grows to ~1e-4.
+# bfloat16: 8 mantissa bits (~4e-3 per op) through the same chain.
+TOLERANCES = {"float64": (1e-6, 1e-8), "float32": (2e-4, 1e-5), "bfloat16": (5e-2, 2e-2)}
+DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
+SEED = 1234
+VOCAB, SEQ, BATCH = 101, 24, 4
+
+
+def _tiny_model(dtype: torch.dtype, device: torch.device):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(SEED)
+    cfg = Qwen3Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, head_dim=32, intermediate_size=96,
+                      vocab_size=VOCAB, max_position_embeddings=128, tie_word_embeddings=False,
+                      attn_implementation="eager")
+    return Qwen3ForCausalLM(cfg).to(device=device, dtype=dtype)
+
+
+def _fixed_batch():
+    """Prompts, responses and loss masks (a tool-output span masked out) from a fixed seed."""
+    gen = torch.Generator().manual_seed(SEED + 1)
+    prompts, responses, masks = [], [], []
+    for b in range(BATCH):
+        p_len, r_len = 5 + b, SEQ - 5 - 2 * b
+        prompts.append(torch.randint(0, VOCAB, (p_len,), generator=gen).tolist())
+        responses.append(torch.randint(0, VOCAB, (r_len,), generator=gen).tolist())
+        mask = [1] * r_len
+        mask[2:5] = [0, 0, 0]  # a tool response inside the trajectory
+        masks.append(mask)
+    return prompts, responses, masks
+
+
+def _checksums(model: torch.nn.Module) -> dict[str, float]:
+    flat = torch.cat([p.detach().double().reshape(-1) for p in model.parameters()])
+    weights = torch.arange(flat.numel(), dtype=torch.float64, device=flat.device) % 7 + 1
+    return {"weights_sum": flat.sum().item(), "weights_abs_sum": flat.abs().sum().item(),
+            "weights_weighted_sum": (flat * weights).sum().item()}
+
+
+def _grad_norm(model: torch.nn.Module) -> float:
+    return torch.sqrt(sum(p.grad.double().pow(2).sum() for p in model.parameters()
+                          if p.grad is not None)).item()
+
+
+def kernel_quantities(dtype: torch.dtype, device: torch.device) -> dict[str, float]:
+    """token_logprobs (values, entropy, gradients) and clipped_policy_loss on fixed inputs."""
+    gen = torch.Generator().manual_seed(SEED + 2)
+    n, h, v = 37, 48, 211  # odd sizes on purpose
+    hidden = (torch.randn(n, h, generator=gen) * 0.5).to(device, dtype).requires_grad_()
+    weight = (torch.randn(v, h, generator=gen) * 0.2).to(device, dtype).requires_grad_()
+    labels = torch.randint(0, v, (n,), generator=gen).to(device)
+    logp, ent = kernels.token_logprobs(hidden, weight, labels, temperature=0.7,
+                                       return_entropy=True)
+    (logp.sum() + 0.1 * ent.sum()).backward()
+    old = logp.detach() + (torch.randn(n, generator=gen) * 0.2).to(device)
+    adv = torch.randn(n, generator=gen).to(device)
+    mask = (torch.rand(n, generator=gen) > 0.2).to(device, torch.float32)
+    lp = logp.detach().clone().requires_grad_()
+    loss, metrics = kernels.clipped_policy_loss(lp, old, adv, mask, num_tokens=int(mask.sum()))
+    loss.backward()
+    return {"logp_sum": logp.sum().item(), "entropy_sum": ent.sum().item(),
+            "grad_hidden_abs_sum": hidden.grad.double().abs().sum().item(),
+            "grad_weight_abs_sum": weight.grad.double().abs().sum().item(),
+            "policy_loss": loss.item(), "policy_grad_abs_sum": lp.grad.abs().sum().item(),
+            "clip_frac_upper": float(metrics["clip_frac_upper"]),
+            "clip_frac_lower": float(metrics["clip_frac_lower"]),
+            "approx_kl": float(metrics["approx_kl"])}
+
+
+def _step(model, loss: torch.Tensor, mb) -> dict[str, float]:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    loss.backward()
+    out = {"loss": loss.item(), "grad_norm": _grad_norm(model)}
+    opt.step()
+    with torch.no_grad():
+        out["logp_after_sum"] = policy_logprobs(PolicyForward(model), mb, 1.0).sum().item()
+    return {**out, **_checksums(model)}
+
+
+def sft_step_quantities(dtype: torch.dtype, device: torch.device) -> dict[str, float]:
+    """One SFT step: token-mean NLL over assistant (loss-mask 1) tokens, AdamW."""
+    model = _tiny_model(dtype, device)
+    prompts, responses, masks = _fixed_batch()
+    mb = build_micro_batch(prompts, responses, masks, device=device)
+    logp = policy_logprobs(PolicyForward(model), mb, 1.0)
+    return _step(model, -logp.sum() / mb.num_tokens, mb)
+
+
+def grpo_step_quantities(dtype: torch.dtype, device: torch.device) -> dict[str, float]:
+    """One GRPO step: group advantages, old log-probs recomputed, clipped token-mean loss."""
+    model = _tiny_model(dtype, device)
+    prompts, responses, masks = _fixed_batch()
+    mb = build_micro_batch(prompts, responses, masks, device=device)
+    policy = PolicyForward(model)
+    adv = group_advantages([1.0, 0.0, 0.0, 0.0], group_size=4).adv
+    with torch.no_grad():
+        # old log-probs shifted by a fixed pattern so ratios leave 1 and both clips engage
+        shift = (torch.arange(mb.num_tokens, device=device) % 5 - 2).to(torch.float32) * 0.15
+        old = policy_logprobs(policy, mb, 1.0) + shift
+    logp = policy_logprobs(policy, mb, 1.0)
+    tok_adv = gather_tokens([torch.full((len(r),), float(a)) for r, a in zip(responses, adv)],
+                            mb, list(range(BATCH)))
+    loss, metrics = kernels.clipped_policy_loss(logp, old, tok_adv, torch.ones_like(logp),
+                                                num_tokens=mb.num_tokens)
+    out = _step(model, loss, mb)
+    return {**out, "clip_frac_upper": float(metrics["clip_frac_upper"]),
+            "clip_frac_lower": float(metrics["clip_frac_lower"])}
+
+
+SUITE = {"kernels": kernel_quantities, "sft_step": sft_step_quantities,
+         "grpo_step": grpo_step_quantities}
+
+
+def record_suite(backend, dtypes: list[str]) -> dict:
+    """Run the suite on `backend` for each dtype; a dtype the device cannot run is recorded
+    as skipped with the reason, not silently dropped."""
+    device = backend.device()
+    record = {"device": backend.name, "kernel_impl": backend.kernel_impl,
+              "torch": torch.__version__, "host": platform.node(), "seed": SEED, "results": {}}
+    for name in dtypes:
+        if name not in DTYPES:
+            raise AsterUserError(f"--dtypes: {name!r} is not one of {', '.join(DTYPES)}")
+        try:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            values = {f"{part}.{key}": val for part, fn in SUITE.items()
+                      for key, val in fn(DTYPES[name], device).items()}
+            record["results"][name] = values
+        except (RuntimeError, TypeError) as exc:  # e.g. float64 matmul unsupported on a device
+            record["results"][name] = {"skipped": str(exc).splitlines()[0]}
+    return record
+
+
+def write_record(record: dict, path: str) -> None:
+    """Atomic write: temp file then rename."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+    os.replace(tmp, out)
+
+
+def read_record(path: str) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise AsterUserError(f"parity record {path!r} not found; make one with "
+                             "`aster parity record --out FILE`") from None
+    except json.JSONDecodeError as exc:
+        raise AsterUserError(f"parity record {path!r} is not valid JSON ({exc.msg})") from None
+    if "results" not in data:
+        raise AsterUserError(f"{path!r} is not a parity record (no 'results')")
+    return data
+
+
+def compare_records(a: dict, b: dict) -> tuple[list[dict], bool]:
+    """Every quantity present in both records: values, difference, tolerance, verdict."""
+    rows, ok = [], True
+    for dtype, values_a in a["results"].items():
+        values_b = b["results"].get(dtype)
+        if values_b is None or "skipped" in values_a or "skipped" in values_b:
+            continue
+        rtol, atol = TOLERANCES[dtype]
+        for key in sorted(set(values_a) | set(values_b)):
+            va, vb = values_a.get(key), values_b.get(key)
+            if va is None or vb is None:
+                rows.append({"dtype": dtype, "quantity": key, "A": va, "B": vb, "diff": None,
+                             "tol": None, "ok": False})
+                ok = False
+                continue
+            diff = abs(va - vb)
+            tol = atol + rtol * max(abs(va), abs(vb))
+            good = diff <= tol and math.isfinite(va) and math.isfinite(vb)
+            ok &= good
+            rows.append({"dtype": dtype, "quantity": key, "A": va, "B": vb, "diff": diff,
+                         "tol": tol, "ok": good})
+    if not rows:
+        raise AsterUserError("the two parity records share no dtype with results; record both "
+                             "with the same --dtypes")
+    return rows, ok
+
+
+def _fmt(v) -> str:
+    return f"{v:16.9g}" if isinstance(v, float) else f"{v!s:>16}"
+
+
+def format_rows(rows: list[dict]) -> str:
+    """The compare table, one quantity per line."""
+    head = f"{'dtype':9} {'quantity':38} {'A':>16} {'B':>16} {'|A-B|':>10} {'tol':>10}  ok"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        diff = f"{r['diff']:10.2e}" if r["diff"] is not None else f"{'-':>10}"
+        tol = f"{r['tol']:10.2e}" if r["tol"] is not None else f"{'-':>10}"
+        lines.append(f"{r['dtype']:9} {r['quantity']:38} {_fmt(r['A'])} {_fmt(r['B'])} {diff} "
+                     f"{tol}  {'yes' if r['ok'] else 'NO'}")
+    return "\n".join(lines)
