@@ -1,8 +1,23 @@
-"""avg@k evaluation with the tool (`aster eval`). The `eval:` section is EvalConfig."""
+"""avg@k evaluation with the tool (`aster eval`). The `eval:` section is EvalConfig.
+
+`evaluate(engine, pool, benchmarks, eval_cfg, tokenizer)` samples k trajectories per problem
+through aster.rollout's agent loop (the sandbox as the tool, eval sampling settings, up to
+eval.max_tool_calls calls, eval.max_tokens response tokens), scores them with aster.reward and
+returns a summary (avg@k, pass@k, tool calls per trajectory, per benchmark) and one row per
+sample (text, extracted answer, score, tool calls), which `write_results` saves as jsonl.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import math
+import os
+from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger("aster")
 
 
 @dataclass
@@ -14,9 +29,185 @@ class EvalConfig:
     max_tokens: int = 30000  # the token budget (30K or 90K in the paper's tables)
     pass_k: list[int] = field(default_factory=lambda: [1, 16])
     max_problems: int = 0  # 0: all
+    seed: int = 0
 
     def __post_init__(self):
         if self.k < 1:
             raise ValueError(f"eval.k={self.k!r} must be >= 1")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"eval.top_p={self.top_p!r} must be in (0, 1]")
+        if self.temperature < 0:
+            raise ValueError(f"eval.temperature={self.temperature!r} must be >= 0")
+        for key in ("max_tool_calls", "max_tokens"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"eval.{key}={getattr(self, key)!r} must be >= 1")
+        if any(p < 1 for p in self.pass_k):
+            raise ValueError(f"eval.pass_k={self.pass_k!r} must hold values >= 1")
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased pass@k estimate from n samples of which c are correct (Chen et al. 2021)."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples per problem, got {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else 0.0
+
+
+def _p50(values) -> float:
+    values = sorted(values)
+    return float(values[len(values) // 2]) if values else 0.0
+
+
+def summarize_rows(rows: list[dict], pass_k: list[int]) -> dict:
+    """Per-benchmark figures from per-sample rows (avg@k, pass@k, tool calls, lengths)."""
+    out = {}
+    for bench in dict.fromkeys(r["benchmark"] for r in rows):
+        bench_rows = [r for r in rows if r["benchmark"] == bench]
+        by_problem: dict[int, list[float]] = {}
+        for r in bench_rows:
+            by_problem.setdefault(r["index"], []).append(r["score"])
+        n = min(len(s) for s in by_problem.values())
+        entry = {"problems": len(by_problem), "k": n,
+                 f"avg@{n}": _mean(r["score"] for r in bench_rows)}
+        for k in pass_k:
+            if k <= n:
+                entry[f"pass@{k}"] = _mean(pass_at_k(len(s), int(sum(s)), k)
+                                           for s in by_problem.values())
+        calls = [r["tool_calls"] for r in bench_rows]
+        entry.update({
+            "accuracy": entry[f"avg@{n}"], "tool_calls_mean": _mean(calls),
+            "tool_calls_p50": _p50(calls),
+            "tool_errors_mean": _mean(r["tool_errors"] for r in bench_rows),
+            "response_tokens_mean": _mean(r["response_tokens"] for r in bench_rows),
+            "finish_reasons": dict(Counter(r["finish_reason"] for r in bench_rows)),
+        })
+        out[bench] = entry
+    return out
+
+
+def _summary(rows: list[dict], eval_cfg: EvalConfig) -> dict:
+    benchmarks = summarize_rows(rows, eval_cfg.pass_k)
+    return {"benchmarks": benchmarks, "k": eval_cfg.k,
+            "accuracy": _mean(b["accuracy"] for b in benchmarks.values()),
+            "tool_calls_mean": _mean(r["tool_calls"] for r in rows),
+            "samples": len(rows)}
+
+
+def eval_rollout_config(eval_cfg: EvalConfig, rollout_cfg=None):
+    """The agent-loop settings for evaluation: rollout_cfg (engine limits, tool timeouts) with
+    the eval sampling settings, tool-call limit and token budget."""
+    from dataclasses import replace
+
+    from aster.rollout.config import RolloutConfig
+
+    return replace(rollout_cfg or RolloutConfig(), temperature=eval_cfg.temperature,
+                   top_p=eval_cfg.top_p, top_k=-1, max_tool_calls=eval_cfg.max_tool_calls,
+                   max_response_tokens=eval_cfg.max_tokens)
+
+
+def _agent_rollouts(engine, pool, tokenizer, problems: list[str], eval_cfg: EvalConfig,
+                    rollout_cfg=None):
+    """k trajectories per problem (problem-major) through aster.rollout's agent loop."""
+    from aster.rollout.loop import run_rollouts
+
+    return run_rollouts(engine, pool, problems, eval_rollout_config(eval_cfg, rollout_cfg),
+                        tokenizer=tokenizer, samples_per_prompt=eval_cfg.k, seed=eval_cfg.seed)
+
+
+def _row(bench: str, index: int, sample: int, prompt: dict, traj) -> dict:
+    from aster.reward import extract_answer, score
+
+    final = traj.final_text or traj.text
+    return {"benchmark": bench, "index": index, "sample": sample,
+            "problem": prompt["problem"], "answer": prompt["answer"],
+            "prediction": extract_answer(final),
+            "score": score(final, prompt["answer"], truncated=traj.truncated),
+            "tool_calls": traj.num_tool_calls,
+            "tool_errors": traj.tool_errors + getattr(traj, "exec_errors", 0),
+            "finish_reason": traj.finish_reason, "response_tokens": len(traj.response_ids),
+            "text": traj.text}
+
+
+def evaluate(engine, pool, benchmarks: dict[str, list[dict]] | list[dict],
+             eval_cfg: EvalConfig, tokenizer, *, rollout_cfg=None) -> tuple[dict, list[dict]]:
+    """Evaluate `engine` on benchmarks (name -> prompts {problem, answer}, or one list).
+
+    k samples per problem through aster.rollout's agent loop with the sandbox `pool`; the
+    eval sampling settings, tool-call limit and token budget override `rollout_cfg` (a
+    RolloutConfig: tool timeout, concurrency). Returns (summary, rows): summary
+    ``{"benchmarks": {name: {avg@k, pass@k.., accuracy, tool_calls_mean, ...}}, "accuracy",
+    "tool_calls_mean", "k", "samples"}`` and one row per sample (text, answer, score, calls).
+    """
+    if not isinstance(benchmarks, dict):
+        benchmarks = {"eval": benchmarks}
+    rows = []
+    for bench, prompts in benchmarks.items():
+        if eval_cfg.max_problems:
+            prompts = prompts[: eval_cfg.max_problems]
+        trajs = _agent_rollouts(engine, pool, tokenizer, [p["problem"] for p in prompts],
+                                eval_cfg, rollout_cfg)
+        if len(trajs) != len(prompts) * eval_cfg.k:
+            raise RuntimeError(f"rollouts returned {len(trajs)} trajectories for "
+                               f"{len(prompts)} problems x k={eval_cfg.k}")
+        for i, traj in enumerate(trajs):
+            rows.append(_row(bench, i // eval_cfg.k, i % eval_cfg.k, prompts[i // eval_cfg.k],
+                             traj))
+        logger.info("eval %s: %d problems x %d samples done", bench, len(prompts), eval_cfg.k)
+    return _summary(rows, eval_cfg), rows
+
+
+def format_table(summary: dict) -> str:
+    """One line per benchmark: avg@k, pass@k, tool calls per trajectory, response length."""
+    lines = []
+    for bench, entry in summary["benchmarks"].items():
+        scores = "  ".join(f"{k}={v * 100:5.1f}" for k, v in entry.items()
+                           if k.startswith(("avg@", "pass@")))
+        lines.append(f"{bench:<16} {entry['problems']:>4} problems  {scores}  "
+                     f"tool_calls={entry['tool_calls_mean']:.2f} "
+                     f"(p50 {entry['tool_calls_p50']:g})  "
+                     f"resp_tokens={entry['response_tokens_mean']:.0f}")
+    return "\n".join(lines)
+
+
+def write_results(summary: dict, rows: list[dict], out_dir: str | os.PathLike) -> Path:
+    """samples.jsonl (one row per sample) and summary.json in `out_dir`; returns the jsonl."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    samples = out / "samples.jsonl"
+    tmp = samples.with_suffix(".jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, samples)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return samples
+
+
+def compare(paths: list[str], pass_k: list[int] | None = None) -> str:
+    """A side-by-side table of per-sample jsonl files (e.g. SFT vs RL, or two backends)."""
+    from aster.data.io import read_rows
+
+    summaries = [summarize_rows(read_rows(p)[0], pass_k or [1]) for p in paths]
+    names = [Path(p).parent.name if Path(p).name == "samples.jsonl" else Path(p).stem
+             for p in paths]
+    benches = list(dict.fromkeys(b for s in summaries for b in s))
+    header = f"{'benchmark':<16} {'metric':<16}" + "".join(f"{n[:18]:>20}" for n in names)
+    lines = [header, "-" * len(header)]
+    for bench in benches:
+        metrics = list(dict.fromkeys(k for s in summaries for k in s.get(bench, {})
+                                     if k.startswith(("avg@", "pass@")) or k in (
+                                         "tool_calls_mean", "response_tokens_mean")))
+        for metric in metrics:
+            cells = []
+            for s in summaries:
+                value = s.get(bench, {}).get(metric)
+                scale = 100 if metric.startswith(("avg@", "pass@")) else 1
+                cells.append(f"{value * scale:>20.2f}" if value is not None else f"{'-':>20}")
+            lines.append(f"{bench:<16} {metric:<16}" + "".join(cells))
+    return "\n".join(lines)

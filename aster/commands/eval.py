@@ -2,10 +2,80 @@
 
 from __future__ import annotations
 
-from aster.commands.common import add_run_args, not_implemented
+import argparse
+import time
+from pathlib import Path
+
+from aster.commands.common import add_run_args
+from aster.errors import AsterUserError
+
+
+def _benchmarks(args, cfg) -> dict:
+    from aster.data import eval_sets
+
+    if args.data:
+        cfg.data.eval_paths = list(args.data)
+    return eval_sets(cfg.data, cfg.sandbox)
+
+
+def _load(model_path: str, backend, cfg):
+    from transformers import AutoTokenizer
+
+    from aster.rollout.engine import build_engine
+
+    if not model_path:
+        raise AsterUserError("no model to evaluate: give --model PATH (a checkpoint directory "
+                             "or a Hugging Face model path) or model.path=PATH")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    except (OSError, ValueError) as exc:
+        raise AsterUserError(f"cannot load a tokenizer from {model_path!r} ({exc}); give a "
+                             "model directory or a reachable Hugging Face model path") from exc
+    dtype = "float32" if cfg.model.dtype == "auto" else cfg.model.dtype
+    engine = build_engine(backend, model_path, cfg.rollout, dtype=dtype, tokenizer=tokenizer,
+                          max_model_len=cfg.eval.max_tokens + 4096)
+    return engine, tokenizer
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from aster.eval import compare, evaluate, format_table, write_results
+
+    if args.compare:
+        print(compare(args.compare))
+        return 0
+    from aster.backend import select_backend
+    from aster.config import load_config
+    from aster.sandbox import SandboxPool
+
+    overrides = list(args.overrides) + ([f"eval.k={args.k}"] if args.k else [])
+    cfg = load_config(args.config, overrides)
+    backend = select_backend(args.device or cfg.run.device)
+    benchmarks = _benchmarks(args, cfg)
+    engine, tokenizer = _load(args.model or cfg.model.path, backend, cfg)
+    out = Path(args.output_dir or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        with SandboxPool(cfg.sandbox) as pool:
+            summary, rows = evaluate(engine, pool, benchmarks, cfg.eval, tokenizer,
+                                     rollout_cfg=cfg.rollout)
+    finally:
+        engine.close()
+    samples = write_results(summary, rows, out)
+    print(format_table(summary))
+    print(f"per-sample results: {samples}; summary: {out / 'summary.json'}")
+    return 0
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("eval", help="avg@k / pass@k evaluation on AIME/HMMT-style sets with the tool.", description="avg@k / pass@k evaluation on AIME/HMMT-style sets with the tool.")
+    desc = "avg@k / pass@k evaluation on AIME/HMMT-style sets with the tool."
+    parser = sub.add_parser("eval", help=desc, description=desc)
+    parser.add_argument("--model", "-m", default=None, metavar="PATH",
+                        help="checkpoint directory or Hugging Face model path "
+                             "(default: the config's model.path)")
+    parser.add_argument("--data", nargs="+", default=None, metavar="FILE",
+                        help="eval sets (verl parquet or jsonl {problem, answer}; 'synthetic' "
+                             "for the tiny task); default: the config's data.eval_paths")
+    parser.add_argument("--k", type=int, default=None, help="samples per problem (eval.k)")
+    parser.add_argument("--compare", nargs="+", default=None, metavar="SAMPLES.jsonl",
+                        help="print a side-by-side table of earlier runs' samples.jsonl files")
     add_run_args(parser)
-    parser.set_defaults(func=not_implemented("eval", "data and evaluation"))
+    parser.set_defaults(func=run_eval)
