@@ -37,7 +37,8 @@ class LogprobBlocks:
     dlogits_bytes: int = 256 << 20  # size of one backward dlogits slice
 
 
-INTERPRETER_BLOCKS = LogprobBlocks(block_n=16, block_v=64, block_k=16, num_warps=1,
+# The interpreter pays per program, not per element: few wide tiles keep the tests fast.
+INTERPRETER_BLOCKS = LogprobBlocks(block_n=16, block_v=1024, block_k=32, num_warps=1,
                                    num_stages=1, programs_target=8, dlogits_bytes=1 << 22)
 
 
