@@ -38,7 +38,7 @@ class LogprobBlocks:
 
 
 # The interpreter pays per program, not per element: few wide tiles keep the tests fast.
-INTERPRETER_BLOCKS = LogprobBlocks(block_n=16, block_v=1024, block_k=32, num_warps=1,
+INTERPRETER_BLOCKS = LogprobBlocks(block_n=16, block_v=4096, block_k=32, num_warps=1,
                                    num_stages=1, programs_target=8, dlogits_bytes=1 << 22)
 
 
