@@ -19,6 +19,7 @@ class RolloutConfig:
     max_tool_output_chars: int = 4096  # truncated head+tail beyond this
     tool_timeout_s: float = 10.0
     max_concurrency: int = 256  # trajectories in flight at once
+    max_parse_errors: int = 3  # consecutive turns with only malformed calls -> tool_parse_error
     # vLLM only
     gpu_memory_utilization: float = 0.6
     tensor_parallel_size: int = 1
@@ -30,9 +31,12 @@ class RolloutConfig:
             raise ValueError(f"rollout.temperature={self.temperature!r} must be >= 0")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"rollout.top_p={self.top_p!r} must be in (0, 1]")
-        for key in ("max_tool_calls", "max_response_tokens", "max_concurrency"):
+        for key in ("max_tool_calls", "max_response_tokens", "max_concurrency",
+                    "max_parse_errors", "max_tool_output_chars"):
             if getattr(self, key) < 1:
                 raise ValueError(f"rollout.{key}={getattr(self, key)!r} must be >= 1")
+        if self.tool_timeout_s <= 0:
+            raise ValueError(f"rollout.tool_timeout_s={self.tool_timeout_s!r} must be > 0")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"rollout.gpu_memory_utilization={self.gpu_memory_utilization!r} "
                              "must be in (0, 1]")

@@ -1,0 +1,133 @@
+"""The rollout Engine interface: token ids in, sampled token ids + their log-probs out.
+
+Log-prob convention (every engine): the log-probability of the sampled token under the
+distribution it was sampled from, i.e. ``log_softmax(logits / temperature)`` restricted and
+renormalised to the top-k / top-p set when those are on (temperature 0 means greedy and
+reports ``log_softmax(logits)``). With top_p=1 and top_k=-1 (the RL default) this is exactly
+what the trainer recomputes with ``token_logprobs(..., temperature=temperature)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from aster.errors import CapabilityError
+
+log = logging.getLogger("aster")
+
+FINISH_REASONS = ("stop", "length")
+
+
+@dataclass
+class SamplingParams:
+    """How to sample one request."""
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    stop_token_ids: list[int] = field(default_factory=list)
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens!r} must be >= 1")
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature!r} must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p!r} must be in (0, 1]")
+
+
+@dataclass
+class GenerationOutput:
+    """One request's result: the sampled ids (stop token included), their log-probs, and
+    `finish_reason` "stop" (a stop token was sampled) or "length" (max_new_tokens reached)."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str
+
+    def __post_init__(self):
+        assert len(self.token_ids) == len(self.logprobs)
+        assert self.finish_reason in FINISH_REASONS, self.finish_reason
+
+
+class Engine(ABC):
+    """A generation engine the agent loop drives (hf, vllm)."""
+
+    name: str = ""
+    supports_sleep: bool = False  # sleep()/wake() free and restore the KV cache
+
+    @abstractmethod
+    def generate(self, prompts: list[list[int]],
+                 params: SamplingParams | list[SamplingParams]) -> list[GenerationOutput]:
+        """Sample a continuation for every prompt (token ids); one output per prompt."""
+
+    @abstractmethod
+    def load_weights(self, weights: Mapping[str, torch.Tensor] | torch.nn.Module) -> None:
+        """Replace the policy weights in place (a state dict or a module with the same names)."""
+
+    def sleep(self) -> None:
+        """Free the KV cache (and offload weights where supported) while the trainer runs."""
+        raise CapabilityError(f"the {self.name} engine cannot sleep here; check "
+                              "engine.supports_sleep before calling sleep()")
+
+    def wake(self) -> None:
+        """Undo sleep()."""
+        raise CapabilityError(f"the {self.name} engine cannot sleep here; check "
+                              "engine.supports_sleep before calling wake()")
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release the engine's resources."""
+
+    @staticmethod
+    def _per_request(params, n: int) -> list[SamplingParams]:
+        if isinstance(params, SamplingParams):
+            return [params] * n
+        params = list(params)
+        if len(params) != n:
+            raise ValueError(f"got {len(params)} SamplingParams for {n} prompts")
+        return params
+
+
+def state_dict_of(weights: Mapping[str, torch.Tensor] | torch.nn.Module) -> dict:
+    """A plain name -> tensor mapping from a state dict or a module (FSDP/compile prefixes
+    removed so that trainer-side wrappers do not leak into the engine's names)."""
+    items = weights.state_dict().items() if isinstance(weights, torch.nn.Module) else weights.items()
+    out = {}
+    for name, tensor in items:
+        for prefix in ("_orig_mod.", "module.", "_fsdp_wrapped_module."):
+            name = name.replace(prefix, "")
+        out[name] = tensor.detach()
+    return out
+
+
+def build_engine(backend, model_path: str, rollout_cfg, *, dtype: str = "float32",
+                 tokenizer=None, model=None, max_model_len: int | None = None) -> Engine:
+    """The rollout engine `backend.engine` names ("hf" or "vllm") for `model_path`.
+
+    `rollout_cfg` is a RolloutConfig; `rollout_cfg.engine` other than "auto" overrides the
+    backend's choice. `model` (hf only) shares an already-loaded module instead of loading.
+    """
+    name = backend.engine if rollout_cfg.engine == "auto" else rollout_cfg.engine
+    if name == "vllm":
+        backend.require("vllm")
+        from aster.rollout.vllm_engine import VLLMEngine
+
+        options = {"gpu_memory_utilization": rollout_cfg.gpu_memory_utilization,
+                   "tensor_parallel_size": rollout_cfg.tensor_parallel_size,
+                   **backend.engine_options()}
+        sleep = rollout_cfg.enable_sleep_mode and backend.capabilities.sleep_mode
+        return VLLMEngine(model_path, dtype=dtype, seed=rollout_cfg.seed, enable_sleep_mode=sleep,
+                          max_model_len=max_model_len, **options)
+    if name == "hf":
+        from aster.rollout.hf_engine import HFEngine
+
+        return HFEngine(model if model is not None else model_path, device=backend.device(),
+                        dtype=dtype, attn_implementation=backend.attn_implementation())
+    raise ValueError(f"rollout.engine={name!r} must be one of auto, hf, vllm")

@@ -1,0 +1,144 @@
+"""HFEngine: batched sampling with a transformers model and its KV cache, on any device.
+
+A hand-written decode loop rather than `model.generate`, so that per-request seeds, stop
+tokens and the sampled-token log-prob convention of aster.rollout.engine are exact, and
+finished rows leave the batch (and the cache) at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import torch
+
+from aster.rollout.engine import Engine, GenerationOutput, SamplingParams, state_dict_of
+
+log = logging.getLogger("aster")
+
+
+def processed_logprobs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """fp32 log-probs [V] of the distribution `params` samples from (temperature, top-k,
+    top-p applied; tokens outside the kept set get -inf)."""
+    temperature = params.temperature if params.temperature > 0 else 1.0
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    if params.top_k > 0 and params.top_k < logp.shape[-1]:
+        kth = torch.topk(logp, params.top_k).values[-1]
+        logp = logp.masked_fill(logp < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logp, order = torch.sort(logp, descending=True)
+        cum = sorted_logp.exp().cumsum(-1)
+        drop_sorted = (cum - sorted_logp.exp()) >= params.top_p  # keep the first over top_p
+        drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
+        logp = logp.masked_fill(drop, float("-inf"))
+    if params.top_k > 0 or params.top_p < 1.0:
+        logp = torch.log_softmax(logp, dim=-1)
+    return logp
+
+
+class HFEngine(Engine):
+    """Generation with a transformers causal LM (a path, or a module shared with the trainer)."""
+
+    name = "hf"
+    supports_sleep = False  # no KV cache outlives a generate() call: nothing to free
+
+    def __init__(self, model, device=None, dtype: str | torch.dtype = "float32",
+                 attn_implementation: str | None = None, max_batch_size: int = 64,
+                 pad_token_id: int | None = None):
+        if isinstance(model, torch.nn.Module):
+            self.model = model
+        else:
+            from aster.tiny_model import load_model_and_tokenizer
+
+            self.model, _ = load_model_and_tokenizer(model, device, dtype, attn_implementation)
+        self.device = next(self.model.parameters()).device
+        self.max_batch_size = max_batch_size
+        pad = pad_token_id if pad_token_id is not None else self.model.config.pad_token_id
+        self.pad_token_id = 0 if pad is None else int(pad)
+        self._default_gen = torch.Generator(device="cpu").manual_seed(0)
+
+    def generate(self, prompts, params):
+        params = self._per_request(params, len(prompts))
+        outputs: list[GenerationOutput] = []
+        for start in range(0, len(prompts), self.max_batch_size):
+            end = start + self.max_batch_size
+            outputs += self._generate_batch(prompts[start:end], params[start:end])
+        return outputs
+
+    @torch.no_grad()
+    def load_weights(self, weights: Mapping[str, torch.Tensor] | torch.nn.Module) -> None:
+        if weights is self.model:
+            return
+        own = self.model.state_dict()
+        new = state_dict_of(weights)
+        missing = [name for name in own if name not in new]
+        if missing:
+            raise ValueError(f"load_weights: {len(missing)} weights missing, e.g. {missing[0]}")
+        for name, tensor in own.items():
+            tensor.copy_(new[name].to(tensor.device, tensor.dtype))
+
+    # ---- the decode loop ------------------------------------------------------------------
+    def _prefill(self, prompts: list[list[int]]):
+        from transformers import DynamicCache
+
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, prompt in enumerate(prompts):  # left padding: every row ends at the same column
+            ids[i, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+            mask[i, width - len(prompt):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1], mask, positions[:, -1:], cache
+
+    @torch.no_grad()
+    def _generate_batch(self, prompts, params) -> list[GenerationOutput]:
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        gens = [torch.Generator(device="cpu").manual_seed(p.seed) if p.seed is not None
+                else self._default_gen for p in params]
+        stops = [set(p.stop_token_ids) for p in params]
+        tokens: list[list[int]] = [[] for _ in prompts]
+        logps: list[list[float]] = [[] for _ in prompts]
+        reasons: list[str | None] = [None] * len(prompts)
+        logits, mask, pos, cache = self._prefill(prompts)
+        rows = list(range(len(prompts)))  # original index of each live batch row
+        while rows:
+            picked = [self._sample(logits[b], params[i], gens[i]) for b, i in enumerate(rows)]
+            keep = []
+            for b, i in enumerate(rows):
+                token, logp = picked[b]
+                tokens[i].append(token)
+                logps[i].append(logp)
+                if token in stops[i]:
+                    reasons[i] = "stop"
+                elif len(tokens[i]) >= params[i].max_new_tokens:
+                    reasons[i] = "length"
+                else:
+                    keep.append(b)
+            if not keep:
+                break
+            if len(keep) < len(rows):
+                index = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(index)
+                mask, pos = mask[index], pos[index]
+                rows = [rows[b] for b in keep]
+            next_ids = torch.tensor([[tokens[i][-1]] for i in rows], device=self.device)
+            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+            pos = pos + 1
+            out = self.model(input_ids=next_ids, attention_mask=mask, position_ids=pos,
+                             past_key_values=cache, use_cache=True)
+            logits = out.logits[:, -1]
+        return [GenerationOutput(t, lp, r) for t, lp, r in zip(tokens, logps, reasons)]
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, params: SamplingParams, gen) -> tuple[int, float]:
+        logp = processed_logprobs(logits.cpu(), params)
+        if params.temperature == 0:
+            token = int(torch.argmax(logp))
+        else:
+            token = int(torch.multinomial(logp.exp(), 1, generator=gen))
+        return token, float(logp[token])

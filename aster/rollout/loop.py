@@ -1,0 +1,188 @@
+"""AgentLoop and run_rollouts: drive an Engine and a SandboxPool over many prompts at once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import zlib
+
+from aster.reward import extract_answer, score
+from aster.rollout.agent import (
+    BusyClock,
+    Trajectory,
+    TurnBatcher,
+    _normalise_prompt,
+    union_seconds,
+)
+from aster.rollout.chat import (
+    ToolTurnFormat,
+    encode_prompt,
+    parse_tool_calls,
+    tool_error_message,
+    truncate_middle,
+)
+from aster.rollout.engine import Engine, SamplingParams
+
+log = logging.getLogger("aster")
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """End-of-turn ids: the tokenizer's eos and, where it exists, <|endoftext|>."""
+    ids = [tokenizer.eos_token_id]
+    other = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    if isinstance(other, int) and other != tokenizer.unk_token_id and other not in ids:
+        ids.append(other)
+    return [i for i in ids if i is not None]
+
+
+class AgentLoop:
+    """Multi-turn tool rollouts. `cfg` is a RolloutConfig (limits, sampling); eval passes one
+    with its own temperature / budgets. After `run`, `stats` holds the wall-time split."""
+
+    def __init__(self, engine: Engine, tokenizer, pool, cfg, *, max_batch: int | None = None,
+                 gather_s: float = 0.02, seed: int | None = None):
+        self.engine, self.tokenizer, self.pool, self.cfg = engine, tokenizer, pool, cfg
+        self.max_batch = max_batch or cfg.max_concurrency
+        self.gather_s = gather_s
+        self.seed = seed
+        self.format = ToolTurnFormat(tokenizer)
+        self.stops = stop_token_ids(tokenizer)
+        self.stats: dict = {}
+
+    def run(self, prompts, samples_per_prompt: int = 1) -> list[Trajectory]:
+        """Roll out every prompt `samples_per_prompt` times (prompt-major order)."""
+        return asyncio.run(self.arun(prompts, samples_per_prompt))
+
+    async def arun(self, prompts, samples_per_prompt: int = 1) -> list[Trajectory]:
+        jobs = [(i, s, *_normalise_prompt(p)) for i, p in enumerate(prompts)
+                for s in range(samples_per_prompt)]
+        batcher = TurnBatcher(self.engine, self.max_batch, self.gather_s)
+        self._batcher, self._tools = batcher, BusyClock()
+        self._limit = asyncio.Semaphore(self.cfg.max_concurrency)
+        batcher.live = len(jobs)
+        server = asyncio.create_task(batcher.serve())
+        start = time.perf_counter()
+        try:
+            trajs = await asyncio.gather(*(self._trajectory(n, job) for n, job in enumerate(jobs)))
+        finally:
+            server.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await server
+            batcher.close()
+        self._record_stats(time.perf_counter() - start, batcher)
+        return list(trajs)
+
+    def _record_stats(self, wall: float, batcher: TurnBatcher) -> None:
+        gen = union_seconds(batcher.clock.intervals)
+        tool = union_seconds(self._tools.intervals)
+        busy = union_seconds(batcher.clock.intervals + self._tools.intervals)
+        self.stats = {"wall_s": wall, "gen_busy_s": gen, "tool_busy_s": tool,
+                      "overhead_s": max(wall - busy, 0.0),
+                      "overhead_frac": max(wall - busy, 0.0) / wall if wall > 0 else 0.0,
+                      "num_batches": len(batcher.batch_sizes),
+                      "mean_batch": (sum(batcher.batch_sizes) / len(batcher.batch_sizes)
+                                     if batcher.batch_sizes else 0.0)}
+
+    # ---- one trajectory ---------------------------------------------------------------------
+    async def _trajectory(self, number: int, job) -> Trajectory:
+        prompt_index, sample_index, messages, truth = job
+        async with self._limit, contextlib.AsyncExitStack() as stack:
+            traj = Trajectory(prompt_ids=encode_prompt(self.tokenizer, messages),
+                              ground_truth=truth, prompt_index=prompt_index,
+                              sample_index=sample_index)
+            start = time.perf_counter()
+            try:
+                await self._turns(traj, number, stack)
+            finally:
+                self._batcher.live -= 1
+                with self._tools.span():
+                    await stack.aclose()  # the sandbox session, if one was opened
+            traj.timing["wall_s"] = time.perf_counter() - start
+        traj.text = self.tokenizer.decode(traj.response_ids, skip_special_tokens=False)
+        traj.answer = extract_answer(traj.final_text)
+        if truth is not None:
+            traj.reward = score(traj.final_text, truth, truncated=traj.truncated)
+        return traj
+
+    def _params(self, traj: Trajectory, number: int, max_new: int) -> SamplingParams:
+        seed = None
+        if self.seed is not None:  # stable per (run seed, trajectory, turn)
+            seed = zlib.crc32(f"{self.seed}:{number}:{traj.num_turns}".encode())
+        return SamplingParams(max_new_tokens=max_new, temperature=self.cfg.temperature,
+                              top_p=self.cfg.top_p, top_k=self.cfg.top_k,
+                              stop_token_ids=self.stops, seed=seed)
+
+    async def _turns(self, traj: Trajectory, number: int, stack) -> None:
+        cfg, session, parse_streak = self.cfg, None, 0
+        while True:
+            remaining = cfg.max_response_tokens - len(traj.response_ids)
+            if remaining <= 0:
+                traj.finish_reason = "length"
+                return
+            t0 = time.perf_counter()
+            out = await self._batcher.generate(traj.prompt_ids + traj.response_ids,
+                                               self._params(traj, number, remaining))
+            traj.timing["gen_s"] += time.perf_counter() - t0
+            traj.append(out.token_ids, out.logprobs)
+            traj.num_turns += 1
+            traj.final_text = self._turn_text(out.token_ids)
+            if out.finish_reason == "length":
+                traj.finish_reason = "length"
+                return
+            calls = parse_tool_calls(traj.final_text)
+            if not calls:
+                traj.finish_reason = "answer" if extract_answer(traj.final_text) else "no_tool_call"
+                return
+            if traj.num_tool_calls + sum(c.error is None for c in calls) > cfg.max_tool_calls:
+                traj.finish_reason = "max_tool_calls"
+                return
+            if session is None and any(c.error is None for c in calls):
+                with self._tools.span():
+                    session = await stack.enter_async_context(self.pool.asession())
+            outputs = [await self._call(traj, session, c) for c in calls]
+            parse_streak = parse_streak + 1 if all(c.error for c in calls) else 0
+            if parse_streak >= cfg.max_parse_errors:
+                traj.finish_reason = "tool_parse_error"
+                return
+            tool_ids = self.format.encode(outputs)
+            if len(traj.response_ids) + len(tool_ids) >= cfg.max_response_tokens:
+                traj.finish_reason = "length"
+                return
+            traj.append(tool_ids, None)
+
+    def _turn_text(self, ids: list[int]) -> str:
+        text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        eos = self.tokenizer.eos_token
+        return text[:-len(eos)] if eos and text.endswith(eos) else text
+
+    async def _call(self, traj: Trajectory, session, call) -> str:
+        """Run one parsed call (or explain a malformed one); the text for its tool message."""
+        from aster.sandbox import format_tool_response
+
+        if call.error is not None:
+            traj.tool_errors += 1
+            return tool_error_message(call.error)
+        t0 = time.perf_counter()
+        with self._tools.span():
+            result = await session.arun(call.code, timeout=self.cfg.tool_timeout_s)
+        traj.timing["tool_s"] += time.perf_counter() - t0
+        traj.num_tool_calls += 1
+        traj.exec_errors += 0 if result.ok else 1
+        return truncate_middle(format_tool_response(result), self.cfg.max_tool_output_chars)
+
+
+def run_rollouts(engine: Engine, pool, prompts, cfg, *, tokenizer, samples_per_prompt: int = 1,
+                 seed: int | None = None, stats: dict | None = None,
+                 max_batch: int | None = None) -> list[Trajectory]:
+    """Roll out `prompts` (problem strings or dicts with `prompt`/`messages` and `answer`)
+    with `engine` and the sandbox `pool` under the limits of `cfg` (a RolloutConfig).
+
+    `stats`, when given, receives the wall-time split (generation, tools, loop overhead).
+    """
+    loop = AgentLoop(engine, tokenizer, pool, cfg, max_batch=max_batch, seed=seed)
+    trajs = loop.run(prompts, samples_per_prompt)
+    if stats is not None:
+        stats.update(loop.stats)
+    return trajs
