@@ -35,7 +35,7 @@ def _rss_mb() -> float:
 def test_soak_thousands_of_sessions():
     fds = len(os.listdir("/proc/self/fd"))
     with SandboxPool(SandboxConfig(spare_workers=2, max_sessions=8)) as pool:
-        for i in range(100):  # warm-up: allocator and thread pools reach their steady size
+        for _ in range(100):  # warm-up: allocator and thread pools reach their steady size
             with pool.session() as s:
                 s.run("y = 1")
         rss = _rss_mb()
