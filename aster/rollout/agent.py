@@ -92,7 +92,9 @@ def union_seconds(intervals: list[tuple[float, float]]) -> float:
 class TurnBatcher:
     """Collects generate() calls from many trajectories and runs them as engine batches in one
     worker thread. A batch starts when every live trajectory has asked (none is still in a
-    tool call) or `gather_s` after the first request, whichever comes first."""
+    tool call) or after a gather window, whichever comes first. The window is `gather_s` or
+    half the mean batch time so far if longer: a straggler left out costs a whole extra decode
+    pass, while waiting costs at most that fraction of one."""
 
     def __init__(self, engine: Engine, max_batch: int, gather_s: float = 0.02):
         self.engine = engine
@@ -118,7 +120,7 @@ class TurnBatcher:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            deadline = loop.time() + self.gather_s
+            deadline = loop.time() + self._window()
             while (len(self._queue) < min(self.live, self.max_batch)
                    and loop.time() < deadline):
                 await asyncio.sleep(0.001)
@@ -127,6 +129,11 @@ class TurnBatcher:
                 self._wake.set()
             if batch:
                 await self._run_batch(loop, batch)
+
+    def _window(self) -> float:
+        spans = self.clock.intervals
+        mean = sum(e - s for s, e in spans) / len(spans) if spans else 0.0
+        return max(self.gather_s, 0.5 * mean)
 
     async def _run_batch(self, loop, batch) -> None:
         prompts = [b[0] for b in batch]
