@@ -1,0 +1,331 @@
+"""`aster train`: SFT -> RL stage 1 -> all-correct filter -> RL stage 2 -> eval, in one run
+directory, resumable (finished stages are skipped, the current one resumes from its last
+checkpoint), ending with a summary table and summary.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from aster.algo import PolicyForward
+from aster.errors import AsterUserError
+from aster.metrics import MetricsWriter
+from aster.train.common import TrainContext, load_policy
+from aster.train.parallel import apply_parallelism
+
+log = logging.getLogger("aster")
+
+TRAIN_STAGES = ("sft", "rl_stage1", "rl_stage2")
+
+
+class RunDirError(AsterUserError):
+    """The run directory cannot be used as asked (exists without --resume, or missing)."""
+
+
+def default_run_dir(cfg, config_name: str | None) -> Path:
+    name = Path(config_name).stem if config_name else cfg.run.name
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_run_dir(cfg, config_name, output_dir, resume: bool, dist) -> Path:
+    """The run directory, agreed on by every rank; refuses to reuse one without --resume."""
+    path = Path(output_dir or cfg.run.output_dir or default_run_dir(cfg, config_name))
+    path = Path(_broadcast(str(path), dist))
+    state = path / "state.json"
+    if resume and not state.is_file():
+        raise RunDirError(f"--resume: {path} holds no aster run (no state.json); give the "
+                          "--output-dir of the run to resume")
+    if not resume and state.is_file():
+        raise RunDirError(f"{path} already holds a run; pass --resume to continue it or choose "
+                          "another --output-dir")
+    if dist.is_main:
+        path.mkdir(parents=True, exist_ok=True)
+        if not state.is_file():
+            state.write_text(json.dumps({"done": {}}))
+        (path / "config.yaml").write_text(cfg.to_yaml())
+    _barrier(dist)
+    return path
+
+
+def _broadcast(value, dist):
+    if dist.world_size == 1:
+        return value
+    import torch.distributed as tdist
+
+    box = [value]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _barrier(dist):
+    if dist.world_size > 1:
+        import torch.distributed as tdist
+
+        tdist.barrier()
+
+
+def read_state(run_dir: Path) -> dict:
+    return json.loads((run_dir / "state.json").read_text())
+
+
+def mark_done(run_dir: Path, stage: str, result: dict, is_main: bool) -> None:
+    if not is_main:
+        return
+    state = read_state(run_dir)
+    state["done"][stage] = result
+    tmp = run_dir / "state.json.tmp"
+    tmp.write_text(json.dumps(state, indent=1))
+    tmp.replace(run_dir / "state.json")
+
+
+def base_model_dir(cfg, run_dir: Path, is_main: bool, dist, data: dict | None = None) -> str:
+    """model.path, or the tiny model built (once) into run_dir/base_model, its tokenizer
+    trained on the built-in corpus plus the rendered SFT conversations (short sequences)."""
+    if cfg.model.path:
+        return cfg.model.path
+    out = run_dir / "base_model"
+    if is_main and not (out / "config.json").is_file():
+        from aster.tiny_model import build_tiny_model, default_corpus
+
+        tmp = run_dir / "base_model.tmp"
+        corpus = default_corpus() + _rendered_corpus(data["sft"] if data else [])
+        build_tiny_model(tmp, cfg.model.tiny, seed=cfg.run.seed, corpus=corpus)
+        tmp.rename(out)
+    _barrier(dist)
+    return str(out)
+
+
+def _rendered_corpus(examples: list[dict]) -> list[str]:
+    """The conversations as the chat template renders them (a throwaway byte-level tokenizer
+    only supplies the template)."""
+    if not examples:
+        return []
+    from aster.tiny_model import train_tokenizer
+
+    tok = train_tokenizer(300, ["x"])
+    return [tok.apply_chat_template(e["messages"], tools=e.get("tools") or None, tokenize=False)
+            for e in examples]
+
+
+def make_context(cfg, backend, model_dir: str, run_dir: Path, writer) -> TrainContext:
+    """Load the policy from `model_dir`, wrap it for parallelism; the trainers' context."""
+    torch.manual_seed(cfg.run.seed)
+    model, tokenizer = load_policy(model_dir, cfg.model, backend)
+    policy, strategy = apply_parallelism(PolicyForward(model, backend.kernel_impl), backend,
+                                         cfg.distributed)
+    log.debug("policy from %s, parallelism %s", model_dir, strategy)
+    return TrainContext(cfg, backend, policy, model, tokenizer, run_dir, writer)
+
+
+def stage_model_dir(run_dir: Path, stage: str) -> Path:
+    return run_dir / stage / "model"
+
+
+def input_model_for(stage: str, cfg, run_dir: Path, base: str) -> str:
+    """The model a stage starts from: the latest earlier training stage's, else the base."""
+    earlier = TRAIN_STAGES[:TRAIN_STAGES.index(stage)]
+    for prev in reversed(earlier):
+        if prev in cfg.run.stages and (stage_model_dir(run_dir, prev) / "config.json").is_file():
+            return str(stage_model_dir(run_dir, prev))
+    return base
+
+
+# ---- data -------------------------------------------------------------------------------------
+def load_task_data(cfg, run_dir: Path, dist) -> dict:
+    """{"sft": trajectories, "rl": prompts, "eval": {name: prompts}}; the synthetic task is
+    generated once (rank 0, by running the sandbox) and cached in the run directory."""
+    cache = run_dir / "data" / "synthetic.json"
+    uses_synthetic = "synthetic" in (cfg.data.sft_path, cfg.data.rl_path, *cfg.data.eval_paths)
+    synthetic = None
+    if uses_synthetic:
+        if dist.is_main and not cache.is_file():
+            from aster.data.synthetic import build_synthetic
+
+            data = build_synthetic(cfg.data.synthetic, cfg.sandbox)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"sft": data.sft, "rl": data.rl, "eval": data.eval}))
+            tmp.rename(cache)
+        _barrier(dist)
+        synthetic = json.loads(cache.read_text())
+    return {"sft": _sft_examples(cfg, synthetic), "rl": _prompts(cfg.data.rl_path, cfg, synthetic,
+                                                                  "rl"),
+            "eval": {Path(p).stem if p != "synthetic" else "synthetic":
+                     _prompts(p, cfg, synthetic, "eval") for p in cfg.data.eval_paths}}
+
+
+def _sft_examples(cfg, synthetic) -> list[dict]:
+    if cfg.data.sft_path == "synthetic":
+        examples = synthetic["sft"]
+    else:
+        from aster.data.formats import load_sft
+
+        examples = load_sft(cfg.data.sft_path, cfg.data.max_rows).examples
+    dense = [e for e in examples if _tool_calls(e) >= cfg.data.min_tool_calls]
+    if len(dense) < len(examples):
+        log.info("sft data: kept %d of %d trajectories with >= %d tool calls", len(dense),
+                 len(examples), cfg.data.min_tool_calls)
+    if not dense:
+        from aster.data.io import DataError
+
+        raise DataError(f"{cfg.data.sft_path}: no trajectory has >= data.min_tool_calls="
+                        f"{cfg.data.min_tool_calls} tool calls; lower it or use denser data")
+    return dense
+
+
+def _tool_calls(example: dict) -> int:
+    return sum(len(m.get("tool_calls") or []) for m in example["messages"])
+
+
+def _prompts(path: str, cfg, synthetic, split: str) -> list[dict]:
+    if path == "synthetic":
+        return synthetic[split]
+    from aster.data.prompts import load_prompts
+
+    return load_prompts(path, cfg.data.max_rows).prompts
+
+
+# ---- stages -----------------------------------------------------------------------------------
+def run_sft_stage(ctx, data) -> None:
+    from aster.train.sft import encode_dataset, run_sft
+
+    encoded, dropped = encode_dataset(ctx.tokenizer, data["sft"], ctx.cfg.sft.cutoff_len)
+    if not encoded:
+        from aster.data.io import DataError
+
+        raise DataError(f"every SFT sample is longer than sft.cutoff_len={ctx.cfg.sft.cutoff_len}"
+                        " tokens; raise it")
+    run_sft(ctx, encoded, dropped)
+
+
+def run_rl(ctx, engine, stage: str, data, run_dir: Path) -> None:
+    from aster.train.rl import run_rl_stage
+
+    stage_cfg = ctx.cfg.rl.stage1 if stage == "rl_stage1" else ctx.cfg.rl.stage2
+    prompts = data["rl"]
+    if stage == "rl_stage2" and stage_cfg.filter_all_correct:
+        prompts = _filtered_prompts(run_dir, prompts)
+    run_rl_stage(ctx, engine, prompts, stage, stage_cfg)
+
+
+def _filtered_prompts(run_dir: Path, prompts: list[dict]) -> list[dict]:
+    path = run_dir / "rollouts" / "stage2_prompts.json"
+    if path.is_file():
+        kept = json.loads(path.read_text())
+        return kept if kept else prompts
+    return prompts
+
+
+def run_filter(cfg, run_dir: Path, data, is_main: bool) -> dict:
+    """Drop prompts answered correctly G/G during stage 1's last epoch (from its records)."""
+    from aster.train.rl import filter_prompts
+
+    kept, dropped = filter_prompts(data["rl"], run_dir / "rollouts" / "rl_stage1.jsonl")
+    if not kept:
+        log.warning("filter: every prompt was answered G/G in stage 1; stage 2 keeps them all")
+    if is_main:
+        out = run_dir / "rollouts" / "stage2_prompts.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(kept))
+    log.info("filter: dropped %d of %d prompts answered correctly G/G in stage 1", dropped,
+             len(data["rl"]))
+    return {"kept": len(kept), "dropped": dropped}
+
+
+def evaluate_stage(ctx, engine, data, stage: str) -> dict:
+    """Held-out accuracy and tool calls per trajectory (aster.eval.evaluate), written to
+    run_dir/eval/<stage>/."""
+    from aster.eval import evaluate, write_results
+
+    summary, rows = evaluate(engine, ctx.pool, data["eval"], ctx.cfg.eval, ctx.tokenizer,
+                             rollout_cfg=ctx.cfg.rollout)
+    if ctx.dist.is_main:
+        write_results(summary, rows, ctx.run_dir / "eval" / stage)
+    log.info("eval after %s: accuracy %.3f, tool calls per trajectory %.2f", stage,
+             summary["accuracy"], summary["tool_calls_mean"])
+    return {"accuracy": summary["accuracy"], "tool_calls_mean": summary["tool_calls_mean"]}
+
+
+def _train_stage(stage, cfg, backend, run_dir, base, data, writer, pool) -> dict:
+    """Run one training stage (resuming it), save its model, evaluate it when eval is on."""
+    from aster.train.common import save_hf_model
+    from aster.train.rollouts import make_engine, push_weights
+
+    model_in = input_model_for(stage, cfg, run_dir, base)
+    ctx = make_context(cfg, backend, model_in, run_dir, writer)
+    ctx.pool = pool
+    engine = None
+    if stage == "sft":
+        run_sft_stage(ctx, data)
+    else:
+        engine = make_engine(ctx, model_in)
+        run_rl(ctx, engine, stage, data, run_dir)
+    out = save_hf_model(ctx.hf_model, ctx.tokenizer, stage_model_dir(run_dir, stage),
+                        ctx.dist.is_main)
+    _barrier(ctx.dist)
+    log.info("%s done; model saved to %s", stage, out)
+    if "eval" not in cfg.run.stages:
+        return {}
+    if engine is None:
+        engine = make_engine(ctx, str(out))
+    push_weights(ctx, engine)
+    return evaluate_stage(ctx, engine, data, stage)
+
+
+def run_pipeline(cfg, backend, *, config_name: str | None = None, output_dir: str | None = None,
+                 resume: bool = False) -> dict:
+    """The whole recipe in one run directory; returns the summary dict."""
+    from aster.sandbox import SandboxPool
+
+    dist = backend.init_distributed(cfg.distributed.timeout_s)
+    if cfg.run.deterministic:
+        backend.set_deterministic(cfg.run.seed)
+    run_dir = prepare_run_dir(cfg, config_name, output_dir, resume, dist)
+    if dist.is_main:
+        log.info("run directory: %s", run_dir.resolve())
+    writer = MetricsWriter(run_dir, is_main=dist.is_main, tensorboard=cfg.logging.tensorboard,
+                           log_every=cfg.logging.log_every)
+    try:
+        data = load_task_data(cfg, run_dir, dist)
+        base = base_model_dir(cfg, run_dir, dist.is_main, dist, data)
+        with SandboxPool(cfg.sandbox) as pool:
+            for stage in cfg.run.stages:
+                done = read_state(run_dir)["done"]
+                if stage in done:
+                    log.info("%s: already finished, skipped", stage)
+                    continue
+                if stage == "filter":
+                    result = run_filter(cfg, run_dir, data, dist.is_main)
+                elif stage == "eval":
+                    result = write_summary(run_dir, done, dist.is_main)
+                else:
+                    result = _train_stage(stage, cfg, backend, run_dir, base, data, writer, pool)
+                mark_done(run_dir, stage, result, dist.is_main)
+                _barrier(dist)
+    finally:
+        writer.close()
+    return summary_of(read_state(run_dir)["done"])
+
+
+def summary_of(done: dict) -> dict:
+    return {s: done[s] for s in TRAIN_STAGES if done.get(s)}
+
+
+def write_summary(run_dir: Path, done: dict, is_main: bool) -> dict:
+    """summary.json and the table: held-out accuracy and tool calls after each stage."""
+    summary = summary_of(done)
+    if is_main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        log.info("summary written to %s", run_dir / "summary.json")
+    return {"written": True}
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"{'stage':<12}{'accuracy':>10}{'tool_calls':>12}"]
+    for stage, r in summary.items():
+        lines.append(f"{stage:<12}{r['accuracy'] * 100:>9.1f}%{r['tool_calls_mean']:>12.2f}")
+    return "\n".join(lines)

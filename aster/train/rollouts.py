@@ -1,0 +1,78 @@
+"""The trainers' side of the rollout seam: build the engine, generate G samples per prompt,
+push new weights, and summarise trajectories into metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import torch
+
+log = logging.getLogger("aster")
+
+
+def _quantile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    return float(torch.quantile(torch.tensor(values, dtype=torch.float64), q))
+
+
+def trajectory_stats(ctx, trajs) -> dict:
+    """Reward, accuracy, tool calls (mean, p50, p90), response length, finish reasons;
+    averaged over all ranks' trajectories."""
+    calls = [float(t.num_tool_calls) for t in trajs]
+    rewards = [float(t.reward) for t in trajs]
+    lengths = [float(len(t.response_ids)) for t in trajs]
+    sums = torch.tensor([sum(rewards), sum(r >= 1.0 for r in rewards), sum(calls), sum(lengths),
+                         float(len(trajs))], dtype=torch.float64)
+    sums = ctx.all_reduce_sum(sums)
+    n = max(1.0, sums[4].item())
+    stats = {"reward_mean": sums[0].item() / n, "accuracy": sums[1].item() / n,
+             "tool_calls_mean": sums[2].item() / n, "response_len_mean": sums[3].item() / n,
+             "tool_calls_p50": _quantile(calls, 0.5), "tool_calls_p90": _quantile(calls, 0.9),
+             "trajectories": int(n)}
+    reasons = Counter(str(t.finish_reason) for t in trajs)
+    for reason, count in reasons.items():
+        stats[f"finish_{reason}"] = count / max(1, len(trajs))
+    return stats
+
+
+def make_engine(ctx, model_dir: str, max_model_len: int | None = None):
+    """The rollout engine the backend names, loaded from `model_dir`."""
+    from aster.rollout import build_engine
+
+    dtype = str(next(ctx.hf_model.parameters()).dtype).removeprefix("torch.")
+    return build_engine(ctx.backend, model_dir, ctx.cfg.rollout, dtype=dtype,
+                        tokenizer=ctx.tokenizer, max_model_len=max_model_len)
+
+
+def push_weights(ctx, engine) -> None:
+    """Copy the trained weights into the engine (gathered in full first when sharded)."""
+    if ctx.dist.world_size > 1:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+        )
+
+        state = get_model_state_dict(ctx.hf_model, options=StateDictOptions(full_state_dict=True))
+        engine.load_weights(state)
+    else:
+        engine.load_weights(ctx.hf_model)
+
+
+def generate(ctx, engine, prompts: list[dict], samples: int, max_response_tokens: int,
+             seed: int) -> tuple[list, dict]:
+    """`samples` trajectories per prompt (prompt-major) and the rollout metrics."""
+    from dataclasses import replace
+
+    from aster.rollout import rollout_metrics, run_rollouts
+
+    cfg = replace(ctx.cfg.rollout, max_response_tokens=max_response_tokens)
+    stats: dict = {}
+    trajs = run_rollouts(engine, ctx.pool, prompts, cfg, tokenizer=ctx.tokenizer,
+                         samples_per_prompt=samples, seed=seed, stats=stats)
+    m = rollout_metrics(trajs, stats)
+    return trajs, {"time_tools_s": m.get("tool_s", 0.0), "time_generate_s": m.get("gen_s", 0.0),
+                   "tool_error_rate": m["tool_error_rate"],
+                   "tool_exec_error_rate": m["tool_exec_error_rate"],
+                   "turns_mean": m["turns_mean"]}
