@@ -1,10 +1,11 @@
 """Portable chunked kernels in plain torch (the CPU and NPU default).
 
-token_logprobs walks the tokens in chunks: each chunk's [n, V] logits live only inside the loop
-(forward: logsumexp and entropy; backward: recomputed, turned into dlogits in place, and fed to
-two matmuls), so peak extra memory is O(n*V + V*H) instead of O(N*V). The backward recomputes
-the logits (4 lm_head matmuls in all instead of 3) because the upstream gradients of logp and
-entropy are arbitrary and unknown at forward time.
+token_logprobs never holds more than one chunk of logits: the forward walks token chunks
+([n, V] logits -> logsumexp, label logit, entropy), the backward walks vocab slices ([N, Vs]
+logits recomputed, turned into dlogits in place, fed to two matmuls). Peak extra memory is
+O(CHUNK_ELEMENTS + V*H) instead of O(N*V). The backward recomputes the logits (4 lm_head
+matmuls in all instead of 3) because the upstream gradients of logp and entropy are arbitrary
+and unknown at forward time.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class _TokenLogprobs(torch.autograd.Function):
                 entropy[s:e] = -torch.exp(log_probs).mul_(log_probs).sum(-1)
             del logits
         ctx.save_for_backward(hidden, weight, labels, lse, entropy)
-        ctx.temperature, ctx.step = temperature, step
+        ctx.temperature, ctx.chunk_tokens = temperature, chunk_tokens
         ctx.return_entropy = return_entropy
         ctx.mark_non_differentiable(labels)
         return (logp, entropy) if return_entropy else logp
@@ -75,33 +76,42 @@ class _TokenLogprobs(torch.autograd.Function):
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_h or need_w):
             return None, None, None, None, None, None
-        if not ctx.return_entropy:
-            grad_entropy = None
+        g_lp = grad_logp.float() if grad_logp is not None else torch.zeros_like(lse)
+        g_ent = grad_entropy.float() if (ctx.return_entropy and grad_entropy is not None) \
+            else None
+        n_tok, vocab = hidden.shape[0], weight.shape[0]
+        # The backward walks *vocab* slices over all tokens: each slice of grad_W is written
+        # once (a token-chunk walk would re-read and re-write all of grad_W per chunk, which is
+        # memory-bound at V=151936) and grad_hidden [N, H] accumulates cheaply.
+        step = max(1, CHUNK_ELEMENTS // max(n_tok, 1)) if ctx.chunk_tokens is None \
+            else max(1, ctx.chunk_tokens * vocab // max(n_tok, 1))
         grad_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) \
             if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+        grad_w = torch.empty(weight.shape, dtype=torch.float32, device=weight.device) \
             if need_w else None
-        g_lp = grad_logp.float() if grad_logp is not None else torch.zeros_like(lse)
-        g_ent = grad_entropy.float() if grad_entropy is not None else None
         inv_t = 1.0 / ctx.temperature
-        for s in range(0, hidden.shape[0], ctx.step):
-            e = min(s + ctx.step, hidden.shape[0])
-            dlogits = _dlogits_chunk(hidden[s:e], weight, labels[s:e], lse[s:e], entropy[s:e],
-                                     g_lp[s:e], None if g_ent is None else g_ent[s:e],
-                                     ctx.temperature)
+        hidden_f = hidden.float()
+        for v0 in range(0, vocab, step):
+            v1 = min(v0 + step, vocab)
+            dlogits = _dlogits_slice(hidden, weight[v0:v1], labels - v0, lse, entropy, g_lp,
+                                     g_ent, ctx.temperature)
+            if need_w:
+                torch.mm(dlogits.t(), hidden_f, out=grad_w[v0:v1])
             if need_h:  # bf16 weights: this matmul runs in bf16 (fp32 accumulate in BLAS)
-                grad_h[s:e] = (dlogits.to(weight.dtype) @ weight).float().mul_(inv_t)
-            if need_w:  # fp32 accumulator, fp32 operands: [n, H] is cheap to upcast
-                grad_w.addmm_(dlogits.t(), hidden[s:e].float(), alpha=inv_t)
+                grad_h.add_((dlogits.to(weight.dtype) @ weight[v0:v1]).float())
             del dlogits
+        if need_w:
+            grad_w.mul_(inv_t)
+        if need_h:
+            grad_h.mul_(inv_t)
         return (None if grad_h is None else grad_h.to(hidden.dtype),
                 None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None)
 
 
-def _dlogits_chunk(hidden_chunk, weight, labels, lse, entropy, g_lp, g_ent, temperature):
-    """d(loss)/d(z) for z = logits / temperature, reusing the recomputed logits' buffer:
-    dz = g_lp * (onehot - p) - g_ent * p * (log p + H)."""
-    log_probs = _chunk_logits(hidden_chunk, weight, temperature).sub_(lse[:, None])
+def _dlogits_slice(hidden, weight_slice, local_labels, lse, entropy, g_lp, g_ent, temperature):
+    """d(loss)/d(z) [N, Vs] for one vocab slice (z = logits / temperature), reusing the
+    recomputed logits' buffer: dz = g_lp * (onehot - p) - g_ent * p * (log p + H)."""
+    log_probs = _chunk_logits(hidden, weight_slice, temperature).sub_(lse[:, None])
     probs = torch.exp(log_probs)
     if g_ent is not None:
         coef = log_probs.add_(entropy[:, None]).mul_(g_ent[:, None]).add_(g_lp[:, None])
@@ -109,8 +119,8 @@ def _dlogits_chunk(hidden_chunk, weight, labels, lse, entropy, g_lp, g_ent, temp
     else:
         dlogits = probs.mul_(g_lp[:, None]).neg_()
     del log_probs
-    rows = torch.arange(labels.shape[0], device=labels.device)
-    dlogits[rows, labels] += g_lp
+    rows = torch.nonzero((local_labels >= 0) & (local_labels < weight_slice.shape[0])).view(-1)
+    dlogits[rows, local_labels[rows]] += g_lp[rows]
     return dlogits
 
 
