@@ -1,11 +1,26 @@
-"""`aster sft`: Cold-start SFT on multi-turn tool trajectories (loss on assistant tokens only)."""
+"""`aster sft`: cold-start SFT on multi-turn tool trajectories (loss on assistant tokens only)."""
 
 from __future__ import annotations
 
-from aster.commands.common import add_run_args, not_implemented
+from aster.commands.common import add_run_args
+
+DESC = "Cold-start SFT on multi-turn tool trajectories (loss on assistant tokens only)."
+
+
+def run(args) -> int:
+    from aster.commands.train import setup
+    from aster.train.pipeline import run_pipeline
+
+    cfg, backend = setup(args)
+    cfg.run.stages = ["sft"]
+    run_pipeline(cfg, backend, config_name=args.config, output_dir=args.output_dir,
+                 resume=args.resume)
+    return 0
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("sft", help="Cold-start SFT on multi-turn tool trajectories (loss on assistant tokens only).", description="Cold-start SFT on multi-turn tool trajectories (loss on assistant tokens only).")
+    parser = sub.add_parser("sft", help=DESC, description=DESC)
     add_run_args(parser)
-    parser.set_defaults(func=not_implemented("sft", "trainers"))
+    parser.add_argument("--resume", action="store_true",
+                        help="resume the run in --output-dir from its last checkpoint")
+    parser.set_defaults(func=run)

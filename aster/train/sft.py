@@ -194,6 +194,7 @@ def _resume(ctx, stage: str, optimizer, scheduler) -> tuple[int, str | None]:
     """(first step to run, last good checkpoint) after loading the stage's latest checkpoint."""
     ckpt = latest_checkpoint(ctx.ckpt_dir(stage))
     if ckpt is None:
+        ctx.writer.truncate_after(stage, 0)  # records of a crashed first attempt
         return 0, None
     meta = load_checkpoint(ckpt, model=ctx.policy, optimizer=optimizer, scheduler=scheduler)
     ctx.writer.truncate_after(stage, meta["step"])

@@ -1,0 +1,66 @@
+"""A run that crashes mid-stage and is resumed reproduces the uninterrupted run's metrics
+exactly on CPU; NaN loss stops with a message and keeps the last good checkpoint."""
+
+import pytest
+
+from aster.backend import select_backend
+from aster.config import load_config
+from aster.metrics import MetricsWriter, read_metrics
+from aster.train import pipeline
+from aster.train.common import TrainingDivergedError
+from tests.train.small import SMALL, deterministic_part
+
+STAGES = ["run.stages=[sft,rl_stage1]"]
+
+
+def _run(out, resume=False, extra=()):
+    cfg = load_config(None, [*SMALL, *STAGES, *extra])
+    backend = select_backend("cpu", kernel_impl="chunked", engine="hf")
+    return pipeline.run_pipeline(cfg, backend, output_dir=str(out), resume=resume)
+
+
+class Crash(Exception):
+    pass
+
+
+def test_crash_and_resume_reproduces_metrics_exactly(tmp_path, monkeypatch):
+    _run(tmp_path / "whole")
+    whole = deterministic_part(read_metrics(tmp_path / "whole"))
+    assert [r["stage"] for r in whole].count("rl_stage1") == 2
+
+    original = MetricsWriter.write
+    calls = {"n": 0}
+
+    def crash_after_first_rl_step(self, stage, step, metrics, global_step=None):
+        original(self, stage, step, metrics, global_step)
+        if stage == "rl_stage1":
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise Crash("killed")
+
+    monkeypatch.setattr(MetricsWriter, "write", crash_after_first_rl_step)
+    with pytest.raises(Crash):
+        _run(tmp_path / "cut")
+    monkeypatch.setattr(MetricsWriter, "write", original)
+    assert pipeline.read_state(tmp_path / "cut")["done"].keys() == {"sft"}
+    _run(tmp_path / "cut", resume=True)
+    assert deterministic_part(read_metrics(tmp_path / "cut")) == whole
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    from aster.train import sft
+
+    real = sft.sft_micro_loss
+    count = {"n": 0}
+
+    def nan_on_second_step(policy, batch, num_tokens):
+        count["n"] += 1
+        loss = real(policy, batch, num_tokens)
+        return loss * float("nan") if count["n"] > 2 else loss  # 2 micro batches per step
+
+    monkeypatch.setattr(sft, "sft_micro_loss", nan_on_second_step)
+    with pytest.raises(TrainingDivergedError, match="not finite.*step-00000001"):
+        _run(tmp_path / "nan", extra=["run.stages=[sft]", "sft.save_every_steps=1",
+                                      "data.synthetic.num_sft=24"])
+    ckpts = sorted(p.name for p in (tmp_path / "nan" / "checkpoints" / "sft").iterdir())
+    assert ckpts == ["step-00000001"]
