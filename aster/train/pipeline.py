@@ -281,6 +281,7 @@ def run_pipeline(cfg, backend, *, config_name: str | None = None, output_dir: st
     """The whole recipe in one run directory; returns the summary dict."""
     from aster.sandbox import SandboxPool
 
+    check_inputs(cfg)
     dist = backend.init_distributed(cfg.distributed.timeout_s)
     if cfg.run.deterministic:
         backend.set_deterministic(cfg.run.seed)
@@ -309,6 +310,23 @@ def run_pipeline(cfg, backend, *, config_name: str | None = None, output_dir: st
     finally:
         writer.close()
     return summary_of(read_state(run_dir)["done"])
+
+
+def check_inputs(cfg) -> None:
+    """Fail before anything is written when a given path cannot be used."""
+    from aster.train.common import ModelPathError
+
+    if cfg.model.path and not (Path(cfg.model.path) / "config.json").is_file():
+        raise ModelPathError(f"model.path={cfg.model.path!r} is not a model directory (no "
+                             "config.json); point it at a Hugging Face model directory or "
+                             "leave it empty for the tiny model")
+    from aster.data.io import DataError
+
+    for key in ("sft_path", "rl_path"):
+        value = getattr(cfg.data, key)
+        if value != "synthetic" and not Path(value).is_file():
+            raise DataError(f"data.{key}={value!r}: no such file; give a parquet/jsonl file "
+                            "or 'synthetic'")
 
 
 def summary_of(done: dict) -> dict:

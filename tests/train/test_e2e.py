@@ -1,0 +1,38 @@
+"""`aster train` end to end: a shrunken tiny run in seconds, and the full default (slow)."""
+
+import json
+
+import pytest
+
+from aster.cli import main
+from aster.metrics import read_metrics
+from tests.train.small import SMALL
+
+
+def test_aster_train_small_end_to_end(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--device", "cpu", "-o", str(run), *SMALL]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert set(summary) == {"sft", "rl_stage1", "rl_stage2"}
+    for entry in summary.values():
+        assert 0.0 <= entry["accuracy"] <= 1.0 and entry["tool_calls_mean"] >= 0.0
+    stages = [r["stage"] for r in read_metrics(run)]
+    assert stages.count("rl_stage1") == 2 and stages.count("rl_stage2") == 1
+    assert (run / "rollouts" / "stage2_prompts.json").is_file()
+    assert (run / "rl_stage2" / "model" / "config.json").is_file()
+    out = capsys.readouterr().out
+    assert "rl_stage2" in out and "accuracy" in out
+    # finished stages are skipped on --resume; plot draws the curves
+    assert main(["train", "--resume", "-o", str(run), *SMALL]) == 0
+    assert main(["plot", str(run)]) == 0
+    assert (run / "plots" / "reward_mean.png").is_file()
+
+
+@pytest.mark.slow
+def test_aster_train_default_meets_targets(tmp_path):
+    """The embedded default: accuracy after RL >= 20 points above after SFT, tool calls kept."""
+    run = tmp_path / "run"
+    assert main(["train", "-o", str(run)]) == 0
+    s = json.loads((run / "summary.json").read_text())
+    assert s["rl_stage2"]["accuracy"] >= s["sft"]["accuracy"] + 0.20
+    assert s["rl_stage2"]["tool_calls_mean"] >= 0.8 * s["sft"]["tool_calls_mean"]
