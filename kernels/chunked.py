@@ -67,7 +67,6 @@ class _TokenLogprobs(torch.autograd.Function):
         ctx.save_for_backward(hidden, weight, labels, lse, entropy)
         ctx.temperature, ctx.chunk_tokens = temperature, chunk_tokens
         ctx.return_entropy = return_entropy
-        ctx.mark_non_differentiable(labels)
         return (logp, entropy) if return_entropy else logp
 
     @staticmethod

@@ -168,7 +168,7 @@ def _check_device(t: torch.Tensor) -> None:
 
 def _forward(hidden, weight, labels, inv_t, blocks: LogprobBlocks):
     n_tok, vocab, hsize = hidden.shape[0], weight.shape[0], hidden.shape[1]
-    row_blocks = triton.cdiv(n_tok, blocks.block_n)
+    row_blocks = max(1, triton.cdiv(n_tok, blocks.block_n))
     vocab_tiles = triton.cdiv(vocab, blocks.block_v)
     n_splits = max(1, min(vocab_tiles, blocks.programs_target // row_blocks))
     v_per_prog = triton.cdiv(vocab_tiles, n_splits) * blocks.block_v
