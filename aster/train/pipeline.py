@@ -269,11 +269,16 @@ def _train_stage(stage, cfg, backend, run_dir, base, data, writer, pool) -> dict
     _barrier(ctx.dist)
     log.info("%s done; model saved to %s", stage, out)
     if "eval" not in cfg.run.stages:
+        if engine is not None:
+            engine.close()
         return {}
     if engine is None:
         engine = make_engine(ctx, str(out))
-    push_weights(ctx, engine)
-    return evaluate_stage(ctx, engine, data, stage)
+    try:
+        push_weights(ctx, engine)
+        return evaluate_stage(ctx, engine, data, stage)
+    finally:
+        engine.close()
 
 
 def run_pipeline(cfg, backend, *, config_name: str | None = None, output_dir: str | None = None,
