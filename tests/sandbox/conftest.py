@@ -26,6 +26,9 @@ def gone(pid: int) -> bool:
 def pool():
     """A pool with tight limits; after the module, nothing of it may remain."""
     fds = _fd_count()
+    # Children that exist before the pool (e.g. multiprocessing's resource tracker left by
+    # another test module) are not the pool's; everything the pool started must be gone.
+    before = {c.pid for c in psutil.Process().children(recursive=True)}
     cfg = SandboxConfig(timeout_s=5.0, grace_s=0.3, memory_mb=768, max_sessions=16,
                         spare_workers=1, max_processes=32, max_file_mb=16,
                         max_output_chars=2000)
@@ -37,7 +40,7 @@ def pool():
     assert gone(zygote_pid)
     assert not os.path.exists(root)
     assert cgroup is None or not cgroup.exists()
-    assert psutil.Process().children(recursive=True) == []
+    assert [c for c in psutil.Process().children(recursive=True) if c.pid not in before] == []
     assert _fd_count() <= fds
 
 
