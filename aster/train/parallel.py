@@ -1,5 +1,5 @@
 """The one place parallelism is applied: none, DDP, torch FSDP2 (`fully_shard`) or DeepSpeed
-ZeRO, all through the current backend's collective (gloo / nccl / hccl)."""
+ZeRO, all through the current backend's collective (whatever its `dist_backend` names)."""
 
 from __future__ import annotations
 
