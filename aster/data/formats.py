@@ -212,9 +212,13 @@ def detect_layout(rows: list) -> str:
         if "conversations" in row:
             return "sharegpt"
         if "messages" in row:
-            for msg in row["messages"] or []:
-                for call in (msg or {}).get("tool_calls") or []:
-                    args = (call.get("function") or {}).get("arguments")
+            # a malformed row decides nothing: the loader skips and counts it later
+            messages = row["messages"] if isinstance(row["messages"], list) else []
+            for msg in messages:
+                calls = msg.get("tool_calls") if isinstance(msg, dict) else None
+                for call in calls if isinstance(calls, list) else []:
+                    fn = call.get("function") if isinstance(call, dict) else None
+                    args = fn.get("arguments") if isinstance(fn, dict) else None
                     return "openai" if isinstance(args, str) else "aster"
             return "aster"
     return "aster"

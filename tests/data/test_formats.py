@@ -137,3 +137,16 @@ def test_sanitize_leaves_legit_whitespace():
     assert sanitize_text(text)[0] == text
     fixed, report = sanitize_text("a \x0c\\frac{1}{2} and \x0e")
     assert fixed == "a \\frac{1}{2} and \x0e" and report.unrepaired
+
+
+def test_first_row_with_messages_not_a_list_is_skipped_not_a_crash(tmp_path):
+    import json
+
+    from aster.data.formats import load_sft
+
+    good = {"messages": [{"role": "user", "content": "1+1?"},
+                         {"role": "assistant", "content": "\\boxed{2}"}]}
+    path = tmp_path / "mixed.jsonl"
+    path.write_text(json.dumps({"messages": "not a list"}) + "\n" + json.dumps(good) + "\n")
+    loaded = load_sft(path)
+    assert len(loaded.examples) == 1 and loaded.skipped.count == 1
