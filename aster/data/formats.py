@@ -24,22 +24,9 @@ import os
 from dataclasses import dataclass, field
 
 from aster.data.io import Skipped, is_bad_line, read_rows, write_rows
+from aster.rollout.chat import CODE_INTERPRETER_TOOL, TOOL_NAME  # noqa: F401 (re-exported)
 
-TOOL_NAME = "code_interpreter"
-# The same schema as aster.rollout.chat's (SFT prompts must render exactly like RL prompts).
-CODE_INTERPRETER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": TOOL_NAME,
-        "description": ("Run Python code in a stateful interpreter (variables, functions and "
-                        "imports persist across calls) and return what it prints."),
-        "parameters": {
-            "type": "object",
-            "properties": {"code": {"type": "string", "description": "Python code to run."}},
-            "required": ["code"],
-        },
-    },
-}
+# One tool schema for SFT data, rollouts and eval: the rollout chat module owns it.
 LAYOUTS = ("sharegpt", "openai", "aster")
 _SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "function_call": "function",
                    "observation": "tool", "user": "user", "assistant": "assistant",

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 
 from aster.data.io import Skipped, file_kind, is_bad_line, read_rows, write_rows
 from aster.data.sanitize import SanitizeReport, sanitize_text
+from aster.rollout.chat import ANSWER_INSTRUCTION as SUFFIX
+from aster.rollout.chat import user_message
 
 logger = logging.getLogger("aster")
 
-SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
 PROMPT_LAYOUTS = ("verl", "plain")
 _PROBLEM_KEYS = ("problem", "question")
 _ANSWER_KEYS = ("answer", "ground_truth", "final_answer")
@@ -44,8 +45,9 @@ def strip_suffix(text: str) -> str:
 
 
 def user_turn(problem: str) -> str:
-    """The user message for `problem`: the problem and the suffix, the suffix exactly once."""
-    return f"{strip_suffix(problem)}\n\n{SUFFIX}"  # as aster.rollout.chat.user_message
+    """The user message for `problem`: the problem and the suffix, the suffix exactly once
+    (rendered by aster.rollout.chat.user_message, so SFT, RL and eval prompts agree)."""
+    return user_message(strip_suffix(problem))["content"]
 
 
 def prompt_messages(problem: str, system: str | None = None) -> list[dict]:
