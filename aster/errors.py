@@ -23,7 +23,3 @@ class DeviceUnavailableError(AsterUserError):
 
 class CapabilityError(AsterUserError):
     """A feature was asked of a backend that does not have it (never a silent no-op)."""
-
-
-class NotImplementedYetError(AsterUserError):
-    """A command or option exists in the CLI but its implementation has not landed yet."""

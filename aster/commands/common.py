@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from aster.backend import DEVICE_CHOICES, DEVICE_HELP
-from aster.errors import NotImplementedYetError
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -23,14 +22,3 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=DEVICE_CHOICES, default=None, help=DEVICE_HELP)
     parser.add_argument("--output-dir", "-o", default=None, metavar="DIR",
                         help="run directory (default: runs/<config>-<timestamp>/)")
-
-
-def not_implemented(what: str, issue: str):
-    """A handler for a command whose implementation has not landed yet."""
-
-    def handler(args: argparse.Namespace) -> int:
-        raise NotImplementedYetError(
-            f"`aster {what}` is not implemented yet (tracked in the {issue} issue); "
-            "nothing was run")
-
-    return handler
