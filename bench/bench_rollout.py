@@ -149,15 +149,8 @@ def run(backend=None, quick: bool = True) -> dict:
     return {"section": "rollout", "rows": rows, "notes": notes}
 
 
-def format_table(result: dict) -> str:
-    lines = [f"{'metric':<52} {'value':>12} {'unit':<8} {'target':<8} ok"]
-    for r in result["rows"]:
-        ok = "" if r["ok"] is None else ("yes" if r["ok"] else "NO")
-        lines.append(f"{r['metric']:<52} {r['value']:>12.3f} {r['unit']:<8} {r['target']:<8} {ok}")
-    lines += [f"note: {n}" for n in result["notes"]]
-    return "\n".join(lines)
-
-
 if __name__ == "__main__":
+    from bench_sandbox import format_table  # same metric/value/unit/target/ok rows
+
     device = sys.argv[sys.argv.index("--device") + 1] if "--device" in sys.argv else "cpu"
     print(format_table(run(device, quick="--full" not in sys.argv)))
