@@ -146,16 +146,22 @@ def record_suite(backend, dtypes: list[str]) -> dict:
     device = backend.device()
     record = {"device": backend.name, "kernel_impl": backend.kernel_impl,
               "torch": torch.__version__, "host": platform.node(), "seed": SEED, "results": {}}
-    for name in dtypes:
-        if name not in DTYPES:
-            raise AsterUserError(f"--dtypes: {name!r} is not one of {', '.join(DTYPES)}")
-        try:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            values = {f"{part}.{key}": val for part, fn in SUITE.items()
-                      for key, val in fn(DTYPES[name], device).items()}
-            record["results"][name] = values
-        except (RuntimeError, TypeError) as exc:  # e.g. float64 matmul unsupported on a device
-            record["results"][name] = {"skipped": str(exc).splitlines()[0]}
+    unknown = [name for name in dtypes if name not in DTYPES]
+    if unknown:
+        raise AsterUserError(f"--dtypes: {unknown[0]!r} is not one of {', '.join(DTYPES)}")
+    previous = (torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        for name in dtypes:
+            try:
+                record["results"][name] = {
+                    f"{part}.{key}": val for part, fn in SUITE.items()
+                    for key, val in fn(DTYPES[name], device).items()}
+            except (RuntimeError, TypeError) as exc:  # e.g. no float64 matmul on a device
+                record["results"][name] = {"skipped": str(exc).splitlines()[0]}
+    finally:  # the caller's determinism setting is theirs
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
     return record
 
 
