@@ -91,8 +91,15 @@ class RLConfig:
     stage2: RLStageConfig = field(default_factory=lambda: RLStageConfig(
         max_response_tokens=30720, filter_all_correct=True))
     collapse_monitor: CollapseMonitorConfig = field(default_factory=CollapseMonitorConfig)
+    # rollout dump / replay (aster.train.replay): write each step's trajectories to this
+    # directory, or train on the ones found there instead of generating (the rollout is skipped)
+    dump_rollouts_dir: str | None = None
+    replay_rollouts_dir: str | None = None
 
     def __post_init__(self):
+        if self.dump_rollouts_dir and self.replay_rollouts_dir:
+            raise ValueError(f"rl.dump_rollouts_dir={self.dump_rollouts_dir!r} and "
+                             f"rl.replay_rollouts_dir={self.replay_rollouts_dir!r}: set one")
         _positive("rl", self, "prompts_per_step", "group_size", "mini_batch_prompts",
                   "ppo_epochs", "micro_batch_size", "lr", "max_grad_norm", "clip_c", "tis_cap")
         if self.prompts_per_step % self.mini_batch_prompts:

@@ -28,7 +28,8 @@ from aster.algo import (
 from aster.metrics import CollapseMonitor
 from aster.train.checkpoint import save_checkpoint
 from aster.train.common import build_optimizer, build_scheduler, optimizer_step
-from aster.train.rollouts import generate, push_weights, trajectory_stats
+from aster.train.replay import finish_step, step_rollouts
+from aster.train.rollouts import push_weights, trajectory_stats
 from aster.train.sft import _resume
 
 log = logging.getLogger("aster")
@@ -131,8 +132,8 @@ def rl_step(ctx, engine, prompts, stage: str, stage_cfg, step: int, optimizer, s
     mine = shard_for_rank(chosen, dist.rank, dist.world_size)
     t0 = time.perf_counter()
     seed = ctx.cfg.run.seed * 1_000_003 + zlib.crc32(stage.encode()) % 1000 * 10_007 + step * 101 + dist.rank
-    trajs, roll_metrics = generate(ctx, engine, [prompts[i] for i in mine], rl.group_size,
-                                   stage_cfg.max_response_tokens, seed)
+    trajs, roll_metrics, trace = step_rollouts(ctx, engine, prompts, mine, stage, step,
+                                               stage_cfg.max_response_tokens, seed)
     t_roll = time.perf_counter()
     rewards = [float(t.reward) for t in trajs]
     adv = group_advantages(rewards, rl.group_size, std_norm=rl.adv_std_norm, eps=rl.adv_eps)
@@ -143,17 +144,20 @@ def rl_step(ctx, engine, prompts, stage: str, stage_cfg, step: int, optimizer, s
     else:
         old_lp = [torch.as_tensor(t.rollout_logprobs, dtype=torch.float32) for t in trajs]
         entropy = None
+    t_old = time.perf_counter()
     where = f"{stage} step {step + 1}"
     lr = scheduler.get_last_lr()[0]
     upd = policy_update(ctx, trajs, adv_tokens, old_lp, optimizer, scheduler, where, last_good)
     t_train = time.perf_counter()
     push_weights(ctx, engine)
     t_sync = time.perf_counter()
+    finish_step(ctx, trace, adv.adv, old_lp, upd)  # the dump/replay parity record, if any
     tokens = sum(len(t.prompt_ids) + len(t.response_ids) for t in trajs)
     metrics = {**trajectory_stats(ctx, trajs), **roll_metrics, **upd, "lr": lr, "epoch": epoch,
                "zero_adv_groups": adv.num_zero_groups, "groups": adv.num_groups,
                "entropy": entropy, "time_rollout_s": t_roll - t0,
-               "time_train_s": t_train - t_roll, "time_weight_sync_s": t_sync - t_train,
+               "time_train_s": t_train - t_roll, "time_old_logp_s": t_old - t_roll,
+               "time_update_s": t_train - t_old, "time_weight_sync_s": t_sync - t_train,
                "tokens_per_s": tokens / max(1e-9, t_train - t0), **ctx.backend.memory_stats()}
     records = _prompt_records(mine, trajs, rl.group_size,
                               epoch, step + 1)
