@@ -10,6 +10,7 @@ tolerances written down per dtype.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import os
@@ -28,7 +29,15 @@ from aster.errors import AsterUserError
 # float32: different GEMM/reduction orders (MKL vs cuBLAS vs CANN) differ by ~1e-6 relative per
 # op; through a 2-layer model, a backward and one optimizer step that grows to ~1e-4.
 # bfloat16: 8 mantissa bits (~4e-3 per op) through the same chain.
-TOLERANCES = {"float64": (1e-6, 1e-8), "float32": (2e-4, 1e-5), "bfloat16": (5e-2, 2e-2)}
+# float16 (a model.dtype for rl_step records): 11 significant bits, between the two.
+TOLERANCES = {"float64": (1e-6, 1e-8), "float32": (2e-4, 1e-5), "bfloat16": (5e-2, 2e-2),
+              "float16": (1e-2, 5e-3)}
+# Per-quantity overrides (fnmatch patterns on the quantity name, first match wins), e.g. the
+# inputs of a replayed step: both runs read the same dumped trajectories, so their counts,
+# rewards and rollout log-probs must agree exactly; any difference means a different dump.
+QUANTITY_TOLERANCES: dict[str, dict[str, tuple[float, float]]] = {
+    "input.*": {dtype: (0.0, 0.0) for dtype in TOLERANCES},
+}
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
 SEED = 1234
 VOCAB, SEQ, BATCH = 101, 24, 4
@@ -59,11 +68,32 @@ def _fixed_batch():
     return prompts, responses, masks
 
 
+def weight_checksums(model: torch.nn.Module, prefix: str = "weights_") -> dict[str, float]:
+    """Sum, absolute sum and a position-weighted sum (weights 1..7 cycling over the flattened
+    parameters, so swapped or shifted values change it) of every parameter, in float64.
+    Streams over parameters in chunks (no full copy of the model); sharded parameters are
+    gathered one at a time (a collective: every rank calls it)."""
+    sums = torch.zeros(3, dtype=torch.float64)
+    offset = 0
+    for param in model.parameters():
+        t = param.detach()
+        t = t.full_tensor() if hasattr(t, "full_tensor") else t
+        flat = t.reshape(-1)
+        for start in range(0, flat.numel(), _CHUNK):
+            part = flat[start:start + _CHUNK].double()
+            pos = torch.arange(offset + start, offset + start + part.numel(),
+                               device=part.device) % 7 + 1
+            sums += torch.stack([part.sum(), part.abs().sum(), (part * pos).sum()]).cpu()
+        offset += flat.numel()
+    return {f"{prefix}sum": sums[0].item(), f"{prefix}abs_sum": sums[1].item(),
+            f"{prefix}weighted_sum": sums[2].item()}
+
+
+_CHUNK = 1 << 24
+
+
 def _checksums(model: torch.nn.Module) -> dict[str, float]:
-    flat = torch.cat([p.detach().double().reshape(-1) for p in model.parameters()])
-    weights = torch.arange(flat.numel(), dtype=torch.float64, device=flat.device) % 7 + 1
-    return {"weights_sum": flat.sum().item(), "weights_abs_sum": flat.abs().sum().item(),
-            "weights_weighted_sum": (flat * weights).sum().item()}
+    return weight_checksums(model)
 
 
 def _grad_norm(model: torch.nn.Module) -> float:
@@ -187,34 +217,68 @@ def read_record(path: str) -> dict:
     return data
 
 
+def tolerance(dtype: str, quantity: str) -> tuple[float, float]:
+    """(rtol, atol) for `quantity` in `dtype`: the first QUANTITY_TOLERANCES pattern that
+    matches the name, else the dtype's default from TOLERANCES."""
+    for pattern, per_dtype in QUANTITY_TOLERANCES.items():
+        if fnmatch.fnmatchcase(quantity, pattern) and dtype in per_dtype:
+            return per_dtype[dtype]
+    return TOLERANCES[dtype]
+
+
+def _compare_values(va, vb, rtol: float, atol: float) -> tuple:
+    """(diff, tol, ok) for two scalars, or for two equal-length lists element by element
+    (diff: the largest |a_i - b_i|, tol: the tolerance at that element)."""
+    if isinstance(va, list) or isinstance(vb, list):
+        if not (isinstance(va, list) and isinstance(vb, list)) or len(va) != len(vb):
+            return None, None, False
+        if not va:
+            return 0.0, atol, True
+        diffs = [abs(x - y) for x, y in zip(va, vb)]
+        tols = [atol + rtol * max(abs(x), abs(y)) for x, y in zip(va, vb)]
+        good = all(d <= t for d, t in zip(diffs, tols)) and all(map(math.isfinite, va + vb))
+        worst = max(range(len(diffs)), key=lambda i: diffs[i] - tols[i])
+        return diffs[worst], tols[worst], good
+    diff = abs(va - vb)
+    tol = atol + rtol * max(abs(va), abs(vb))
+    return diff, tol, diff <= tol and math.isfinite(va) and math.isfinite(vb)
+
+
+def record_kind(record: dict) -> str:
+    """`suite` (aster parity record) or `rl_step` (a dumped or replayed GRPO step)."""
+    return record.get("kind", "suite")
+
+
 def compare_records(a: dict, b: dict) -> tuple[list[dict], bool]:
-    """Every quantity present in both records: values, difference, tolerance, verdict."""
+    """Every quantity present in either record: values, difference, tolerance, verdict. A
+    quantity present in only one record fails. List-valued quantities (per-token or
+    per-trajectory values) compare element by element."""
+    if record_kind(a) != record_kind(b):
+        raise AsterUserError(f"cannot compare a {record_kind(a)} record with a "
+                             f"{record_kind(b)} record; compare two of the same kind")
     rows, ok = [], True
     for dtype, values_a in a["results"].items():
         values_b = b["results"].get(dtype)
         if values_b is None or "skipped" in values_a or "skipped" in values_b:
             continue
-        rtol, atol = TOLERANCES[dtype]
         for key in sorted(set(values_a) | set(values_b)):
             va, vb = values_a.get(key), values_b.get(key)
             if va is None or vb is None:
-                rows.append({"dtype": dtype, "quantity": key, "A": va, "B": vb, "diff": None,
-                             "tol": None, "ok": False})
-                ok = False
-                continue
-            diff = abs(va - vb)
-            tol = atol + rtol * max(abs(va), abs(vb))
-            good = diff <= tol and math.isfinite(va) and math.isfinite(vb)
+                diff, tol, good = None, None, False
+            else:
+                diff, tol, good = _compare_values(va, vb, *tolerance(dtype, key))
             ok &= good
             rows.append({"dtype": dtype, "quantity": key, "A": va, "B": vb, "diff": diff,
                          "tol": tol, "ok": good})
     if not rows:
         raise AsterUserError("the two parity records share no dtype with results; record both "
-                             "with the same --dtypes")
+                             "with the same --dtypes (for rl_step records: the same model.dtype)")
     return rows, ok
 
 
 def _fmt(v) -> str:
+    if isinstance(v, list):
+        return f"{f'[{len(v)} values]':>16}"
     return f"{v:16.9g}" if isinstance(v, float) else f"{v!s:>16}"
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from aster.commands.common import add_run_args
+from aster.commands.train import add_rollout_dump_args
 
 DESC = "GRPO with the stateful Python sandbox (one stage; see `aster train` for both)."
 
@@ -57,4 +58,5 @@ def register(sub) -> None:
                              "(rollouts/rl_stage1.jsonl) and write the kept prompts")
     parser.add_argument("--filter-out", metavar="FILE", default=None,
                         help="where --filter-records writes the kept prompts (jsonl)")
+    add_rollout_dump_args(parser)
     parser.set_defaults(func=run)

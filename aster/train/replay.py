@@ -346,7 +346,12 @@ def step_record(ctx, trace: StepTrace, adv, old_lp, upd: dict) -> dict:
     for key in ("loss", "grad_norm", "clip_frac_upper", "clip_frac_lower", "approx_kl"):
         if key in upd:
             quantities[f"update.{key}"] = float(upd[key])
-    quantities.update(weight_checksums(ctx.hf_model, "weights_after."))
+    after = weight_checksums(ctx.hf_model, "weights_after.")
+    quantities.update(after)
+    # the update itself: tolerances relative to the weights would hide a wrong update
+    for key in ("sum", "weighted_sum"):
+        quantities[f"weights_delta.{key}"] = (after[f"weights_after.{key}"]
+                                              - trace.weights_before[f"weights_before.{key}"])
     dtype = str(next(ctx.hf_model.parameters()).dtype).removeprefix("torch.")
     backend = ctx.backend
     return {"kind": "rl_step", "source": trace.source, "device": backend.name,
