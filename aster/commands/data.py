@@ -8,6 +8,7 @@ import logging
 import os
 from collections import Counter
 
+from aster.backend import DEVICE_CHOICES, DEVICE_HELP
 from aster.commands.common import add_config_args, add_run_args
 
 logger = logging.getLogger("aster")
@@ -101,23 +102,64 @@ def run_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synth_config(args: argparse.Namespace):
+    from aster.data.synth import SynthConfig
+
+    api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    return SynthConfig(endpoint=args.endpoint, model=args.model or "teacher",
+                       samples_per_prompt=args.samples, max_tool_calls=args.max_tool_calls,
+                       max_tokens=args.max_tokens, temperature=args.temperature,
+                       top_p=args.top_p, concurrency=args.concurrency, api_key=api_key,
+                       seed=args.seed)
+
+
+def _engine_teacher(args, cfg, synth_cfg, pool):
+    """An EngineTeacher on --model, with the engine built exactly as `aster eval` builds it."""
+    from aster.backend import select_backend
+    from aster.commands.eval import load_engine
+    from aster.data.synth_engine import EngineTeacher
+
+    if args.engine:
+        cfg.rollout.engine = args.engine
+    backend = select_backend(args.device or cfg.run.device)
+    engine, tokenizer = load_engine(args.model or cfg.model.path, backend, cfg,
+                                    max_model_len=synth_cfg.max_tokens + 4096)
+    return EngineTeacher(synth_cfg, engine, tokenizer, pool, cfg.rollout), engine
+
+
 def run_synth(args: argparse.Namespace) -> int:
     from aster.config import load_config
     from aster.data import load_prompts
-    from aster.data.synth import SynthConfig, synthesize
+    from aster.data.synth import HTTPTeacher, synthesize
+    from aster.data.synth_store import SynthStore
+    from aster.errors import AsterUserError
     from aster.sandbox import SandboxPool
 
+    if args.endpoint and args.engine:
+        raise AsterUserError("--engine runs --model locally; it cannot be combined with "
+                             "--endpoint (drop one)")
     cfg = load_config(args.config, args.overrides)
+    if not args.endpoint and not (args.model or cfg.model.path):
+        raise AsterUserError("no teacher: give --model PATH (a checkpoint directory or a Hugging "
+                             "Face model path) or --endpoint URL")
+    synth_cfg = _synth_config(args)
+    SynthStore(args.output, args.format)  # a bad output path or format fails before loading
     prompts = load_prompts(args.prompts, max_rows=args.max_prompts).prompts
-    synth_cfg = SynthConfig(endpoint=args.endpoint, model=args.model,
-                            samples_per_prompt=args.samples, max_tool_calls=args.max_tool_calls,
-                            max_tokens=args.max_tokens, temperature=args.temperature,
-                            top_p=args.top_p, concurrency=args.concurrency,
-                            api_key=os.environ.get(args.api_key_env) if args.api_key_env else None)
+    engine = None
     with SandboxPool(cfg.sandbox) as pool:
-        counts = synthesize(prompts, args.output, synth_cfg, pool, progress=not args.no_progress)
-    print(f"wrote {counts.pop('done')} new trajectories to {args.output} "
-          f"({counts.pop('skipped')} already there; finish reasons: {counts})")
+        try:
+            if args.endpoint:
+                teacher = HTTPTeacher(synth_cfg, pool)
+            else:
+                teacher, engine = _engine_teacher(args, cfg, synth_cfg, pool)
+            counts = synthesize(prompts, args.output, synth_cfg, teacher, layout=args.format,
+                                progress=not args.no_progress)
+        finally:
+            if engine is not None:
+                engine.close()
+    print(f"wrote {counts['done'] - counts['rejected']} new trajectories to {args.output} "
+          f"({counts['skipped']} already done; {counts['rejected']} rejected; "
+          f"{counts['correct']} correct; finish reasons: {counts['finish_reasons']})")
     return 0
 
 
@@ -154,21 +196,44 @@ def register(sub) -> None:
     _add_stat_args(p)
     p.set_defaults(func=run_curate)
 
-    p = dsub.add_parser("synth", help="teacher trajectories from an OpenAI-compatible endpoint, "
-                                      "tools run in aster's sandbox (resumable)")
+    p = dsub.add_parser(
+        "synth", help="teacher trajectories with the tool run in aster's sandbox (resumable)",
+        description="Generate SFT trajectories with a teacher: a local model through an aster "
+                    "rollout engine (--model DIR [--engine hf|vllm]) or an OpenAI-compatible "
+                    "endpoint (--endpoint URL). Tool calls run in aster's sandbox; reasoning "
+                    "is kept; each row records whether the final answer is correct. Already "
+                    "done (problem, sample) pairs are skipped, so an interrupted run resumes. "
+                    "Trajectories that cannot be SFT data (a malformed tool call) are listed "
+                    "with the reason in OUTPUT.rejected.jsonl.")
     p.add_argument("prompts", help="prompt file (verl parquet or jsonl {problem, answer})")
-    p.add_argument("output", help="output .jsonl (aster SFT layout); existing samples skipped")
-    p.add_argument("--endpoint", required=True, metavar="URL",
+    p.add_argument("output", help="output .parquet (ASTER_SFT4K layout) or .jsonl (aster "
+                                  "layout); see --format")
+    p.add_argument("--format", choices=["sharegpt", "openai", "aster"], default=None,
+                   help="sharegpt: the ASTER_SFT4K conversations layout; openai: `messages` "
+                        "with tool_calls; aster: aster's own messages (default: sharegpt for "
+                        ".parquet, aster for .jsonl)")
+    p.add_argument("--model", "-m", default=None, metavar="PATH_OR_NAME",
+                   help="with --endpoint: the model name sent to it (default 'teacher'); "
+                        "else: the teacher's checkpoint directory or Hugging Face path "
+                        "(default: the config's model.path)")
+    p.add_argument("--engine", choices=["hf", "vllm"], default=None,
+                   help="rollout engine for --model (default: the config's rollout.engine)")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default=None, help=DEVICE_HELP)
+    p.add_argument("--endpoint", default=None, metavar="URL",
                    help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
-    p.add_argument("--model", default="teacher", help="model name sent to the endpoint")
     p.add_argument("--api-key-env", default=None, metavar="VAR",
-                   help="environment variable holding the API key")
+                   help="environment variable holding the endpoint's API key")
     p.add_argument("--samples", type=int, default=1, help="trajectories per prompt")
     p.add_argument("--max-tool-calls", type=int, default=50)
-    p.add_argument("--max-tokens", type=int, default=16384, help="per completion request")
+    p.add_argument("--max-tokens", type=int, default=16384,
+                   help="endpoint: per completion request; engine: the trajectory's response "
+                        "budget, tool output included")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--concurrency", type=int, default=8,
+                   help="endpoint: requests in flight; engine: trajectories per rollout batch "
+                        "(rows are written after each batch)")
+    p.add_argument("--seed", type=int, default=0, help="engine sampling seed")
     p.add_argument("--max-prompts", type=int, default=0, help="first N prompts only (0: all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_args(p)

@@ -18,7 +18,10 @@ def _benchmarks(args, cfg) -> dict:
     return eval_sets(cfg.data, cfg.sandbox)
 
 
-def _load(model_path: str, backend, cfg):
+def load_engine(model_path: str, backend, cfg, *, max_model_len: int | None = None):
+    """(engine, tokenizer) for a checkpoint directory or Hugging Face model path: the engine
+    `cfg.rollout.engine` (or the backend) names, in `cfg.model.dtype` (auto: float32);
+    `max_model_len` defaults to the eval budget plus room for the prompt."""
     from transformers import AutoTokenizer
 
     from aster.rollout.engine import build_engine
@@ -33,7 +36,7 @@ def _load(model_path: str, backend, cfg):
                              "model directory or a reachable Hugging Face model path") from exc
     dtype = "float32" if cfg.model.dtype == "auto" else cfg.model.dtype
     engine = build_engine(backend, model_path, cfg.rollout, dtype=dtype, tokenizer=tokenizer,
-                          max_model_len=cfg.eval.max_tokens + 4096)
+                          max_model_len=max_model_len or cfg.eval.max_tokens + 4096)
     return engine, tokenizer
 
 
@@ -51,7 +54,7 @@ def run_eval(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     backend = select_backend(args.device or cfg.run.device)
     benchmarks = _benchmarks(args, cfg)
-    engine, tokenizer = _load(args.model or cfg.model.path, backend, cfg)
+    engine, tokenizer = load_engine(args.model or cfg.model.path, backend, cfg)
     out = Path(args.output_dir or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
         with SandboxPool(cfg.sandbox) as pool:

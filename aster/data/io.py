@@ -108,6 +108,12 @@ def is_bad_line(row) -> str | None:
     return f"not JSON ({row.error})" if isinstance(row, _BadLine) else None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_rows(rows: list[dict], path: str | os.PathLike) -> None:
     """Write rows atomically (a temporary file renamed into place) as parquet or jsonl."""
     out = Path(path)
@@ -125,6 +131,7 @@ def write_rows(rows: list[dict], path: str | os.PathLike) -> None:
             with open(tmp, "w", encoding="utf-8") as fh:
                 for row in rows:
                     fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a data file is not
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):

@@ -1,178 +1,137 @@
-"""Teacher synthesis (`aster data synth`): run a teacher on a prompt set with the sandbox as its
-tool and write the trajectories in the SFT form (aster jsonl, one line per finished sample).
+"""Teacher synthesis (`aster data synth`): run a teacher on a prompt set with aster's sandbox as
+its tool and write the trajectories as SFT data.
 
-The teacher is an OpenAI-compatible chat-completions endpoint (e.g. a vLLM server): the server
-applies its chat template and parses tool calls; each call is executed in one stateful
-sandbox session per trajectory and its output sent back as a ``tool`` message. Resumable:
-samples already in the output file are skipped; a line cut off by a kill is dropped.
+Two kinds of teacher produce the same rows:
+- an aster rollout engine (hf, vllm) with aster's agent loop: `EngineTeacher`
+  (aster.data.synth_engine), trajectories converted back from tokens by
+  aster.data.trajectory;
+- an OpenAI-compatible chat-completions endpoint (e.g. a vLLM server): `HTTPTeacher`
+  (aster.data.synth_http).
+
+Rows are written in the layout `--format` or the output suffix says (ASTER_SFT4K parquet,
+OpenAI `messages` jsonl, aster jsonl), each with `problem`, `sample`, `answer`, `correct`
+(the final answer re-scored with aster.reward; False when the trajectory was cut off),
+`finish_reason` and `tool_calls`. Resumable: (problem, sample) pairs already written are
+skipped (see aster.data.synth_store).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import threading
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
-from aster.data.formats import CODE_INTERPRETER_TOOL, TOOL_NAME, with_think
-from aster.data.prompts import user_turn
-from aster.errors import AsterUserError
+from aster.data.synth_http import HTTPTeacher, OpenAITeacher, TeacherError  # noqa: F401
+from aster.data.synth_store import SynthStore
 
 logger = logging.getLogger("aster")
 
-
-class TeacherError(AsterUserError):
-    """The teacher endpoint could not be reached or answered with something unusable."""
+TRUNCATED = ("length", "max_tool_calls")  # cut off: scored incorrect whatever the text says
 
 
 @dataclass
 class SynthConfig:
-    """One teacher run's settings."""
+    """One teacher run's settings (both teacher kinds)."""
 
-    endpoint: str  # base URL, e.g. http://127.0.0.1:8000/v1
-    model: str = "teacher"
+    endpoint: str | None = None  # base URL, e.g. http://127.0.0.1:8000/v1 (HTTP teacher)
+    model: str = "teacher"  # model name sent to the endpoint
     samples_per_prompt: int = 1
     max_tool_calls: int = 50
-    max_tokens: int = 16384  # per completion request
+    # HTTP: per completion request; engine: the whole trajectory's response budget
+    # (tool-output tokens included, as in RL rollouts)
+    max_tokens: int = 16384
     temperature: float = 1.0
     top_p: float = 1.0
-    concurrency: int = 8
+    concurrency: int = 8  # HTTP: requests in flight; engine: trajectories per rollout batch
     timeout_s: float = 600.0
     api_key: str | None = None
+    seed: int = 0  # engine sampling seed
 
     def __post_init__(self):
         for key in ("samples_per_prompt", "max_tool_calls", "max_tokens", "concurrency"):
             if getattr(self, key) < 1:
                 raise ValueError(f"synth.{key}={getattr(self, key)!r} must be >= 1")
+        if self.temperature < 0:
+            raise ValueError(f"synth.temperature={self.temperature!r} must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"synth.top_p={self.top_p!r} must be in (0, 1]")
 
 
-class OpenAITeacher:
-    """A minimal chat-completions client (standard library only)."""
+@dataclass
+class SynthResult:
+    """One finished (prompt, sample): an SFT example, or the reason it cannot be one."""
 
-    def __init__(self, cfg: SynthConfig):
-        self.cfg = cfg
-        self.url = cfg.endpoint.rstrip("/") + "/chat/completions"
-
-    def complete(self, messages: list[dict]) -> tuple[dict, str]:
-        """The assistant message and the finish reason for one request."""
-        body = {"model": self.cfg.model, "messages": messages, "tools": [CODE_INTERPRETER_TOOL],
-                "temperature": self.cfg.temperature, "top_p": self.cfg.top_p,
-                "max_tokens": self.cfg.max_tokens}
-        headers = {"Content-Type": "application/json"}
-        if self.cfg.api_key:
-            headers["Authorization"] = f"Bearer {self.cfg.api_key}"
-        request = urllib.request.Request(self.url, json.dumps(body).encode(), headers)
-        try:
-            with urllib.request.urlopen(request, timeout=self.cfg.timeout_s) as resp:
-                reply = json.loads(resp.read())
-        except (urllib.error.URLError, OSError, json.JSONDecodeError) as exc:
-            raise TeacherError(f"teacher endpoint {self.url} failed ({exc}); check --endpoint "
-                               "and that the server is up") from exc
-        try:
-            choice = reply["choices"][0]
-            return choice["message"], choice.get("finish_reason") or "stop"
-        except (KeyError, IndexError, TypeError) as exc:
-            raise TeacherError(f"teacher endpoint {self.url} returned no choices: "
-                               f"{str(reply)[:200]}") from exc
+    prompt: dict
+    sample: int
+    finish_reason: str
+    example: dict | None = None
+    reason: str | None = None  # why rejected
+    text: str = ""  # the raw response text of a rejected trajectory
 
 
-def _internal_call(call: dict) -> dict:
-    fn = call.get("function") or {}
-    args = fn.get("arguments")
-    if isinstance(args, str):
-        try:
-            args = json.loads(args)
-        except json.JSONDecodeError:
-            args = {"code": args}
-    return {"type": "function", "function": {"name": fn.get("name", TOOL_NAME),
-                                             "arguments": args if isinstance(args, dict) else {}}}
+def _meta(result: SynthResult) -> dict:
+    return {"problem": result.prompt["problem"], "sample": result.sample,
+            "answer": result.prompt.get("answer"), "finish_reason": result.finish_reason}
 
 
-def synthesize_one(teacher: OpenAITeacher, session, problem: str, max_tool_calls: int) -> tuple[list[dict], str]:
-    """One trajectory (internal messages) and why it ended: stop / length / max_tool_calls."""
-    from aster.sandbox import format_tool_response
+def result_row(result: SynthResult, layout: str, file_kind: str) -> dict:
+    """The output row of an accepted result: the layout's columns plus the metadata."""
+    from aster.data.curate import count_tool_calls, is_correct
+    from aster.data.formats import sft_row
 
-    wire = [{"role": "user", "content": user_turn(problem)}]  # what the server sees
-    internal = [dict(wire[0])]
-    calls = 0
-    while True:
-        message, finish = teacher.complete(wire)
-        reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
-        content = message.get("content") or ""
-        tool_calls = message.get("tool_calls") or []
-        out = {"role": "assistant", "content": with_think(reasoning, content)}
-        if tool_calls:
-            out["tool_calls"] = [_internal_call(c) for c in tool_calls]
-        internal.append(out)
-        wire.append({k: v for k, v in message.items() if v is not None})
-        if not tool_calls or finish == "length":
-            return internal, "length" if finish == "length" else "stop"
-        for call, parsed in zip(tool_calls, out["tool_calls"]):
-            code = parsed["function"]["arguments"].get("code", "")
-            text = format_tool_response(session.run(str(code)))
-            internal.append({"role": "tool", "content": text})
-            wire.append({"role": "tool", "tool_call_id": call.get("id", ""), "content": text})
-            calls += 1
-        if calls >= max_tool_calls:
-            return internal, "max_tool_calls"
+    example = result.example
+    correct = is_correct(example)
+    if correct is not None and result.finish_reason in TRUNCATED:
+        correct = False
+    return {**sft_row(example, layout, file_kind), **_meta(result), "correct": correct,
+            "tool_calls": count_tool_calls(example)}
 
 
-def _done_keys(out: Path) -> set[tuple[str, int]]:
-    """(problem, sample) already written; rewrites the file without a cut-off last line."""
-    if not out.exists():
-        return set()
-    good, done = [], set()
-    for line in out.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-            done.add((row["problem"], int(row["sample"])))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            continue
-        good.append(line)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text("".join(f"{g}\n" for g in good), encoding="utf-8")
-    os.replace(tmp, out)
-    return done
+def rejected_row(result: SynthResult) -> dict:
+    """The ``OUT.rejected.jsonl`` line of a trajectory that cannot be SFT data."""
+    return {**_meta(result), "reason": result.reason, "text": result.text}
 
 
-def synthesize(prompts: list[dict], out_path: str | os.PathLike, cfg: SynthConfig,
-               pool, progress: bool = True) -> dict:
-    """Run the teacher on every (prompt, sample) not yet in `out_path`; append as they finish.
-
-    Returns counts: done (this run), skipped (already there), finish reasons.
-    """
+def synthesize(prompts: list[dict], out_path: str | os.PathLike, cfg: SynthConfig, teacher, *,
+               layout: str | None = None, progress: bool = True) -> dict:
+    """Run `teacher` (an EngineTeacher or HTTPTeacher) on every (prompt, sample) not yet done
+    in `out_path`; write rows as they finish. `layout`: sharegpt / openai / aster (default
+    from the suffix). Returns counts: done (this run), skipped (already there), rejected, the
+    finish reasons and how many rows were correct."""
     from tqdm import tqdm
 
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done = _done_keys(out)
+    from aster.data.formats import validate_example
+
+    store = SynthStore(out_path, layout)
     todo = [(p, s) for p in prompts for s in range(cfg.samples_per_prompt)
-            if (p["problem"], s) not in done]
-    teacher, lock = OpenAITeacher(cfg), threading.Lock()
-    counts = {"done": 0, "skipped": len(prompts) * cfg.samples_per_prompt - len(todo)}
+            if (p["problem"], s) not in store.done]
+    counts = Counter(done=0, skipped=len(prompts) * cfg.samples_per_prompt - len(todo),
+                     rejected=0, correct=0)
+    finish: Counter = Counter()
     bar = tqdm(total=len(todo), desc="synth", unit="traj", disable=not progress)
-
-    def work(item):
-        prompt, sample = item
-        with pool.session() as session:
-            messages, finish = synthesize_one(teacher, session, prompt["problem"],
-                                              cfg.max_tool_calls)
-        row = {"messages": messages, "tools": [CODE_INTERPRETER_TOOL],
-               "answer": prompt.get("answer"), "problem": prompt["problem"],
-               "sample": sample, "finish_reason": finish}
-        with lock, open(out, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            counts["done"] += 1
-            counts[finish] = counts.get(finish, 0) + 1
-            bar.update(1)
-
-    with ThreadPoolExecutor(max_workers=cfg.concurrency) as executor:
-        for future in [executor.submit(work, item) for item in todo]:
-            future.result()
-    bar.close()
-    return counts
+    try:
+        for results in teacher.run(todo):
+            rows, rejected = [], []
+            for result in results:
+                if result.example is not None:
+                    try:
+                        validate_example(result.example)
+                    except ValueError as exc:
+                        result.reason, result.example = str(exc), None
+                if result.example is None:
+                    rejected.append(rejected_row(result))
+                    continue
+                rows.append(result_row(result, store.layout, store.kind))
+                counts["correct"] += bool(rows[-1]["correct"])
+            store.add(rows, rejected, flush_every=cfg.concurrency)
+            counts.update(done=len(results), rejected=len(rejected))
+            finish.update(r.finish_reason for r in results)
+            bar.update(len(results))
+    finally:
+        store.close()
+        bar.close()
+    if counts["rejected"]:
+        logger.warning("%d trajectories could not be SFT data (listed with the reason in %s)",
+                       counts["rejected"], store.rejected_path)
+    return {**counts, "finish_reasons": dict(finish)}
