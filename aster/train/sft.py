@@ -42,7 +42,10 @@ def assistant_spans(tokenizer, messages: list[dict], tools=None) -> tuple[str, l
         end = _render(tokenizer, messages[:i + 1], tools, False)
         if not (full.startswith(start) and full.startswith(end)):
             raise ValueError("the chat template does not render conversations prefix by prefix")
-        spans.append((len(start), len(end)))
+        stop = end.rfind(tokenizer.eos_token, len(start)) if tokenizer.eos_token else -1
+        # the separator the template puts after the end-of-turn token is not learnt: a
+        # rollout never samples it (the agent loop appends it with the tool turn, mask 0)
+        spans.append((len(start), stop + len(tokenizer.eos_token) if stop >= 0 else len(end)))
     return full, spans
 
 
