@@ -85,12 +85,26 @@ def _read_cell() -> str | None:
             return line  # a one-line statement runs at once, as in the Python REPL
 
 
+def bench_script() -> Path:
+    """bench/bench_sandbox.py of a source checkout: the one this package was installed from
+    (editable), or the current directory's. It is not part of the installed package."""
+    candidates = [Path(__file__).resolve().parents[2], Path.cwd()]
+    for root in candidates:
+        path = root / "bench" / "bench_sandbox.py"
+        if path.is_file() and (root / "aster" / "sandbox").is_dir():
+            return path
+    raise AsterUserError("`aster sandbox bench` runs bench/bench_sandbox.py, which is not "
+                         "installed with the package; run it inside a source checkout of aster "
+                         "(or `python bench/bench_sandbox.py` there)")
+
+
 def bench_command(args: argparse.Namespace) -> int:
     """Print the same table as bench/bench_sandbox.py."""
-    path = Path(__file__).resolve().parents[2] / "bench" / "bench_sandbox.py"
-    if not path.is_file():
-        raise AsterUserError(f"`aster sandbox bench` needs {path} from the aster source tree; "
-                             "run it from a source checkout (pip install -e .)")
+    path = bench_script()
+    if importlib.util.find_spec("dill") is None:
+        raise AsterUserError("`aster sandbox bench` needs dill for its baseline (a fresh python "
+                             "that pickles the session state each call); pip install dill, or "
+                             "scripts/install.sh dev")
     spec = importlib.util.spec_from_file_location("aster_bench_sandbox", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
