@@ -51,30 +51,40 @@ def _baseline_logp(model, mb):
     return logp_all[mb.rows, mb.cols].gather(-1, mb.labels[:, None]).squeeze(-1)
 
 
-def _sft_update(model, mb, use_aster: bool) -> None:
-    policy = PolicyForward(model)
-    logp = policy_logprobs(policy, mb, 1.0) if use_aster else _baseline_logp(model, mb)
+def _logp(model, mb, use_aster: bool):
+    return policy_logprobs(PolicyForward(model), mb, 1.0) if use_aster \
+        else _baseline_logp(model, mb)
+
+
+def _sft_update(model, mb, use_aster: bool, _old=None) -> None:
+    logp = _logp(model, mb, use_aster)
     (-logp.sum() / logp.numel()).backward()
 
 
-def _grpo_update(model, mb, use_aster: bool) -> None:
-    policy = PolicyForward(model)
-    logp = policy_logprobs(policy, mb, 1.0) if use_aster else _baseline_logp(model, mb)
+def _grpo_update(model, mb, use_aster: bool, old) -> None:
+    logp = _logp(model, mb, use_aster)
     adv = torch.linspace(-1, 1, logp.numel(), device=logp.device)
-    loss, _ = kernels.clipped_policy_loss(logp, logp.detach() - 0.01, adv, torch.ones_like(logp),
+    loss, _ = kernels.clipped_policy_loss(logp, old - 0.01, adv, torch.ones_like(logp),
                                           num_tokens=logp.numel())
     loss.backward()
 
 
-def _measure(backend, fn, repeats: int) -> tuple[float, float]:
-    fn()  # warm-up (allocator, kernels' first launch)
-    backend.synchronize()
-    peak_before = backend.memory_stats().get("mem_peak_gib", 0.0)
-    t0 = time.perf_counter()
-    for _ in range(repeats):
+def _measure(backend, phases: dict, repeats: int) -> tuple[dict[str, float], float]:
+    """Mean seconds per phase (phases run in order, synchronised apart) over `repeats` runs
+    after one warm-up run (allocator, kernels' first launch); and the peak memory."""
+    for fn in phases.values():
         fn()
-    backend.synchronize()
-    return (time.perf_counter() - t0) / repeats, backend.memory_stats().get("mem_peak_gib", peak_before)
+    peak_before = backend.memory_stats().get("mem_peak_gib", 0.0)
+    totals = dict.fromkeys(phases, 0.0)
+    for _ in range(repeats):
+        for name, fn in phases.items():
+            backend.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            backend.synchronize()
+            totals[name] += time.perf_counter() - t0
+    mem = backend.memory_stats().get("mem_peak_gib", peak_before)
+    return {name: total / repeats for name, total in totals.items()}, mem
 
 
 def run(backend, quick: bool) -> dict:
@@ -93,20 +103,35 @@ def run(backend, quick: bool) -> dict:
                                      ("grpo update, baseline (full logits)", _grpo_update, False),
                                      ("sft step, aster kernels", _sft_update, True),
                                      ("sft step, baseline (full logits)", _sft_update, False)):
-        def step(update=update, use_aster=use_aster):
+        old = {}
+
+        def old_logp(use_aster=use_aster, old=old):
+            with torch.no_grad():
+                old["logp"] = _logp(model, mb, use_aster)
+
+        def step(update=update, use_aster=use_aster, old=old):
             opt.zero_grad(set_to_none=True)
-            update(model, mb, use_aster)
+            update(model, mb, use_aster, old.get("logp"))
             opt.step()
-        seconds, mem = _measure(backend, step, 2 if quick else 3)
-        flops = 6 * n_params * tokens  # fwd + bwd of every weight, the usual MFU convention
+
+        grpo = update is _grpo_update
+        phases = {"old_logp": old_logp, "update": step} if grpo else {"update": step}
+        times, mem = _measure(backend, phases, 1 if quick else 3)
+        seconds = sum(times.values())
+        # fwd + bwd of every weight (6) plus the old log-probs forward (2) for GRPO
+        flops = (8 if grpo else 6) * n_params * tokens
         rows.append({"workload": label, "tokens": tokens, "step_s": seconds,
+                     "old_logp_s": times.get("old_logp"), "update_s": times["update"],
                      "tokens_per_s": tokens / seconds,
                      "mfu": flops / seconds / peak if peak else None, "peak_mem_gib": mem})
     for aster_row, base_row in ((rows[0], rows[1]), (rows[2], rows[3])):
         aster_row["speedup_vs_baseline"] = base_row["step_s"] / aster_row["step_s"]
     notes = [f"model {shape}; batch {batch} x ({prompt} prompt + {response} response) tokens",
-             "sft step: token-mean NLL of the response tokens; grpo: clipped token-mean loss",
-             "MFU: 6 * params * tokens / time / backend peak (n/a where the peak is unknown)",
+             "sft step: token-mean NLL of the response tokens; grpo: old log-probs (no-grad "
+             "forward) then the clipped token-mean loss update, timed apart",
+             "rollout, tools and weight sync of a GRPO step: see the e2e section",
+             "MFU: (6 + 2 for GRPO's old log-probs) * params * tokens / time / backend peak "
+             "(n/a where the peak is unknown)",
              "peak memory on CPU is the process's max RSS (monotone; rows after the first "
              "can only show the high-water mark)"]
     return {"section": "training", "rows": rows, "notes": notes}
