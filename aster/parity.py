@@ -174,7 +174,7 @@ def record_suite(backend, dtypes: list[str]) -> dict:
     """Run the suite on `backend` for each dtype; a dtype the device cannot run is recorded
     as skipped with the reason, not silently dropped."""
     device = backend.device()
-    record = {"device": backend.name, "kernel_impl": backend.kernel_impl,
+    record = {"kind": "suite", "device": backend.name, "kernel_impl": backend.kernel_impl,
               "torch": torch.__version__, "host": platform.node(), "seed": SEED, "results": {}}
     unknown = [name for name in dtypes if name not in DTYPES]
     if unknown:

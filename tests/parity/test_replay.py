@@ -121,3 +121,22 @@ def test_replay_with_another_tokenizer_is_refused(dumped, tmp_path, capsys):
     other = build_tiny_model(tmp_path / "other_model", TinyModelConfig(vocab_size=400), seed=0)
     assert _rl(tmp_path / "run", f"model.path={other}", replay=dump) == 2
     assert "another tokenizer" in _error_line(capsys)
+
+
+def test_compare_lists_and_exact_inputs():
+    from aster.parity import compare_records, tolerance
+
+    assert tolerance("float32", "input.reward_sum") == (0.0, 0.0)
+    assert tolerance("float32", "update.loss") == (2e-4, 1e-5)
+
+    def rec(**values):
+        return {"kind": "rl_step", "results": {"float32": values}}
+
+    base = rec(**{"old_logp.per_token": [-1.0, -2.0], "input.reward_sum": 1.0})
+    rows, ok = compare_records(base, rec(**{"old_logp.per_token": [-1.0, -2.0000001],
+                                            "input.reward_sum": 1.0}))
+    assert ok
+    for other in (rec(**{"old_logp.per_token": [-1.0], "input.reward_sum": 1.0}),
+                  rec(**{"old_logp.per_token": [-1.0, -2.1], "input.reward_sum": 1.0}),
+                  rec(**{"old_logp.per_token": [-1.0, -2.0], "input.reward_sum": 1.0 + 1e-12})):
+        assert not compare_records(base, other)[1]
