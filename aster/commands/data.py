@@ -34,10 +34,44 @@ def _stats_of(loaded, args):
     return [trajectory_stats(e, tokenizer, rescore=not args.no_rescore) for e in loaded.examples]
 
 
+def _is_prompt_file(path: str) -> bool:
+    """True when the file holds RL prompts / an eval set rather than SFT trajectories."""
+    from aster.data.io import read_rows
+
+    rows, _ = read_rows(path)
+    first = next((r for r in rows if isinstance(r, dict)), {})
+    return not ({"conversations", "messages"} & set(first)) and bool(
+        {"prompt", "problem", "question"} & set(first))
+
+
+def _prompt_stats(args: argparse.Namespace) -> int:
+    from aster.data.prompts import load_prompts
+    from aster.data.report import format_summary, prompt_summary, text_histogram
+
+    loaded = load_prompts(args.file)
+    summary = prompt_summary(loaded.prompts, _tokenizer(args.tokenizer))
+    print(f"{args.file}: {len(loaded.prompts)} prompts ({loaded.layout} layout, no "
+          f"trajectories), {loaded.skipped.count} malformed rows skipped")
+    if loaded.sanitized.rows_touched:
+        print(f"  {loaded.sanitized.summary()}")
+    print("problem length (characters):")
+    print(text_histogram([len(p["problem"]) for p in loaded.prompts]))
+    print("summary:")
+    print(format_summary(summary))
+    if args.png:
+        print("--png draws trajectory histograms; a prompt file has none (skipped)")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(summary, fh, indent=1)
+    return 0
+
+
 def run_stats(args: argparse.Namespace) -> int:
     from aster.data.formats import load_sft
     from aster.data.report import format_summary, summarize, text_histogram, write_png
 
+    if _is_prompt_file(args.file):
+        return _prompt_stats(args)
     loaded = load_sft(args.file)
     stats = _stats_of(loaded, args)
     summary = summarize(stats)
@@ -175,7 +209,8 @@ def register(sub) -> None:
     parser = sub.add_parser("data", help=desc, description=desc)
     dsub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
-    p = dsub.add_parser("stats", help="interaction density of an SFT file: histogram + table")
+    p = dsub.add_parser("stats", help="interaction density of an SFT file: histogram + table "
+                                      "(a prompt / eval file: sources, answers, lengths)")
     p.add_argument("file")
     p.add_argument("--png", default=None, metavar="OUT", help="also draw histograms to a PNG")
     p.add_argument("--json", default=None, metavar="OUT", help="also write the summary as JSON")

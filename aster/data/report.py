@@ -90,3 +90,35 @@ def write_png(stats: list[TrajectoryStats], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _is_integer(answer: str) -> bool:
+    text = answer.strip().replace(",", "")
+    return text.lstrip("-+").isdigit()
+
+
+def prompt_summary(prompts: list[dict], tokenizer=None) -> dict:
+    """Figures over an RL prompt / eval set: sources, answer kinds, problem lengths, and the
+    mean / min / max of every float extra column (e.g. DAPO's stage-1 `acc_mean@8`; integer
+    columns are ids and counts)."""
+    n = len(prompts)
+    lengths = [len(p["problem"]) for p in prompts]
+    integers = sum(_is_integer(p["answer"]) for p in prompts)
+    out = {"prompts": n, "integer_answers": integers, "other_answers": n - integers,
+           "problem_chars_mean": sum(lengths) / n if n else 0.0,
+           "problem_chars_p50": _pct(lengths, 0.5), "problem_chars_p90": _pct(lengths, 0.9),
+           "problem_chars_max": max(lengths, default=0)}
+    if tokenizer is not None:
+        tokens = [len(tokenizer(p["problem"], add_special_tokens=False)["input_ids"])
+                  for p in prompts]
+        out.update(problem_tokens_mean=sum(tokens) / n if n else 0.0,
+                   problem_tokens_max=max(tokens, default=0))
+    for source, count in Counter(p.get("data_source") or "-" for p in prompts).most_common(8):
+        out[f"source {source}"] = count
+    extras = [p.get("extra") or {} for p in prompts]
+    for key in dict.fromkeys(k for e in extras for k in e):
+        values = [e.get(key) for e in extras]
+        if all(isinstance(v, float) for v in values):
+            out.update({f"{key} mean": sum(values) / n, f"{key} min": min(values),
+                        f"{key} max": max(values)})
+    return out

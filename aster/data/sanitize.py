@@ -1,5 +1,8 @@
 """Repair control characters that replaced a LaTeX backslash escape (`\\f` of `\\frac` read as a
-form feed, `\\t` of `\\triangle` read as a TAB...) and report what could not be repaired."""
+form feed, `\\t` of `\\triangle` read as a TAB...) and report what could not be repaired.
+
+A form feed is also what PDF-extracted text (DAPO) leaves of the "fi" ligature ("fi\\x0cve",
+"\\x0cfigure", "satis\\x0ces"): there it is restored to text, not to a LaTeX escape."""
 
 from __future__ import annotations
 
@@ -8,7 +11,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 # Characters that never belong in a problem statement: always an eaten backslash escape.
-_ALWAYS = {"\x07": "\\a", "\x08": "\\b", "\x0b": "\\v", "\x0c": "\\f"}
+_ALWAYS = {"\x07": "\\a", "\x08": "\\b", "\x0b": "\\v"}
+# \f commands a form feed may have eaten; other form feeds are a ligature or spacing.
+_FF_COMMAND = re.compile("\x0c(rac|orall|lat|rown|box|rak|ootnote)(?![A-Za-z])")
+_FF_NEXT_TO_FI = re.compile("(?<=fi)\x0c|\x0c(?=fi)")
+_FF_FOR_FI = re.compile("(?<=[A-Za-z])\x0c(?=[a-z])|(?<![A-Za-z])\x0c(?=[a-z]{2})")
 # TAB / CR are whitespace too (Asymptote code indents with TABs): repaired only before the
 # LaTeX commands that start with `\t` / `\r`.
 _BEFORE_COMMANDS = {
@@ -20,7 +27,7 @@ _BEFORE_COMMANDS = {
 # (only distinctive ones: "\n" + "ot" could be a line starting with "ot...")
 _NEWLINE_COMMANDS = ("neq", "nabla", "notin", "nmid", "newline")
 _NEWLINE_RE = re.compile("\n(" + "|".join(c[1:] for c in _NEWLINE_COMMANDS) + r")(?![A-Za-z])")
-_OTHER_CONTROL = re.compile(r"[\x00-\x06\x0e-\x1f\x7f]")
+_OTHER_CONTROL = re.compile(r"[\x00-\x06\x0c\x0e-\x1f\x7f]")
 
 
 @dataclass
@@ -51,6 +58,13 @@ def _repair_ff(text: str, counts: Counter) -> str:
     if n_stray:
         counts["form feed before \\ (dropped)"] += n_stray
         text = text.replace("\x0c\\", "\\")
+    text, n = _FF_COMMAND.subn(lambda m: "\\f" + m.group(1), text)
+    if n:
+        counts["'\\x0c'->\\f"] += n
+    text, n = _FF_NEXT_TO_FI.subn("", text)  # "fi\x0cve": the ligature's marker, dropped
+    text, m = _FF_FOR_FI.subn("fi", text)  # "satis\x0ces": the ligature's letters lost
+    if n + m:
+        counts["form feed of a 'fi' ligature"] += n + m
     return text
 
 

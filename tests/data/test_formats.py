@@ -150,3 +150,26 @@ def test_first_row_with_messages_not_a_list_is_skipped_not_a_crash(tmp_path):
     path.write_text(json.dumps({"messages": "not a list"}) + "\n" + json.dumps(good) + "\n")
     loaded = load_sft(path)
     assert len(loaded.examples) == 1 and loaded.skipped.count == 1
+
+
+def test_form_feed_of_a_pdf_ligature_is_text_not_an_escape():
+    fixed, report = sanitize_text("the fi\x0cve, the \x0cfirst, satis\x0ces, by \x0ctting; "
+                                  "$\x0crac{1}{2}$ and $D=\x0c \x0c$")
+    assert fixed == "the five, the first, satisfies, by fitting; $\\frac{1}{2}$ and $D=\x0c \x0c$"
+    assert report.repaired["form feed of a 'fi' ligature"] == 4
+    assert report.unrepaired["'\\x0c'"] == 2  # spacing: left as is, reported
+
+
+def test_stats_on_a_prompt_file(tmp_path, capsys):
+    from aster.cli import main
+
+    src = tmp_path / "dapo.parquet"
+    rows = [{"data_source": "math_dapo", "prompt": [{"role": "user", "content": f"{i}+1?"}],
+             "reward_model": {"ground_truth": str(i + 1), "style": "rule"},
+             "acc_mean@8": i / 8} for i in range(4)]
+    pq.write_table(pa.Table.from_pylist(rows), src)
+    assert main(["data", "stats", str(src), "--json", str(tmp_path / "s.json")]) == 0
+    assert "4 prompts (verl layout" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["integer_answers"] == 4 and summary["source math_dapo"] == 4
+    assert summary["acc_mean@8 max"] == 0.375
