@@ -1,9 +1,9 @@
 """Rollout dump and replay: align two machines or backends on the same trajectories.
 
-The way Ascend engineers align an NPU run with a GPU run: generation is sampled, so two runs
-never see the same trajectories; dump one run's rollouts and replay them on the other with the
-rollout skipped, and every number downstream (old log-probs, loss, grad norm, updated weights)
-must agree within the tolerances of aster.parity.
+The way engineers align a run on one accelerator family with a run on another: generation is
+sampled, so two runs never see the same trajectories; dump one run's rollouts and replay them
+on the other with the rollout skipped, and every number downstream (old log-probs, loss, grad
+norm, updated weights) must agree within the tolerances of aster.parity.
 
 - `rl.dump_rollouts_dir=DIR` (`aster rl|train --dump-rollouts DIR`): every GRPO step writes the
   trajectories it trained on (prompt and response token ids, loss masks, rewards, rollout
