@@ -84,3 +84,19 @@ def test_unreachable_teacher_is_a_user_error(tmp_path, capsys):
     rc = main(["data", "synth", str(prompts), str(tmp_path / "o.jsonl"), "--endpoint",
                "http://127.0.0.1:9/v1", "--no-progress"])
     assert rc == 2 and "teacher endpoint" in capsys.readouterr().err
+
+
+def test_synth_from_endpoint_to_sft4k_parquet(tmp_path, teacher_url):
+    import pyarrow.parquet as pq
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"problem": f"What is {i}?", "answer": str(i * 1000 + 1)})
+                               + "\n" for i in range(1, 3)))
+    out = tmp_path / "sft.parquet"
+    assert main(["data", "synth", str(prompts), str(out), "--endpoint", teacher_url,
+                 "--no-progress"]) == 0
+    rows = pq.read_table(out).to_pylist()
+    assert [t["role"] for t in rows[0]["conversations"]] == [
+        "user", "function", "tool", "function", "tool", "assistant"]
+    assert all(r["correct"] and r["tool_calls"] == 2 for r in rows)
+    assert load_sft(out).layout == "sharegpt" and not list(tmp_path.glob(".sft.parquet.parts"))
