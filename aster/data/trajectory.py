@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 
 from aster.data.formats import CODE_INTERPRETER_TOOL, make_call
-from aster.rollout.chat import ToolTurnFormat, parse_tool_calls
+from aster.rollout.chat import ToolTurnFormat, apply_template, parse_tool_calls
 from aster.rollout.loop import stop_token_ids
 
 _CALL_BLOCK = re.compile(r"\s*<tool_call>.*?(?:</tool_call>|$)", re.DOTALL)
@@ -53,6 +53,9 @@ class TrajectoryConverter:
         self.format = ToolTurnFormat(tokenizer, tools)
         self.stops = set(stop_token_ids(tokenizer))
         self._patterns: dict[int, re.Pattern] = {}
+        probe = apply_template(tokenizer, [{"role": "user", "content": "1"}], tools=tools,
+                               add_generation_prompt=True)
+        self.opens_think = probe.rstrip().endswith("<think>")  # sampled text starts inside
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
@@ -79,7 +82,8 @@ class TrajectoryConverter:
         (a tool turn follows), else kept as sampled text."""
         if ids and ids[-1] in self.stops:
             ids = ids[:-1]
-        text = with_open_think(self._decode(ids))
+        text = self._decode(ids)
+        text = with_open_think(text) if self.opens_think else text
         if not executed:
             return {"role": "assistant", "content": text.strip()}
         calls = parse_tool_calls(text)

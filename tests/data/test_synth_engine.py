@@ -191,7 +191,10 @@ def test_converter_multi_call_turns_and_open_think(tiny_dir, pool):
     messages = prompt_messages("What is 2 * 3?")
     (traj,) = run_rollouts(engine, pool, [{"messages": messages, "answer": "6"}],
                            RolloutConfig(max_response_tokens=512), tokenizer=tok)
-    example = TrajectoryConverter(tok).example(traj, messages, "6")
+    converter = TrajectoryConverter(tok)
+    assert converter.opens_think and not TrajectoryConverter(
+        AutoTokenizer.from_pretrained(tiny_dir)).opens_think
+    example = converter.example(traj, messages, "6")
     assistant = [m for m in example["messages"] if m["role"] == "assistant"]
     assert assistant[0]["content"] == "<think>\nplan\n</think>"  # the prompt opened it
     assert [c["function"]["arguments"]["code"] for c in assistant[0]["tool_calls"]] == [
