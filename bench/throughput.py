@@ -2,6 +2,7 @@
 
     python bench/throughput.py --device cpu --quick                 # every section, small sizes
     python bench/throughput.py --device cuda --sections kernels     # one section
+    python bench/throughput.py --device cpu --quick --sections e2e  # one full GRPO step
     python bench/throughput.py --compare A.json B.json              # two machines side by side
 
 Each section lives in bench/bench_<section>.py and exposes `run(backend, quick) -> dict` with
@@ -132,7 +133,10 @@ def write_record(record: dict, out: str | None) -> Path:
 
 
 def _row_key(row: dict) -> tuple:
-    numeric = {k for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    # a row is named by its non-numeric fields (and its shape); None is a figure that one
+    # machine could not measure (e.g. MFU without a known peak), not part of the name
+    numeric = {k for k, v in row.items()
+               if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))}
     shape_keys = {"N", "H", "V", "n", "sessions", "batch", "tokens"}
     return tuple((k, row[k]) for k in sorted(row) if k not in numeric or k in shape_keys)
 
