@@ -204,33 +204,7 @@ def _add_stat_args(p: argparse.ArgumentParser) -> None:
                    help="do not re-score final answers with aster.reward")
 
 
-def register(sub) -> None:
-    desc = "Inspect, curate and synthesise SFT trajectories (stats, curate, synth, synthetic)."
-    parser = sub.add_parser("data", help=desc, description=desc)
-    dsub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-
-    p = dsub.add_parser("stats", help="interaction density of an SFT file: histogram + table "
-                                      "(a prompt / eval file: sources, answers, lengths)")
-    p.add_argument("file")
-    p.add_argument("--png", default=None, metavar="OUT", help="also draw histograms to a PNG")
-    p.add_argument("--json", default=None, metavar="OUT", help="also write the summary as JSON")
-    _add_stat_args(p)
-    p.set_defaults(func=run_stats)
-
-    p = dsub.add_parser("curate", help="filter an SFT file by interaction density, sample a size")
-    p.add_argument("input")
-    p.add_argument("output")
-    p.add_argument("--min-tool-calls", type=int, default=9,
-                   help="keep trajectories with at least N tool calls (default 9, the paper's)")
-    p.add_argument("--size", type=int, default=0, help="sample this many rows (0: all)")
-    p.add_argument("--max-tokens", type=int, default=0, help="drop longer ones (0: no limit)")
-    p.add_argument("--dedup", action="store_true", help="keep one trajectory per problem")
-    p.add_argument("--keep-incorrect", action="store_true",
-                   help="keep trajectories whose final answer is wrong")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    _add_stat_args(p)
-    p.set_defaults(func=run_curate)
-
+def _register_synth(dsub) -> None:
     p = dsub.add_parser(
         "synth", help="teacher trajectories with the tool run in aster's sandbox (resumable)",
         description="Generate SFT trajectories with a teacher: a local model through an aster "
@@ -273,6 +247,36 @@ def register(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_args(p)
     p.set_defaults(func=run_synth)
+
+
+def register(sub) -> None:
+    desc = "Inspect, curate and synthesise SFT trajectories (stats, curate, synth, synthetic)."
+    parser = sub.add_parser("data", help=desc, description=desc)
+    dsub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    p = dsub.add_parser("stats", help="interaction density of an SFT file: histogram + table "
+                                      "(a prompt / eval file: sources, answers, lengths)")
+    p.add_argument("file")
+    p.add_argument("--png", default=None, metavar="OUT", help="also draw histograms to a PNG")
+    p.add_argument("--json", default=None, metavar="OUT", help="also write the summary as JSON")
+    _add_stat_args(p)
+    p.set_defaults(func=run_stats)
+
+    p = dsub.add_parser("curate", help="filter an SFT file by interaction density, sample a size")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--min-tool-calls", type=int, default=9,
+                   help="keep trajectories with at least N tool calls (default 9, the paper's)")
+    p.add_argument("--size", type=int, default=0, help="sample this many rows (0: all)")
+    p.add_argument("--max-tokens", type=int, default=0, help="drop longer ones (0: no limit)")
+    p.add_argument("--dedup", action="store_true", help="keep one trajectory per problem")
+    p.add_argument("--keep-incorrect", action="store_true",
+                   help="keep trajectories whose final answer is wrong")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    _add_stat_args(p)
+    p.set_defaults(func=run_curate)
+
+    _register_synth(dsub)
 
     p = dsub.add_parser("synthetic", help="write the tiny task's SFT/RL/eval splits as jsonl")
     p.add_argument("out_dir")
