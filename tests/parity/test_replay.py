@@ -109,7 +109,9 @@ def test_replay_errors_are_one_line(dumped, tmp_path, capsys):
     assert "rl.group_size=2" in _error_line(capsys)
     assert _rl(tmp_path / "c", replay=dump, dump=tmp_path / "d") == 2
     assert "set one" in _error_line(capsys)
-    for name in "abc":
+    assert _rl(tmp_path / "d", "distributed.strategy=deepspeed", replay=dump) == 2
+    assert "zero_stage" in _error_line(capsys)
+    for name in "abcd":
         assert not (tmp_path / name).exists()
 
 
