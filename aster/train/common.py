@@ -1,5 +1,6 @@
-"""Pieces both trainers share: model loading, optimizer and schedule, the optimizer step with
-gradient clipping and the NaN guard, saving a stage's model as a Hugging Face directory."""
+"""Pieces both trainers share: model loading, optimizer and schedule, the Updater (backward,
+gradient clipping with the NaN guard and the step under any parallel strategy), saving a
+stage's model as a Hugging Face directory."""
 
 from __future__ import annotations
 
@@ -76,6 +77,14 @@ def build_scheduler(optimizer, total_steps: int, warmup_steps: int, schedule: st
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def diverged_error(where: str, loss: float, grad_norm: float,
+                   last_good: str | None) -> TrainingDivergedError:
+    keep = f"the last good checkpoint is {last_good}" if last_good else \
+        "no checkpoint was written yet"
+    return TrainingDivergedError(f"{where}: loss={loss} grad_norm={grad_norm} is not finite; "
+                                 f"stopped, {keep}; lower the learning rate or check the data")
+
+
 def optimizer_step(model, optimizer, scheduler, max_grad_norm: float, loss: float,
                    where: str, last_good: str | None) -> float:
     """Clip, guard against NaN/inf, step. Raises TrainingDivergedError without stepping."""
@@ -83,24 +92,63 @@ def optimizer_step(model, optimizer, scheduler, max_grad_norm: float, loss: floa
     grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
         optimizer.zero_grad(set_to_none=True)
-        keep = f"the last good checkpoint is {last_good}" if last_good else \
-            "no checkpoint was written yet"
-        raise TrainingDivergedError(f"{where}: loss={loss} grad_norm={grad_norm} is not finite; "
-                                    f"stopped, {keep}; lower the learning rate or check the data")
+        raise diverged_error(where, loss, grad_norm, last_good)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm
 
 
+class Updater:
+    """The optimizer side of one training stage under the run's parallel strategy: backward,
+    gradient clipping with the NaN guard, the step and the schedule. The trainers' loops call
+    only this, so they read the same under none / ddp / fsdp2 / deepspeed:
+
+        for chunk in updater.accumulate(micro_batches):
+            updater.backward(loss_of(updater.policy, chunk))  # loss / global token count
+        grad_norm = updater.step(loss_total, where, last_good)
+    """
+
+    def __init__(self, policy, optimizer, scheduler, max_grad_norm: float, world_size: int):
+        self.policy, self.optimizer, self.scheduler = policy, optimizer, scheduler
+        self.max_grad_norm, self.world_size = max_grad_norm, world_size
+
+    @property
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def accumulate(self, items):
+        """The micro batches of one optimizer step, in order."""
+        yield from items
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Accumulate the gradient of `loss` (normalised by the global token count)."""
+        (loss * self.world_size).backward()  # the wrappers average gradients over ranks
+
+    def step(self, loss: float, where: str, last_good: str | None) -> float:
+        """Clip, guard, step, zero the gradients; returns the gradient norm before clipping.
+        Raises TrainingDivergedError (naming `last_good`) when loss or norm is not finite."""
+        return optimizer_step(self.policy, self.optimizer, self.scheduler, self.max_grad_norm,
+                              loss, where, last_good)
+
+
+def build_updater(ctx, optimizer, scheduler, max_grad_norm: float) -> Updater:
+    """The stage's Updater; for distributed.strategy=deepspeed this builds the engine and makes
+    it ctx.policy (DeepSpeed needs the optimizer and schedule to build one)."""
+    from aster.train.parallel import resolve_strategy
+
+    if resolve_strategy(ctx.cfg.distributed.strategy, ctx.dist.world_size) == "deepspeed":
+        from aster.train.ds_engine import DeepSpeedUpdater
+
+        return DeepSpeedUpdater(ctx, optimizer, scheduler, max_grad_norm)
+    return Updater(ctx.policy, optimizer, scheduler, max_grad_norm, ctx.dist.world_size)
+
+
 def save_hf_model(model, tokenizer, out_dir: str | Path, is_main: bool = True) -> Path:
     """An ordinary Hugging Face directory of the (possibly sharded) model; collective."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from aster.train.parallel import full_state_dict, unwrap
 
-    from aster.train.parallel import unwrap
-
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
-                                                                 cpu_offload=True))
+    state = full_state_dict(model)
     out = Path(out_dir)
     if is_main:
         tmp = out.with_name(out.name + ".tmp")
@@ -123,6 +171,7 @@ class TrainContext:
         self.cfg, self.backend = cfg, backend
         self.policy, self.hf_model, self.tokenizer = policy, hf_model, tokenizer
         self.run_dir, self.writer = Path(run_dir), writer
+        self.updater: Updater | None = None  # the current stage's, set by the trainer
 
     @property
     def dist(self):

@@ -115,10 +115,16 @@ class DistributedConfig:
     """Data parallel with sharded parameters through the backend's collective."""
 
     strategy: Literal["auto", "none", "ddp", "fsdp2", "deepspeed"] = "auto"  # auto: fsdp2 if >1 rank
-    zero_stage: int = 3  # deepspeed only
+    zero_stage: int = 3  # deepspeed: 1 optimizer state, 2 + gradients, 3 + parameters sharded
     cpu_offload: bool = False
     reshard_after_forward: bool = True  # fsdp2
+    deepspeed_config: str | None = None  # a DeepSpeed JSON merged over the generated config
     timeout_s: float = 1800.0
+
+    def __post_init__(self):
+        if self.zero_stage not in (1, 2, 3):
+            raise ValueError(f"distributed.zero_stage={self.zero_stage!r} must be 1, 2 or 3")
+        _positive("distributed", self, "timeout_s")
 
 
 @dataclass

@@ -1,13 +1,12 @@
 """The one place parallelism is applied: none, DDP, torch FSDP2 (`fully_shard`) or DeepSpeed
-ZeRO, all through the current backend's collective (whatever its `dist_backend` names)."""
+ZeRO (the engine itself is built with the optimizer: aster.train.ds_engine), all through the
+current backend's collective (whatever its `dist_backend` names)."""
 
 from __future__ import annotations
 
 import logging
 
 from torch import nn
-
-from aster.errors import CapabilityError
 
 log = logging.getLogger("aster")
 
@@ -38,14 +37,18 @@ def apply_parallelism(model: nn.Module, backend, dist_cfg) -> tuple[nn.Module, s
     if strategy == "fsdp2":
         return _fsdp2(model, backend, dist_cfg), "fsdp2"
     if strategy == "deepspeed":
-        try:
-            import deepspeed  # noqa: F401
-        except ImportError:
-            raise CapabilityError("distributed.strategy=deepspeed needs DeepSpeed: pip install "
-                                  "deepspeed, or use distributed.strategy=fsdp2") from None
-        raise CapabilityError("distributed.strategy=deepspeed: build the engine with "
-                              "deepspeed_engine(); the trainers use fsdp2 or ddp")
+        return _deepspeed(model, backend), "deepspeed"
     raise ValueError(f"distributed.strategy={strategy!r} is not known")
+
+
+def _deepspeed(model: nn.Module, backend) -> nn.Module:
+    """Checks only: the engine needs the optimizer and schedule, so the trainer builds it
+    (aster.train.common.build_updater)."""
+    from aster.train.ds_engine import check_dtype, import_deepspeed
+
+    import_deepspeed(backend)
+    check_dtype(next(model.parameters()).dtype)
+    return model
 
 
 def _fsdp2(model: nn.Module, backend, dist_cfg) -> nn.Module:
@@ -76,5 +79,22 @@ def _find_pretrained(model: nn.Module):
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The single-device module under a DDP wrapper (FSDP2 shards in place)."""
+    """The single-device module under a DDP wrapper or DeepSpeed engine (FSDP2 shards in
+    place)."""
     return getattr(model, "module", model)
+
+
+def full_state_dict(model: nn.Module, cpu_offload: bool = True) -> dict:
+    """Every weight of `model` in full, under any strategy (FSDP2 shards and ZeRO-3 partitions
+    gathered); collective: every rank must call it, rank 0 gets the whole state (with
+    cpu_offload, FSDP2 gives the other ranks an empty dict)."""
+    from aster.train.ds_engine import gathered_state_dict, is_engine, is_partitioned
+
+    if is_engine(model):
+        model = unwrap(model)
+    if is_partitioned(model):
+        return gathered_state_dict(model, cpu=cpu_offload)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                                cpu_offload=cpu_offload))

@@ -27,7 +27,7 @@ from aster.algo import (
 )
 from aster.metrics import CollapseMonitor
 from aster.train.checkpoint import save_checkpoint
-from aster.train.common import build_optimizer, build_scheduler, optimizer_step
+from aster.train.common import build_optimizer, build_scheduler
 from aster.train.replay import finish_step, step_rollouts
 from aster.train.rollouts import push_weights, trajectory_stats
 from aster.train.sft import _resume
@@ -85,8 +85,10 @@ def _micro(ctx, trajs, idx):
 
 
 def policy_update(ctx, trajs, adv_tokens, old_lp, optimizer, scheduler, where, last_good):
-    """ppo_epochs x mini batches x micro batches; one optimizer step per mini batch."""
-    rl, world = ctx.cfg.rl, ctx.dist.world_size
+    """ppo_epochs x mini batches x micro batches; one optimizer step per mini batch, through
+    ctx.updater (the stage's optimizer and schedule under the parallel strategy, built by
+    `_resume` from `optimizer` and `scheduler`)."""
+    rl, updater = ctx.cfg.rl, ctx.updater
     temperature = ctx.cfg.rollout.temperature or 1.0
     rollout_lp = [torch.as_tensor(t.rollout_logprobs, dtype=torch.float32) for t in trajs]
     masks = [t.loss_mask for t in trajs]
@@ -99,7 +101,7 @@ def policy_update(ctx, trajs, adv_tokens, old_lp, optimizer, scheduler, where, l
             count = ctx.all_reduce_sum(torch.tensor([float(local_token_count(masks, mini))],
                                                     dtype=torch.float64)).item()
             sums = torch.zeros(4, dtype=torch.float64)
-            for chunk in split_indices(len(mini), rl.micro_batch_size):
+            for chunk in updater.accumulate(split_indices(len(mini), rl.micro_batch_size)):
                 idx = [mini[c] for c in chunk]
                 mb = _micro(ctx, trajs, idx)
                 logp = policy_logprobs(ctx.policy, mb, temperature)
@@ -108,13 +110,12 @@ def policy_update(ctx, trajs, adv_tokens, old_lp, optimizer, scheduler, where, l
                     num_tokens=count, clip_low=rl.clip_low, clip_high=rl.clip_high,
                     clip_c=rl.clip_c, rollout_logp=gather_tokens(rollout_lp, mb, idx),
                     tis_cap=rl.tis_cap, kernel_impl=ctx.backend.kernel_impl)
-                (loss * world).backward()  # the wrappers average gradients over ranks
+                updater.backward(loss)
                 sums += torch.tensor([loss.item(), float(m["clip_frac_upper"]),
                                       float(m["clip_frac_lower"]), float(m["approx_kl"])],
                                      dtype=torch.float64)
             sums = ctx.all_reduce_sum(sums)
-            gn = optimizer_step(ctx.policy, optimizer, scheduler, rl.max_grad_norm,
-                                sums[0].item(), where, last_good)
+            gn = updater.step(sums[0].item(), where, last_good)
             for k, v in zip(("loss", "clip_frac_upper", "clip_frac_lower", "approx_kl"),
                             sums.tolist()):
                 stats[k] += v

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from aster.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from aster.train.common import build_optimizer, build_scheduler, optimizer_step
+from aster.train.common import build_optimizer, build_scheduler, build_updater
 
 log = logging.getLogger("aster")
 
@@ -144,6 +144,16 @@ def sft_micro_loss(policy, batch: dict, num_tokens: float):
     return -logp.sum() / num_tokens
 
 
+def use_packing(cfg, backend) -> bool:
+    """sft.packing: varlen attention where the backend has it; elsewhere the attention
+    implementation (sdpa, eager) gets a block-diagonal causal mask that transformers builds from
+    the position-id resets (correct, with a dense [T, T] mask per pack)."""
+    if cfg.packing and not backend.capabilities.packed_attention:
+        log.info("sft.packing on --device %s: a block-diagonal attention mask per pack (no "
+                 "varlen attention here)", backend.name)
+    return cfg.packing
+
+
 def _collate(chunk, packed: bool, pad_id: int, device) -> dict:
     return collate_packed(chunk, device) if packed else collate_padded(chunk, pad_id, device)
 
@@ -152,13 +162,14 @@ def run_sft(ctx, data: list[Encoded], num_dropped: int = 0) -> dict:
     """Train on encoded conversations; resumes from the stage's last checkpoint. Returns the
     last step's metrics."""
     cfg, dist = ctx.cfg.sft, ctx.dist
-    packed = cfg.packing and ctx.backend.capabilities.packed_attention
+    packed = use_packing(cfg, ctx.backend)
     per_epoch = math.ceil(len(data) / cfg.global_batch_size)
     total = per_epoch * cfg.epochs
     optimizer = build_optimizer(ctx.policy, cfg.lr, cfg.weight_decay, cfg.adam_betas)
     scheduler = build_scheduler(optimizer, total, int(cfg.warmup_ratio * total),
                                 cfg.lr_schedule)
     start, last_good = _resume(ctx, "sft", optimizer, scheduler)
+    updater = ctx.updater
     save_every = cfg.save_every_steps or per_epoch
     pad_id = ctx.tokenizer.pad_token_id or 0
     metrics: dict = {}
@@ -168,16 +179,15 @@ def run_sft(ctx, data: list[Encoded], num_dropped: int = 0) -> dict:
         count = ctx.all_reduce_sum(torch.tensor([float(count_trained(mine))], dtype=torch.float64))
         num_tokens = max(1.0, count.item())
         loss_sum = 0.0
-        for s in range(0, len(mine), cfg.micro_batch_size):
+        for s in updater.accumulate(range(0, len(mine), cfg.micro_batch_size)):
             batch = _collate(mine[s:s + cfg.micro_batch_size], packed, pad_id,
                              ctx.backend.device())
             loss = sft_micro_loss(ctx.policy, batch, num_tokens)
-            (loss * dist.world_size).backward()  # the wrappers average gradients over ranks
+            updater.backward(loss)
             loss_sum += loss.item()
         loss_total = ctx.all_reduce_sum(torch.tensor([loss_sum], dtype=torch.float64)).item()
-        lr = scheduler.get_last_lr()[0]
-        grad_norm = optimizer_step(ctx.policy, optimizer, scheduler, cfg.max_grad_norm,
-                                   loss_total, f"sft step {step + 1}", last_good)
+        lr = updater.lr
+        grad_norm = updater.step(loss_total, f"sft step {step + 1}", last_good)
         elapsed = time.perf_counter() - t0
         metrics = {"loss": loss_total, "grad_norm": grad_norm, "lr": lr, "epoch": epoch,
                    "tokens": num_tokens, "tokens_per_s": num_tokens / elapsed,
@@ -194,7 +204,11 @@ def run_sft(ctx, data: list[Encoded], num_dropped: int = 0) -> dict:
 
 
 def _resume(ctx, stage: str, optimizer, scheduler) -> tuple[int, str | None]:
-    """(first step to run, last good checkpoint) after loading the stage's latest checkpoint."""
+    """Set up the stage's training state and load its latest checkpoint: builds ctx.updater
+    (backward / clip / step under the parallel strategy; with distributed.strategy=deepspeed
+    this makes the engine ctx.policy). Returns (first step to run, last good checkpoint)."""
+    section = ctx.cfg.sft if stage == "sft" else ctx.cfg.rl
+    ctx.updater = build_updater(ctx, optimizer, scheduler, section.max_grad_norm)
     ckpt = latest_checkpoint(ctx.ckpt_dir(stage))
     if ckpt is None:
         ctx.writer.truncate_after(stage, 0)  # records of a crashed first attempt

@@ -1,9 +1,28 @@
-"""One rank of the 2-process gloo test (also run with world_size 1 as the reference)."""
+"""The 2-process gloo tests' runner.
 
+    python _dist_worker.py PORT OUT_DIR MODEL_DIR STRATEGY[,STRATEGY...]
+
+imports everything once, runs the single-process reference (strategy none, OUT_DIR/reference),
+then forks 2 ranks that join a gloo process group and run every STRATEGY in turn (none, ddp,
+fsdp2 or deepspeed-<zero stage>; OUT_DIR/<strategy>). Forking a process that has imported
+torch and transformers costs nothing, where fresh interpreters would each pay the imports.
+
+Each run trains 2 SFT steps on the same 8 conversations and writes, on rank 0, result.json
+(per-step loss and grad norm) and weights.pt (the full updated weights); then it checks a
+checkpoint round trip on every rank: RNG draws after save_checkpoint equal the draws after
+load_checkpoint, and the weights are unchanged (rank<R>.json).
+"""
+
+import contextlib
+import importlib
 import json
 import os
+import random
 import sys
+import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -23,41 +42,104 @@ def conversations(n):
     return out
 
 
-def main(rank, world, port, out_dir, strategy):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    from aster.backend import select_backend
+def overrides(strategy: str, out: Path) -> list[str]:
+    base = ["sft.epochs=1", "sft.global_batch_size=4", "sft.micro_batch_size=1",
+            "sft.warmup_ratio=0", "sft.lr=1e-2", "logging.tensorboard=false"]
+    if not strategy.startswith("deepspeed"):
+        return [*base, f"distributed.strategy={strategy}"]
+    stage = int(strategy.rsplit("-", 1)[1])
+    # the tiny model's tensors are all below ZeRO-3's default persistence threshold (1e5
+    # elements): without this nothing would be partitioned
+    extra = out / "ds_extra.json"
+    extra.write_text(json.dumps({"zero_optimization": {"stage3_param_persistence_threshold": 0}}))
+    return [*base, "distributed.strategy=deepspeed", f"distributed.zero_stage={stage}",
+            f"distributed.deepspeed_config={extra}"]
+
+
+def draws() -> list[float]:
+    return [torch.rand(()).item(), random.random(), float(np.random.rand())]
+
+
+def run_one(strategy, backend, rank, out, model_dir):
     from aster.config import load_config
-    from aster.metrics import MetricsWriter
+    from aster.metrics import MetricsWriter, read_metrics
+    from aster.train.checkpoint import load_checkpoint, save_checkpoint
+    from aster.train.parallel import full_state_dict
     from aster.train.pipeline import make_context
     from aster.train.sft import encode_dataset, run_sft
 
-    cfg = load_config(None, ["sft.epochs=1", "sft.global_batch_size=8", "sft.micro_batch_size=2",
-                             "sft.warmup_ratio=0", "sft.lr=1e-2",
-                             f"distributed.strategy={strategy}"])
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(None, overrides(strategy, out))
+    ctx = make_context(cfg, backend, model_dir, out,
+                       MetricsWriter(out, is_main=rank == 0, tensorboard=False))
+    data, _ = encode_dataset(ctx.tokenizer, conversations(8), 1024)
+    run_sft(ctx, data)
+    weights = full_state_dict(ctx.policy)
+    if rank == 0:
+        torch.save(weights, out / "weights.pt")
+        steps = [m for m in read_metrics(out) if m["stage"] == "sft"]
+        (out / "result.json").write_text(json.dumps(
+            {"loss": [m["loss"] for m in steps], "grad_norm": [m["grad_norm"] for m in steps]}))
+    # checkpoint round trip: rank-dependent RNG streams, saved and restored per rank
+    for _ in range(rank + 1):
+        draws()
+    upd = ctx.updater
+    ckpt = save_checkpoint(out / "ckpt", 99, model=ctx.policy, optimizer=upd.optimizer,
+                           scheduler=upd.scheduler, is_main=rank == 0)
+    before = draws()
+    torch.manual_seed(1234 + rank), random.seed(1234), np.random.seed(1234)
+    load_checkpoint(ckpt, model=ctx.policy, optimizer=upd.optimizer, scheduler=upd.scheduler)
+    after = draws()
+    reloaded = full_state_dict(ctx.policy)
+    # full_state_dict is complete on rank 0 (FSDP2 leaves the other ranks' empty)
+    drift = max((weights[k] - reloaded[k]).abs().max().item() for k in weights) \
+        if rank == 0 else 0.0
+    (out / f"rank{rank}.json").write_text(json.dumps(
+        {"before": before, "after": after, "weights_drift": drift}))
+
+
+def rank_main(rank, world, port, out_dir, model_dir, strategies):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from aster.backend import select_backend
+
     backend = select_backend("cpu", kernel_impl="chunked", engine="hf")
     backend.init_distributed()
-    model_dir = os.path.join(out_dir, "..", "model")
-    ctx = make_context(cfg, backend, model_dir, out_dir,
-                       MetricsWriter(out_dir, is_main=rank == 0, tensorboard=False))
-    data, _ = encode_dataset(ctx.tokenizer, conversations(8), 1024)
-    metrics = run_sft(ctx, data)
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    state = get_model_state_dict(ctx.policy, options=StateDictOptions(full_state_dict=True,
-                                                                      cpu_offload=True))
-    if rank == 0:
-        torch.save(state, os.path.join(out_dir, "weights.pt"))
-        with open(os.path.join(out_dir, "loss.json"), "w") as f:
-            json.dump({"loss": metrics["loss"]}, f)
-    if world > 1:
+    for strategy in strategies:
+        t0 = time.perf_counter()
+        run_one(strategy, backend, rank, Path(out_dir) / strategy, model_dir)
+        print(f"rank {rank} {strategy}: {time.perf_counter() - t0:.1f}s", flush=True)
+    if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
 
+def main(port, out_dir, model_dir, strategies):
+    import multiprocessing as mp
+
+    import aster.train.pipeline  # noqa: F401 - the imports the forked ranks inherit
+    from aster.backend import select_backend
+
+    t0 = time.perf_counter()
+    run_one("none", select_backend("cpu", kernel_impl="chunked", engine="hf"), 0,
+            Path(out_dir) / "reference", model_dir)
+    print(f"reference: {time.perf_counter() - t0:.1f}s", flush=True)
+    if any(s.startswith("deepspeed") for s in strategies):
+        from aster.train.ds_engine import import_deepspeed
+
+        import_deepspeed(select_backend("cpu"))  # imported once, inherited by the ranks
+        with contextlib.suppress(ImportError):  # initialize() imports it lazily (seconds)
+            importlib.import_module("deepspeed.runtime.zero.muon.muon_optimizer")
+    ctx = mp.get_context("fork")
+    ranks = [ctx.Process(target=rank_main, args=(r, 2, port, out_dir, model_dir, strategies))
+             for r in range(2)]
+    for proc in ranks:
+        proc.start()
+    for proc in ranks:
+        proc.join()
+    return max(abs(proc.exitcode) for proc in ranks)
+
+
 if __name__ == "__main__":
-    world, port, out_dir, strategy = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    if world == 1:
-        main(0, 1, port, out_dir, strategy)
-    else:
-        torch.multiprocessing.spawn(main, args=(world, port, out_dir, strategy), nprocs=world)
+    torch.set_num_threads(1)  # one thread: no OpenMP pool exists when the ranks fork
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main(int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4].split(",")))

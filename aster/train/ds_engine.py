@@ -1,0 +1,203 @@
+"""DeepSpeed ZeRO as the data-parallel strategy (distributed.strategy=deepspeed).
+
+aster keeps its own optimizer (AdamW), schedule, micro batching and loss normalisation, the
+same as under fsdp2; the engine shards (ZeRO stage 1: optimizer state, 2: + gradients,
+3: + parameters), reduces gradients over the backend's collective, clips and steps. DeepSpeed is
+imported only when this strategy is asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from aster.errors import AsterUserError, CapabilityError
+from aster.train.common import Updater, diverged_error
+
+log = logging.getLogger("aster")
+
+# Keys aster derives from its own config; a user's DeepSpeed JSON may not set them.
+OWNED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+              "gradient_clipping", "optimizer", "scheduler")
+ENGINE_TAG = "deepspeed"  # the engine's checkpoint sub-directory inside step-<N>/
+
+
+def import_deepspeed(backend):
+    """The deepspeed module, its accelerator the backend's device type (DS_ACCELERATOR)."""
+    os.environ.setdefault("DS_ACCELERATOR", backend.device_type)
+    try:
+        import deepspeed
+    except ImportError:
+        raise CapabilityError("distributed.strategy=deepspeed needs DeepSpeed: pip install "
+                              "deepspeed, or use distributed.strategy=fsdp2") from None
+    from deepspeed.accelerator import get_accelerator
+
+    name = get_accelerator().device_name()
+    if name != backend.device_type:
+        raise CapabilityError(f"DeepSpeed chose the {name!r} accelerator but --device "
+                              f"{backend.name} trains on {backend.device_type!r}; set "
+                              f"DS_ACCELERATOR={backend.device_type}")
+    return deepspeed
+
+
+def check_dtype(dtype: torch.dtype) -> None:
+    if dtype == torch.float16:
+        raise CapabilityError("model.dtype=float16 with distributed.strategy=deepspeed is not "
+                              "supported (aster does no loss scaling); use bfloat16 or float32")
+
+
+def read_user_config(path: str | None) -> dict:
+    """distributed.deepspeed_config: a DeepSpeed JSON merged over the generated config."""
+    if not path:
+        return {}
+    p = Path(path)
+    try:
+        user = json.loads(p.read_text())
+    except (OSError, ValueError) as exc:
+        raise AsterUserError(f"distributed.deepspeed_config={path!r}: cannot read a JSON "
+                             f"object ({exc})") from None
+    if not isinstance(user, dict):
+        raise AsterUserError(f"distributed.deepspeed_config={path!r}: must hold a JSON object")
+    owned = [k for k in OWNED_KEYS if k in user]
+    if owned:
+        raise AsterUserError(f"distributed.deepspeed_config={path!r} sets {', '.join(owned)}; "
+                             "aster derives these from its sft./rl. keys: remove them")
+    return user
+
+
+def deepspeed_config(dist_cfg, *, world_size: int, max_grad_norm: float,
+                     dtype: torch.dtype) -> dict:
+    """The engine's config dict from aster's `distributed:` section (pure; no DeepSpeed)."""
+    from aster.configio import deep_merge
+
+    check_dtype(dtype)
+    zero: dict = {"stage": dist_cfg.zero_stage}
+    if dist_cfg.cpu_offload:
+        zero["offload_optimizer"] = {"device": "cpu"}
+        if dist_cfg.zero_stage == 3:
+            zero["offload_param"] = {"device": "cpu"}
+    config = {
+        # aster accumulates a variable number of micro batches per step, each loss already
+        # normalised by the step's global token count: one engine micro batch, no GAS scaling,
+        # the accumulation boundary set by the Updater.
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": world_size,
+        "gradient_clipping": max_grad_norm,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,  # aster's AdamW, the same as under fsdp2
+        "zero_force_ds_cpu_optimizer": False,
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "steps_per_print": 2 ** 31 - 1,  # aster prints its own step line
+        "wall_clock_breakdown": False,
+    }
+    return deep_merge(config, read_user_config(dist_cfg.deepspeed_config))
+
+
+def ensure_process_group(backend) -> None:
+    """DeepSpeed needs a process group even for one rank; a single-process run has none."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend.dist_backend, store=dist.HashStore(), rank=0,
+                                world_size=1)
+
+
+def _output_weight(policy) -> torch.nn.Parameter:
+    from aster.train.parallel import unwrap
+
+    return unwrap(policy).model.get_output_embeddings().weight
+
+
+class DeepSpeedUpdater(Updater):
+    """The Updater over a DeepSpeed engine; building it replaces ctx.policy with the engine."""
+
+    def __init__(self, ctx, optimizer, scheduler, max_grad_norm: float):
+        deepspeed = import_deepspeed(ctx.backend)
+        ensure_process_group(ctx.backend)
+        dist_cfg = ctx.cfg.distributed
+        dtype = next(ctx.policy.parameters()).dtype
+        config = deepspeed_config(dist_cfg, world_size=ctx.dist.world_size,
+                                  max_grad_norm=max_grad_norm, dtype=dtype)
+        if dist_cfg.zero_stage == 3:
+            # PolicyForward reads the output head's weight outside the head's own forward
+            deepspeed.zero.register_external_parameter(ctx.policy, _output_weight(ctx.policy))
+        engine, *_ = deepspeed.initialize(model=ctx.policy, optimizer=optimizer,
+                                          lr_scheduler=scheduler, config=config,
+                                          dist_init_required=False)
+        log.debug("deepspeed engine: ZeRO stage %d, %d rank(s)", dist_cfg.zero_stage,
+                  ctx.dist.world_size)
+        ctx.policy = engine
+        super().__init__(engine, optimizer, scheduler, max_grad_norm, ctx.dist.world_size)
+        self.engine = engine
+
+    def accumulate(self, items):
+        items = list(items)
+        for i, item in enumerate(items):
+            # set before the forward: only the last micro batch reduces gradients
+            self.engine.set_gradient_accumulation_boundary(i == len(items) - 1)
+            yield item
+
+    def backward(self, loss: torch.Tensor) -> None:
+        # the engine averages gradients over ranks, as the other wrappers do
+        self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+
+    def step(self, loss: float, where: str, last_good: str | None) -> float:
+        """Clip and step inside the engine; it skips a step whose gradient norm is not finite,
+        and the guard then stops the run (the loss is checked before stepping)."""
+        if not math.isfinite(loss):
+            self.engine.zero_grad()
+            raise diverged_error(where, loss, float("nan"), last_good)
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        grad_norm = float(norm) if norm is not None else float("nan")
+        if not math.isfinite(grad_norm):
+            raise diverged_error(where, loss, grad_norm, last_good)
+        return grad_norm
+
+
+def is_engine(model) -> bool:
+    """True for a DeepSpeed engine (without importing DeepSpeed when it is not in use)."""
+    import sys
+
+    ds = sys.modules.get("deepspeed")
+    return ds is not None and isinstance(model, ds.DeepSpeedEngine)
+
+
+def is_partitioned(model) -> bool:
+    """True when ZeRO stage 3 holds `model`'s parameters partitioned across ranks."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+def gathered_state_dict(model, cpu: bool = True) -> dict:
+    """The full state dict of a ZeRO-3 partitioned module, gathered one tensor at a time (so
+    no rank holds more than one extra full tensor at once); collective."""
+    import deepspeed
+
+    out = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if hasattr(tensor, "ds_id"):
+            with deepspeed.zero.GatheredParameters([tensor], modifier_rank=None):
+                out[name] = tensor.detach().to("cpu" if cpu else tensor.device, copy=True)
+        else:
+            out[name] = tensor.detach().to("cpu" if cpu else tensor.device, copy=True)
+    return out
+
+
+def save_engine(engine, directory: Path) -> None:
+    """The engine's own sharded checkpoint (every rank writes its shards); collective."""
+    engine.save_checkpoint(str(directory), tag=ENGINE_TAG, save_latest=False)
+
+
+def load_engine(engine, directory: Path) -> None:
+    loaded, _ = engine.load_checkpoint(str(directory), tag=ENGINE_TAG,
+                                       load_optimizer_states=True,
+                                       load_lr_scheduler_states=True)
+    if loaded is None:
+        raise AsterUserError(f"{directory}: no DeepSpeed checkpoint under {ENGINE_TAG}/; resume "
+                             "with the distributed.strategy and world size that wrote it")
