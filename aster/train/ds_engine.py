@@ -100,9 +100,11 @@ def deepspeed_config(dist_cfg, *, world_size: int, max_grad_norm: float,
 
 
 def ensure_process_group(backend) -> None:
-    """DeepSpeed needs a process group even for one rank; a single-process run has none."""
+    """DeepSpeed needs a process group (and LOCAL_RANK) even for one rank; a single-process
+    run has neither."""
     import torch.distributed as dist
 
+    os.environ.setdefault("LOCAL_RANK", str(backend.dist.local_rank))
     if not dist.is_initialized():
         dist.init_process_group(backend.dist_backend, store=dist.HashStore(), rank=0,
                                 world_size=1)
