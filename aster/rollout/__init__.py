@@ -1,4 +1,5 @@
-"""Multi-turn tool rollouts: chat format, tool-call parsing, engines (hf, vllm), agent loop.
+"""Multi-turn tool rollouts: chat format, tool-call parsing, engines (hf, vllm batched, vllm
+async), agent loop.
 
 Engines import their heavy dependencies lazily: `from aster.rollout import HFEngine` does not
 import vLLM.
@@ -21,7 +22,7 @@ from aster.rollout.metrics import rollout_metrics
 __all__ = [
     "CODE_INTERPRETER_TOOL", "FINISH_REASONS", "AgentLoop", "Engine", "GenerationOutput",
     "HFEngine", "RolloutConfig", "SamplingParams", "ToolCall", "ToolTurnFormat", "Trajectory",
-    "VLLMEngine", "build_engine", "encode_prompt", "parse_tool_calls", "prompt_messages",
+    "VLLMAsyncEngine", "VLLMEngine", "build_engine", "encode_prompt", "parse_tool_calls", "prompt_messages",
     "rollout_metrics", "run_rollouts",
 ]
 
@@ -35,4 +36,8 @@ def __getattr__(name):
         from aster.rollout.vllm_engine import VLLMEngine
 
         return VLLMEngine
+    if name == "VLLMAsyncEngine":
+        from aster.rollout.vllm_async import VLLMAsyncEngine
+
+        return VLLMAsyncEngine
     raise AttributeError(f"module 'aster.rollout' has no attribute {name!r}")

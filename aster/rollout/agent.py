@@ -3,9 +3,10 @@
 Each trajectory is an asyncio task: generate an assistant turn, parse its tool calls, run them
 in the trajectory's own sandbox session, append the templated tool turn, repeat until the model
 answers or a limit hits. Generation requests from all tasks are batched per turn by a
-`TurnBatcher` that runs the engine in a worker thread, so sandbox calls of some trajectories
-overlap the generation of others. Token-in/token-out: the sampled ids are kept as sampled;
-tool-turn ids get loss mask 0 and log-prob 0 and count toward the response budget.
+`TurnBatcher` that runs the engine in a worker thread, or, for engines with continuous batching
+(vLLM's AsyncLLM), sent one by one through a `RequestStream`; either way sandbox calls of some
+trajectories overlap the generation of others. Token-in/token-out: the sampled ids are kept as
+sampled; tool-turn ids get loss mask 0 and log-prob 0 and count toward the response budget.
 """
 
 from __future__ import annotations
@@ -154,6 +155,36 @@ class TurnBatcher:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False)
+
+
+class RequestStream:
+    """The TurnBatcher's interface for continuous-batching engines: every trajectory awaits its
+    own `engine.agenerate()` and the engine schedules. The busy clock covers each request's
+    span, so their union is the time the engine had work; `batch_sizes` records how many
+    requests were in flight when each one was sent."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.clock = BusyClock()
+        self.live = 0
+        self.batch_sizes: list[int] = []
+        self._in_flight = 0
+
+    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> GenerationOutput:
+        self._in_flight += 1
+        self.batch_sizes.append(self._in_flight)
+        try:
+            with self.clock.span():
+                return await self.engine.agenerate(prompt_ids, params)
+        finally:
+            self._in_flight -= 1
+
+    async def serve(self) -> None:
+        """Nothing to schedule: the engine does it. Waits until cancelled."""
+        await asyncio.Event().wait()
+
+    def close(self) -> None:
+        pass
 
 
 def _normalise_prompt(item) -> tuple[list[dict], str | None]:

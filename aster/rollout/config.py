@@ -21,6 +21,18 @@ class RolloutConfig:
     max_concurrency: int = 256  # trajectories in flight at once
     max_parse_errors: int = 3  # consecutive turns with only malformed calls -> tool_parse_error
     # vLLM only
+    # batched: the agent loop gathers each turn's requests into one in-process LLM.generate;
+    # async: AsyncLLM, every trajectory sends its own request into vLLM's continuous batch.
+    # Batched is the default because it measured faster: bench/bench_rollout.py --full on the
+    # 2-core CPU box, 64 trajectories, async took 3.7x (free sampling), 7.3x (6 tool calls
+    # each) and 7.9x (6 calls, uneven turns) the wall time of batched. AsyncLLM runs its engine
+    # core in another process, so every decode step crosses a process boundary and competes
+    # for the cores with the agent loop and the sandboxes. Not yet measured on GPUs.
+    vllm_mode: Literal["batched", "async"] = "batched"
+    # uni: one engine in one process; external_launcher: one engine per torchrun rank, in the
+    # training process, joining the trainer's process group; auto: external_launcher when
+    # WORLD_SIZE > 1 (batched mode only)
+    vllm_executor: Literal["auto", "uni", "external_launcher"] = "auto"
     gpu_memory_utilization: float = 0.6
     tensor_parallel_size: int = 1
     enable_sleep_mode: bool = True
@@ -37,6 +49,9 @@ class RolloutConfig:
                 raise ValueError(f"rollout.{key}={getattr(self, key)!r} must be >= 1")
         if self.tool_timeout_s <= 0:
             raise ValueError(f"rollout.tool_timeout_s={self.tool_timeout_s!r} must be > 0")
+        if self.vllm_mode == "async" and self.vllm_executor == "external_launcher":
+            raise ValueError("rollout.vllm_executor=external_launcher needs "
+                             "rollout.vllm_mode=batched (AsyncLLM runs its own engine process)")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"rollout.gpu_memory_utilization={self.gpu_memory_utilization!r} "
                              "must be in (0, 1]")

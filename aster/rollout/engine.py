@@ -58,15 +58,26 @@ class GenerationOutput:
 
 
 class Engine(ABC):
-    """A generation engine the agent loop drives (hf, vllm)."""
+    """A generation engine the agent loop drives (hf, vllm).
+
+    Engines with `continuous_batching` schedule requests themselves: the agent loop sends each
+    trajectory's turn on its own through `agenerate()` the moment it is ready, instead of
+    gathering a batch per turn for `generate()`.
+    """
 
     name: str = ""
     supports_sleep: bool = False  # sleep()/wake() free and restore the KV cache
+    sleep_note: str = "this engine has no sleep mode"  # why not, when supports_sleep is False
+    continuous_batching: bool = False
 
     @abstractmethod
     def generate(self, prompts: list[list[int]],
                  params: SamplingParams | list[SamplingParams]) -> list[GenerationOutput]:
         """Sample a continuation for every prompt (token ids); one output per prompt."""
+
+    async def agenerate(self, prompt: list[int], params: SamplingParams) -> GenerationOutput:
+        """Sample one request from a running event loop (continuous-batching engines)."""
+        raise CapabilityError(f"the {self.name} engine batches per call; use generate()")
 
     @abstractmethod
     def load_weights(self, weights: Mapping[str, torch.Tensor] | torch.nn.Module) -> None:
@@ -112,19 +123,22 @@ def build_engine(backend, model_path: str, rollout_cfg, *, dtype: str = "float32
     """The rollout engine `backend.engine` names ("hf" or "vllm") for `model_path`.
 
     `rollout_cfg` is a RolloutConfig; `rollout_cfg.engine` other than "auto" overrides the
-    backend's choice. `model` (hf only) shares an already-loaded module instead of loading.
+    backend's choice, `rollout_cfg.vllm_mode` picks the batched or the async vLLM engine.
+    `model` (hf only) shares an already-loaded module instead of loading.
     """
     name = backend.engine if rollout_cfg.engine == "auto" else rollout_cfg.engine
     if name == "vllm":
         backend.require("vllm")
-        from aster.rollout.vllm_engine import VLLMEngine
+        from aster.rollout.vllm_engine import VLLMEngine, engine_options
 
-        options = {"gpu_memory_utilization": rollout_cfg.gpu_memory_utilization,
-                   "tensor_parallel_size": rollout_cfg.tensor_parallel_size,
-                   **backend.engine_options()}
-        sleep = rollout_cfg.enable_sleep_mode and backend.capabilities.sleep_mode
-        return VLLMEngine(model_path, dtype=dtype, seed=rollout_cfg.seed, enable_sleep_mode=sleep,
-                          max_model_len=max_model_len, **options)
+        options, sleep_note = engine_options(backend, rollout_cfg, backend.dist.world_size)
+        cls = VLLMEngine
+        if rollout_cfg.vllm_mode == "async":
+            from aster.rollout.vllm_async import VLLMAsyncEngine as cls
+        engine = cls(model_path, dtype=dtype, seed=rollout_cfg.seed, max_model_len=max_model_len,
+                     **options)
+        engine.sleep_note = sleep_note or engine.sleep_note
+        return engine
     if name == "hf":
         from aster.rollout.hf_engine import HFEngine
 

@@ -40,7 +40,8 @@ class HFEngine(Engine):
     """Generation with a transformers causal LM (a path, or a module shared with the trainer)."""
 
     name = "hf"
-    supports_sleep = False  # no KV cache outlives a generate() call: nothing to free
+    supports_sleep = False
+    sleep_note = "the hf engine keeps no KV cache between generate() calls: nothing to free"
 
     def __init__(self, model, device=None, dtype: str | torch.dtype = "float32",
                  attn_implementation: str | None = None, max_batch_size: int = 64,

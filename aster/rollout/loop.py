@@ -11,6 +11,7 @@ import zlib
 from aster.reward import extract_answer, score
 from aster.rollout.agent import (
     BusyClock,
+    RequestStream,
     Trajectory,
     TurnBatcher,
     _normalise_prompt,
@@ -58,7 +59,10 @@ class AgentLoop:
     async def arun(self, prompts, samples_per_prompt: int = 1) -> list[Trajectory]:
         jobs = [(i, s, *_normalise_prompt(p)) for i, p in enumerate(prompts)
                 for s in range(samples_per_prompt)]
-        batcher = TurnBatcher(self.engine, self.max_batch, self.gather_s)
+        if self.engine.continuous_batching:
+            batcher = RequestStream(self.engine)
+        else:
+            batcher = TurnBatcher(self.engine, self.max_batch, self.gather_s)
         self._batcher, self._tools = batcher, BusyClock()
         self._limit = asyncio.Semaphore(self.cfg.max_concurrency)
         batcher.live = len(jobs)
@@ -74,7 +78,7 @@ class AgentLoop:
         self._record_stats(time.perf_counter() - start, batcher)
         return list(trajs)
 
-    def _record_stats(self, wall: float, batcher: TurnBatcher) -> None:
+    def _record_stats(self, wall: float, batcher: TurnBatcher | RequestStream) -> None:
         gen = union_seconds(batcher.clock.intervals)
         tool = union_seconds(self._tools.intervals)
         busy = union_seconds(batcher.clock.intervals + self._tools.intervals)

