@@ -1,9 +1,15 @@
 """The trainers' side of the rollout seam: build the engine, generate G samples per prompt,
-push new weights, and summarise trajectories into metrics."""
+push new weights, and summarise trajectories into metrics.
+
+Engine memory around the update: `generate` puts the engine to sleep once its rollouts are
+done (the KV cache is freed while the trainer recomputes log-probs and steps the optimizer)
+and `push_weights` wakes it before loading the new weights. Engines without a sleep mode stay
+awake; the reason is logged once per engine."""
 
 from __future__ import annotations
 
 import logging
+import weakref
 from collections import Counter
 
 import torch
@@ -46,23 +52,42 @@ def make_engine(ctx, model_dir: str, max_model_len: int | None = None):
                         tokenizer=ctx.tokenizer, max_model_len=max_model_len)
 
 
+_AWAKE_LOGGED: weakref.WeakSet = weakref.WeakSet()  # engines whose no-sleep reason was logged
+
+
+def sleep_engine(engine) -> bool:
+    """Put the engine to sleep for the update if it can; True when it did."""
+    if engine.supports_sleep:
+        engine.sleep()
+        return True
+    if engine not in _AWAKE_LOGGED:
+        log.info("rollout engine %s stays awake during updates: %s", engine.name,
+                 engine.sleep_note)
+        _AWAKE_LOGGED.add(engine)
+    return False
+
+
 def push_weights(ctx, engine) -> None:
-    """Copy the trained weights into the engine (gathered in full first when sharded)."""
+    """Wake the engine if asleep, then copy the trained weights into it (gathered in full first
+    when sharded)."""
+    weights = ctx.hf_model
     if ctx.dist.world_size > 1:
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             get_model_state_dict,
         )
 
-        state = get_model_state_dict(ctx.hf_model, options=StateDictOptions(full_state_dict=True))
-        engine.load_weights(state)
-    else:
-        engine.load_weights(ctx.hf_model)
+        weights = get_model_state_dict(ctx.hf_model,
+                                       options=StateDictOptions(full_state_dict=True))
+    if engine.supports_sleep:
+        engine.wake()  # a no-op when awake (the first push of a stage, eval)
+    engine.load_weights(weights)
 
 
 def generate(ctx, engine, prompts: list[dict], samples: int, max_response_tokens: int,
              seed: int) -> tuple[list, dict]:
-    """`samples` trajectories per prompt (prompt-major) and the rollout metrics."""
+    """`samples` trajectories per prompt (prompt-major) and the rollout metrics; the engine is
+    left asleep (where it can sleep) for the update that follows."""
     from dataclasses import replace
 
     from aster.rollout import rollout_metrics, run_rollouts
@@ -71,6 +96,7 @@ def generate(ctx, engine, prompts: list[dict], samples: int, max_response_tokens
     stats: dict = {}
     trajs = run_rollouts(engine, ctx.pool, prompts, cfg, tokenizer=ctx.tokenizer,
                          samples_per_prompt=samples, seed=seed, stats=stats)
+    sleep_engine(engine)  # until push_weights: the update comes next
     m = rollout_metrics(trajs, stats)
     return trajs, {"time_tools_s": m.get("tool_s", 0.0), "time_generate_s": m.get("gen_s", 0.0),
                    "tool_error_rate": m["tool_error_rate"],
