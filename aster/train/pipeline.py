@@ -32,23 +32,41 @@ def default_run_dir(cfg, config_name: str | None) -> Path:
 
 
 def prepare_run_dir(cfg, config_name, output_dir, resume: bool, dist) -> Path:
-    """The run directory, agreed on by every rank; refuses to reuse one without --resume."""
+    """The run directory, agreed on by every rank; refuses to reuse one without --resume.
+
+    Rank 0 alone inspects the directory and broadcasts its verdict: other ranks checking for
+    themselves would race with rank 0 creating state.json."""
     path = Path(output_dir or cfg.run.output_dir or default_run_dir(cfg, config_name))
-    path = Path(_broadcast(str(path), dist))
-    state = path / "state.json"
-    if resume and not state.is_file():
-        raise RunDirError(f"--resume: {path} holds no aster run (no state.json); give the "
-                          "--output-dir of the run to resume")
-    if not resume and state.is_file():
-        raise RunDirError(f"{path} already holds a run; pass --resume to continue it or choose "
-                          "another --output-dir")
+    error = _run_dir_error(path, resume) if dist.is_main else None
+    path_s, error = _broadcast((str(path), error), dist)
+    if error:
+        raise RunDirError(error)
+    path = Path(path_s)
     if dist.is_main:
         path.mkdir(parents=True, exist_ok=True)
+        state = path / "state.json"
         if not state.is_file():
-            state.write_text(json.dumps({"done": {}}))
-        (path / "config.yaml").write_text(cfg.to_yaml())
+            _write_atomic(state, json.dumps({"done": {}}))
+        _write_atomic(path / "config.yaml", cfg.to_yaml())
     _barrier(dist)
     return path
+
+
+def _run_dir_error(path: Path, resume: bool) -> str | None:
+    state = path / "state.json"
+    if resume and not state.is_file():
+        return (f"--resume: {path} holds no aster run (no state.json); give the --output-dir "
+                "of the run to resume")
+    if not resume and state.is_file():
+        return (f"{path} already holds a run; pass --resume to continue it or choose another "
+                "--output-dir")
+    return None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def _broadcast(value, dist):
@@ -342,7 +360,7 @@ def write_summary(run_dir: Path, done: dict, is_main: bool) -> dict:
     """summary.json and the table: held-out accuracy and tool calls after each stage."""
     summary = summary_of(done)
     if is_main:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        _write_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
         log.info("summary written to %s", run_dir / "summary.json")
     return {"written": True}
 
