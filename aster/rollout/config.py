@@ -24,10 +24,11 @@ class RolloutConfig:
     # batched: the agent loop gathers each turn's requests into one in-process LLM.generate;
     # async: AsyncLLM, every trajectory sends its own request into vLLM's continuous batch.
     # Batched is the default because it measured faster: bench/bench_rollout.py --full on the
-    # 2-core CPU box, 64 trajectories, async took 3.7x (free sampling), 7.3x (6 tool calls
-    # each) and 7.9x (6 calls, uneven turns) the wall time of batched. AsyncLLM runs its engine
-    # core in another process, so every decode step crosses a process boundary and competes
-    # for the cores with the agent loop and the sandboxes. Not yet measured on GPUs.
+    # 2-core CPU box, 64 trajectories, two runs: async took 3.7-5.8x (free sampling), 3.4-7.3x
+    # (6 tool calls each) and 4.7-7.9x (6 calls, uneven turns) the wall time of batched.
+    # AsyncLLM runs its engine core in another process, so every decode step crosses a process
+    # boundary and competes for the cores with the agent loop and the sandboxes. Not yet
+    # measured on GPUs.
     vllm_mode: Literal["batched", "async"] = "batched"
     # uni: one engine in one process; external_launcher: one engine per torchrun rank, in the
     # training process, joining the trainer's process group; auto: external_launcher when
