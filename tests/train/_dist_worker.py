@@ -10,7 +10,8 @@ torch and transformers costs nothing, where fresh interpreters would each pay th
 Each run trains 2 SFT steps on the same 8 conversations and writes, on rank 0, result.json
 (per-step loss and grad norm) and weights.pt (the full updated weights); then it checks a
 checkpoint round trip on every rank: RNG draws after save_checkpoint equal the draws after
-load_checkpoint, and the weights are unchanged (rank<R>.json).
+load_checkpoint, and the weights are unchanged (rank<R>.json). Then, from the base model again,
+one GRPO policy update on fixed trajectories (<strategy>/rl/: result.json, weights.pt).
 """
 
 import contextlib
@@ -54,6 +55,60 @@ def overrides(strategy: str, out: Path) -> list[str]:
     extra.write_text(json.dumps({"zero_optimization": {"stage3_param_persistence_threshold": 0}}))
     return [*base, "distributed.strategy=deepspeed", f"distributed.zero_stage={stage}",
             f"distributed.deepspeed_config={extra}"]
+
+
+RL = ["rl.prompts_per_step=4", "rl.mini_batch_prompts=4", "rl.group_size=2", "rl.ppo_epochs=2",
+      "rl.micro_batch_size=1", "rl.lr=1e-2", "rl.old_logp=recompute"]
+REWARDS = [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 1.0]]  # group 2: zero advantage
+
+
+def trajectories(vocab: int) -> list:
+    """4 prompts x 2 samples with uneven lengths and masked (tool) tokens, the same everywhere."""
+    from aster.rollout.agent import Trajectory
+
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for p, rewards in enumerate(REWARDS):
+        prompt = torch.randint(3, vocab, (5 + p,), generator=gen).tolist()
+        for g, reward in enumerate(rewards):
+            n = 6 + 3 * p + 2 * g
+            mask = [0 if 3 <= i < 5 else 1 for i in range(n)]
+            out.append(Trajectory(prompt_ids=prompt, reward=reward, loss_mask=mask,
+                                  response_ids=torch.randint(3, vocab, (n,), generator=gen).tolist(),
+                                  rollout_logprobs=[0.0] * n))
+    return out
+
+
+def run_rl(strategy, backend, rank, world, out, model_dir):
+    """One GRPO policy update (one mini batch holding every prompt, 2 PPO epochs = 2 optimizer
+    steps) on this rank's prompts: the global batch is the same for every world size."""
+    from aster.algo import group_advantages, shard_for_rank, token_advantages
+    from aster.config import load_config
+    from aster.metrics import MetricsWriter
+    from aster.train.common import build_optimizer, build_scheduler
+    from aster.train.parallel import full_state_dict
+    from aster.train.pipeline import make_context
+    from aster.train.rl import old_logprobs, policy_update
+    from aster.train.sft import _resume
+
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(None, [*overrides(strategy, out), *RL])
+    ctx = make_context(cfg, backend, model_dir, out,
+                       MetricsWriter(out, is_main=rank == 0, tensorboard=False))
+    optimizer = build_optimizer(ctx.policy, cfg.rl.lr, cfg.rl.weight_decay)
+    scheduler = build_scheduler(optimizer, 10, 0, "constant")
+    _resume(ctx, "rl", optimizer, scheduler)
+    everything = trajectories(ctx.hf_model.config.vocab_size)
+    mine = [everything[2 * p + g] for p in shard_for_rank(list(range(4)), rank, world)
+            for g in range(2)]
+    adv = group_advantages([t.reward for t in mine], 2)
+    adv_tokens = token_advantages(adv.adv, [t.loss_mask for t in mine])
+    old_lp, _ = old_logprobs(ctx, mine, 1.0, with_entropy=False)
+    stats = policy_update(ctx, mine, adv_tokens, old_lp, optimizer, scheduler, "rl", None)
+    weights = full_state_dict(ctx.policy)
+    if rank == 0:
+        torch.save(weights, out / "weights.pt")
+        (out / "result.json").write_text(json.dumps(stats))
 
 
 def draws() -> list[float]:
@@ -108,6 +163,7 @@ def rank_main(rank, world, port, out_dir, model_dir, strategies):
     for strategy in strategies:
         t0 = time.perf_counter()
         run_one(strategy, backend, rank, Path(out_dir) / strategy, model_dir)
+        run_rl(strategy, backend, rank, world, Path(out_dir) / strategy / "rl", model_dir)
         print(f"rank {rank} {strategy}: {time.perf_counter() - t0:.1f}s", flush=True)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
@@ -120,8 +176,9 @@ def main(port, out_dir, model_dir, strategies):
     from aster.backend import select_backend
 
     t0 = time.perf_counter()
-    run_one("none", select_backend("cpu", kernel_impl="chunked", engine="hf"), 0,
-            Path(out_dir) / "reference", model_dir)
+    backend = select_backend("cpu", kernel_impl="chunked", engine="hf")
+    run_one("none", backend, 0, Path(out_dir) / "reference", model_dir)
+    run_rl("none", backend, 0, 1, Path(out_dir) / "reference" / "rl", model_dir)
     print(f"reference: {time.perf_counter() - t0:.1f}s", flush=True)
     if any(s.startswith("deepspeed") for s in strategies):
         from aster.train.ds_engine import import_deepspeed

@@ -1,6 +1,6 @@
 """2 processes with gloo give the same losses, gradient norms and updated weights as one process
-on the same global batch, under DDP, FSDP2 and DeepSpeed ZeRO stages 1-3; and a checkpoint
-round trip restores every rank's own RNG streams.
+on the same global batch, under DDP, FSDP2 and DeepSpeed ZeRO stages 1-3, for SFT steps and for
+a GRPO policy update; and a checkpoint round trip restores every rank's own RNG streams.
 
 Tolerances: loss and grad norm 1e-5 relative, weights 1e-4 absolute; only the order of
 floating-point reductions differs (measured: ~1e-6 relative on the grad norm, ~1e-7 on the
@@ -65,6 +65,23 @@ def test_two_process_gloo_matches_single_process(runs, tiny_model_dir, strategy)
     assert set(w2) == set(w1)
     moved = max((w1[k] - base[k.removeprefix("model.")]).abs().max().item() for k in w1)
     assert moved > 1e-3  # the steps really changed the weights
+    diff = max((w1[k] - w2[k]).abs().max().item() for k in w1)
+    assert diff < 1e-4
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_two_process_grpo_update_matches_single_process(runs, strategy):
+    """2 PPO epochs over one mini batch of 4 prompts x 2 samples (2 per rank), clipped loss on
+    the global token count: the same numbers as one process with all 8 trajectories."""
+    if strategy.startswith("deepspeed") and not HAS_DEEPSPEED:
+        pytest.skip("deepspeed is not installed (pip install 'aster[dev]')")
+    ref, w1 = _result(runs / "reference" / "rl")
+    got, w2 = _result(runs / strategy / "rl")
+    assert ref["clip_frac_upper"] > 0 and ref["clip_frac_lower"] > 0  # the 2nd epoch clips
+    for key in ("loss", "grad_norm", "approx_kl"):
+        assert got[key] == pytest.approx(ref[key], rel=1e-5), key
+    for key in ("clip_frac_upper", "clip_frac_lower"):
+        assert got[key] == ref[key], key
     diff = max((w1[k] - w2[k]).abs().max().item() for k in w1)
     assert diff < 1e-4
 
