@@ -11,7 +11,8 @@ Each run trains 2 SFT steps on the same 8 conversations and writes, on rank 0, r
 (per-step loss and grad norm) and weights.pt (the full updated weights); then it checks a
 checkpoint round trip on every rank: RNG draws after save_checkpoint equal the draws after
 load_checkpoint, and the weights are unchanged (rank<R>.json). Then, from the base model again,
-one GRPO policy update on fixed trajectories (<strategy>/rl/: result.json, weights.pt).
+one GRPO policy update on fixed trajectories (<strategy>/rl/: result.json, weights.pt); under
+DeepSpeed, the NaN guard (<strategy>/nan-loss/, nan-grad/: rank<R>.json).
 """
 
 import contextlib
@@ -25,6 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+
+def max_abs_diff(a: dict, b: dict, rename=lambda k: k) -> float:
+    """Largest |a - b| over the tensors of `a` (NaN if any difference is NaN)."""
+    return torch.stack([(a[k].float() - b[rename(k)].float()).abs().max() for k in a]).max().item()
 
 
 def conversations(n):
@@ -111,6 +117,51 @@ def run_rl(strategy, backend, rank, world, out, model_dir):
         (out / "result.json").write_text(json.dumps(stats))
 
 
+def run_nan(strategy, backend, rank, out, model_dir, kind):
+    """Step 2 poisoned: a NaN loss ("loss"), or a finite loss with NaN gradients ("grad"). The
+    guard must stop the run naming the step-1 checkpoint, with the step-1 weights untouched."""
+    from aster.config import load_config
+    from aster.metrics import MetricsWriter
+    from aster.train import sft
+    from aster.train.checkpoint import list_checkpoints
+    from aster.train.common import TrainingDivergedError
+    from aster.train.parallel import full_state_dict
+    from aster.train.pipeline import make_context
+
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(None, [*overrides(strategy, out), "sft.save_every_steps=1"])
+    ctx = make_context(cfg, backend, model_dir, out,
+                       MetricsWriter(out, is_main=rank == 0, tensorboard=False))
+    data, _ = sft.encode_dataset(ctx.tokenizer, conversations(8), 1024)
+    real, seen = sft.sft_micro_loss, {}
+
+    def poisoned(policy, batch, num_tokens):
+        if not list_checkpoints(ctx.ckpt_dir("sft")):
+            return real(policy, batch, num_tokens)
+        if "weights" not in seen:  # the first micro batch of step 2, on every rank
+            seen["weights"] = full_state_dict(ctx.policy)
+        if kind == "loss":
+            return real(policy, batch, num_tokens) * float("nan")
+        logp = policy(batch["input_ids"], batch["attention_mask"], batch["rows"],
+                      batch["cols"], batch["labels"], position_ids=batch["position_ids"])
+        # forward: + 0; backward: 0 * d sqrt(x)/dx at 0 = 0 * inf = NaN into every gradient
+        return -logp.sum() / num_tokens + 0 * torch.sqrt(logp - logp.detach()).sum()
+
+    sft.sft_micro_loss = poisoned
+    try:
+        sft.run_sft(ctx, data)
+        message = "no error"
+    except TrainingDivergedError as exc:
+        message = str(exc)
+    finally:
+        sft.sft_micro_loss = real
+    after = full_state_dict(ctx.policy)
+    moved = max_abs_diff(after, seen["weights"]) if rank == 0 else 0.0
+    (out / f"rank{rank}.json").write_text(json.dumps(
+        {"message": message, "moved": moved,
+         "checkpoints": [c.name for c in list_checkpoints(ctx.ckpt_dir("sft"))]}))
+
+
 def draws() -> list[float]:
     return [torch.rand(()).item(), random.random(), float(np.random.rand())]
 
@@ -147,8 +198,7 @@ def run_one(strategy, backend, rank, out, model_dir):
     after = draws()
     reloaded = full_state_dict(ctx.policy)
     # full_state_dict is complete on rank 0 (FSDP2 leaves the other ranks' empty)
-    drift = max((weights[k] - reloaded[k]).abs().max().item() for k in weights) \
-        if rank == 0 else 0.0
+    drift = max_abs_diff(weights, reloaded) if rank == 0 else 0.0
     (out / f"rank{rank}.json").write_text(json.dumps(
         {"before": before, "after": after, "weights_drift": drift}))
 
@@ -164,6 +214,10 @@ def rank_main(rank, world, port, out_dir, model_dir, strategies):
         t0 = time.perf_counter()
         run_one(strategy, backend, rank, Path(out_dir) / strategy, model_dir)
         run_rl(strategy, backend, rank, world, Path(out_dir) / strategy / "rl", model_dir)
+        if strategy.startswith("deepspeed"):
+            for kind in ("loss", "grad"):
+                run_nan(strategy, backend, rank, Path(out_dir) / strategy / f"nan-{kind}",
+                        model_dir, kind)
         print(f"rank {rank} {strategy}: {time.perf_counter() - t0:.1f}s", flush=True)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

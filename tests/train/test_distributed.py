@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.train._dist_worker import max_abs_diff
+
 WORKER = Path(__file__).with_name("_dist_worker.py")
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 STRATEGIES = ["ddp", "fsdp2", "deepspeed-1", "deepspeed-2", "deepspeed-3"]
@@ -63,9 +65,9 @@ def test_two_process_gloo_matches_single_process(runs, tiny_model_dir, strategy)
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     assert set(w2) == set(w1)
-    moved = max((w1[k] - base[k.removeprefix("model.")]).abs().max().item() for k in w1)
+    moved = max_abs_diff(w1, base, rename=lambda k: k.removeprefix("model."))
     assert moved > 1e-3  # the steps really changed the weights
-    diff = max((w1[k] - w2[k]).abs().max().item() for k in w1)
+    diff = max_abs_diff(w1, w2)
     assert diff < 1e-4
 
 
@@ -82,7 +84,7 @@ def test_two_process_grpo_update_matches_single_process(runs, strategy):
         assert got[key] == pytest.approx(ref[key], rel=1e-5), key
     for key in ("clip_frac_upper", "clip_frac_lower"):
         assert got[key] == ref[key], key
-    diff = max((w1[k] - w2[k]).abs().max().item() for k in w1)
+    diff = max_abs_diff(w1, w2)
     assert diff < 1e-4
 
 
@@ -96,3 +98,19 @@ def test_checkpoint_restores_every_ranks_rng(runs, strategy):
         assert r["weights_drift"] == 0.0
     # the ranks' streams differ, so restoring rank 0's state everywhere would fail above
     assert ranks[0]["before"] != ranks[1]["before"]
+
+
+@pytest.mark.parametrize("kind", ["loss", "grad"])
+@pytest.mark.parametrize("strategy", [s for s in STRATEGIES if s.startswith("deepspeed")])
+def test_deepspeed_nan_guard_stops_without_stepping(runs, strategy, kind):
+    """A NaN loss, or a finite loss with NaN gradients (the engine skips that step), stops both
+    ranks with the one-line message naming the step-1 checkpoint; the weights are untouched."""
+    if not HAS_DEEPSPEED:
+        pytest.skip("deepspeed is not installed (pip install 'aster[dev]')")
+    for r in range(2):
+        got = json.loads((runs / strategy / f"nan-{kind}" / f"rank{r}.json").read_text())
+        assert "sft step 2" in got["message"] and "is not finite" in got["message"]
+        assert got["message"].split("last good checkpoint is ")[1].split(";")[0].endswith(
+            "step-00000001")
+        assert got["checkpoints"] == ["step-00000001"]
+        assert got["moved"] == 0.0
