@@ -70,15 +70,12 @@ def sleep_engine(engine) -> bool:
 def push_weights(ctx, engine) -> None:
     """Wake the engine if asleep, then copy the trained weights into it (gathered in full first
     when sharded)."""
-    weights = ctx.hf_model
-    if ctx.dist.world_size > 1:
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_model_state_dict,
-        )
+    from aster.train.ds_engine import is_partitioned
+    from aster.train.parallel import full_state_dict
 
-        weights = get_model_state_dict(ctx.hf_model,
-                                       options=StateDictOptions(full_state_dict=True))
+    weights = ctx.hf_model
+    if ctx.dist.world_size > 1 or is_partitioned(ctx.hf_model):  # ZeRO-3 even on one rank
+        weights = full_state_dict(ctx.hf_model, cpu_offload=False)
     if engine.supports_sleep:
         engine.wake()  # a no-op when awake (the first push of a stage, eval)
     engine.load_weights(weights)
