@@ -269,9 +269,6 @@ def select_backend(name: str = "auto", *, kernel_impl: str | None = None,
     global _CURRENT
     resolved = resolve_device_name(name)
     _CURRENT = backend_class(resolved)(kernel_impl=kernel_impl, engine=engine)
-    # DeepSpeed, imported by transformers' save_pretrained whenever it is installed, otherwise
-    # guesses its accelerator (and says so on stdout)
-    os.environ.setdefault("DS_ACCELERATOR", _CURRENT.device_type)
     log.debug("backend %s selected (%s)", resolved, _CURRENT.describe())
     return _CURRENT
 
