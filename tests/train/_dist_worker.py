@@ -8,7 +8,8 @@ fsdp2 or deepspeed-<zero stage>; OUT_DIR/<strategy>). Forking a process that has
 torch and transformers costs nothing, where fresh interpreters would each pay the imports.
 
 Each run trains 2 SFT steps on the same 8 conversations and writes, on rank 0, result.json
-(per-step loss and grad norm) and weights.pt (the full updated weights); then it checks a
+(per-step loss and grad norm, and how far the saved Hugging Face model is from the trained
+weights) and weights.pt (the full updated weights); then it checks a
 checkpoint round trip on every rank: RNG draws after save_checkpoint equal the draws after
 load_checkpoint, and the weights are unchanged (rank<R>.json). Then, from the base model again,
 one GRPO policy update on fixed trajectories (<strategy>/rl/: result.json, weights.pt); under
@@ -170,6 +171,7 @@ def run_one(strategy, backend, rank, out, model_dir):
     from aster.config import load_config
     from aster.metrics import MetricsWriter, read_metrics
     from aster.train.checkpoint import load_checkpoint, save_checkpoint
+    from aster.train.common import save_hf_model
     from aster.train.parallel import full_state_dict
     from aster.train.pipeline import make_context
     from aster.train.sft import encode_dataset, run_sft
@@ -181,11 +183,16 @@ def run_one(strategy, backend, rank, out, model_dir):
     data, _ = encode_dataset(ctx.tokenizer, conversations(8), 1024)
     run_sft(ctx, data)
     weights = full_state_dict(ctx.policy)
+    save_hf_model(ctx.hf_model, ctx.tokenizer, out / "hf", is_main=rank == 0)
     if rank == 0:
+        from transformers import AutoModelForCausalLM
+
         torch.save(weights, out / "weights.pt")
         steps = [m for m in read_metrics(out) if m["stage"] == "sft"]
+        saved = AutoModelForCausalLM.from_pretrained(out / "hf").state_dict()
         (out / "result.json").write_text(json.dumps(
-            {"loss": [m["loss"] for m in steps], "grad_norm": [m["grad_norm"] for m in steps]}))
+            {"loss": [m["loss"] for m in steps], "grad_norm": [m["grad_norm"] for m in steps],
+             "hf_export_diff": max_abs_diff(saved, weights, rename=lambda k: f"model.{k}")}))
     # checkpoint round trip: rank-dependent RNG streams, saved and restored per rank
     for _ in range(rank + 1):
         draws()

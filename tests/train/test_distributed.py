@@ -69,6 +69,7 @@ def test_two_process_gloo_matches_single_process(runs, tiny_model_dir, strategy)
     assert moved > 1e-3  # the steps really changed the weights
     diff = max_abs_diff(w1, w2)
     assert diff < 1e-4
+    assert got["hf_export_diff"] == 0.0  # save_hf_model writes exactly the trained weights
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
