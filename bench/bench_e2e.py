@@ -120,7 +120,7 @@ def _row(label: str, m: dict, n_params: int, peak) -> dict:
 def _steps(ctx, engine_for, prompts, cfg, backend) -> list[tuple[str, dict]]:
     """A warm-up step, then one measured step per policy (aster's kernels, the baseline)."""
     from aster.algo import PolicyForward
-    from aster.train.common import build_optimizer, build_scheduler
+    from aster.train.common import build_optimizer, build_scheduler, build_updater
     from aster.train.config import RLStageConfig
     from aster.train.rl import rl_step
     from aster.train.rollouts import push_weights
@@ -128,12 +128,7 @@ def _steps(ctx, engine_for, prompts, cfg, backend) -> list[tuple[str, dict]]:
     stage_cfg = RLStageConfig(max_response_tokens=cfg.rollout.max_response_tokens)
     optimizer = build_optimizer(ctx.policy, cfg.rl.lr, cfg.rl.weight_decay)
     scheduler = build_scheduler(optimizer, 10, 0)
-    try:  # the trainers step through ctx.updater where aster.train.common has one
-        from aster.train.common import build_updater
-    except ImportError:
-        build_updater = None
-    if build_updater is not None:
-        ctx.updater = build_updater(ctx, optimizer, scheduler, cfg.rl.max_grad_norm)
+    ctx.updater = build_updater(ctx, optimizer, scheduler, cfg.rl.max_grad_norm)
     push_weights(ctx, engine_for(0))
     policies = [("warm-up", ctx.policy), ("grpo step, aster kernels", ctx.policy),
                 ("grpo step, baseline (full logits)", FullLogitsPolicy(ctx.hf_model))]
