@@ -15,6 +15,7 @@ class SyntheticTaskConfig:
     min_steps: int = 2
     max_steps: int = 4
     max_operand: int = 999
+    max_value: int = 10**7  # every intermediate value stays in [0, max_value]
     seed: int = 1234
 
     def __post_init__(self):
@@ -24,6 +25,8 @@ class SyntheticTaskConfig:
         if not 1 <= self.min_steps <= self.max_steps <= 8:
             raise ValueError(f"data.synthetic.min_steps={self.min_steps!r} / max_steps="
                              f"{self.max_steps!r} must satisfy 1 <= min_steps <= max_steps <= 8")
+        if self.max_value < 10:
+            raise ValueError(f"data.synthetic.max_value={self.max_value!r} must be >= 10")
         if self.max_operand < 10:
             raise ValueError(f"data.synthetic.max_operand={self.max_operand!r} must be >= 10")
 

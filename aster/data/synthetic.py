@@ -1,12 +1,19 @@
 """The embedded tiny default's task: multi-step integer arithmetic that needs a stateful tool.
 
-A problem chains 2-4 operations on 3-digit numbers, each step naming a variable the next one
-uses: ``a = 347 * 12, b = a - 589, c = b % 97. What is c?``. The reference trajectory makes one
-``code_interpreter`` call per step (``b = a - 589`` only runs if ``a`` survived from the
-previous call: state matters), reads each printed value, and ends with ``\\boxed{c}``. The tool
-outputs are produced by actually running the sandbox; the reference is checked against exact
-integer arithmetic. Three disjoint splits come from one seed: SFT trajectories, RL prompts and
-eval prompts.
+A problem chains `min_steps`..`max_steps` operations, each step naming a variable the next one
+uses: ``a = 63 + 18, b = a // 33, c = b * 21. What is c?``. The reference trajectory makes one
+``code_interpreter`` call per step (``b = a // 33`` only runs if ``a`` survived from the
+previous call: state matters), reads each printed value, and ends with ``\\boxed{...}`` of the
+last one. The tool outputs are produced by actually running the sandbox; the reference is
+checked against exact integer arithmetic. Three disjoint splits come from one seed: SFT
+trajectories, RL prompts and eval prompts.
+
+Two knobs make the task learnable by a 2-layer model in a few hundred SFT steps: no operator
+appears twice in a problem (the operator names its clause), and `max_value` bounds every
+intermediate value (the tiny config uses 99: every number is one token, so each copy from the
+prompt or a tool output sits at a fixed distance). Measured with a teacher-forced probe: with
+3-digit values the operands are still copied <10% right after 500 steps; with values <= 99
+they are ~97% right after 350.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from aster.data.prompts import user_turn
 logger = logging.getLogger("aster")
 
 VARIABLES = "abcdefgh"
-_MAX_VALUE = 10**7  # keeps printed values short (few tokens)
+OPS = ("+", "-", "*", "%", "//")
 
 
 @dataclass(frozen=True)
@@ -55,25 +62,42 @@ def _apply(value: int, op: str, operand: int) -> int:
             "//": value // operand, "%": value % operand}[op]
 
 
-def _pick_op(rng: random.Random, value: int, operand: int) -> str:
-    ops = ["+", "*", "%", "//"] + (["-"] if value - operand >= 0 else [])
-    op = rng.choice(ops)
-    if op == "*" and value * operand >= _MAX_VALUE:
-        op = rng.choice(["%", "//", "+"])
-    return op
+def _operand_range(op: str, value: int, cfg: SyntheticTaskConfig) -> tuple[int, int]:
+    """The operands (lo, hi) that keep `value op operand` in [0, cfg.max_value] and non-trivial;
+    lo > hi when none does."""
+    hi = cfg.max_operand
+    if op == "+":
+        hi = min(hi, cfg.max_value - value)
+    elif op == "-":  # results stay >= 10: a small answer is too easy to guess
+        hi = min(hi, value - 10)
+    elif op == "*":
+        hi = min(hi, cfg.max_value // max(1, value))
+    elif value < 10:  # % and // of a small value are near-constant answers
+        return 2, 1
+    else:  # an operand below the value changes it
+        hi = min(hi, value - 1 if op == "%" else value // 2)
+    return 2, hi
+
+
+def _pick_step(rng: random.Random, value: int, used: set[str],
+               cfg: SyntheticTaskConfig) -> tuple[str, int]:
+    """(operator, operand): an operator not used yet in this problem where one fits (each
+    clause's operator then names it uniquely), the operand drawn from what keeps the value in
+    range."""
+    fits = [op for op in OPS if _operand_range(op, value, cfg)[0] <= _operand_range(op, value, cfg)[1]]
+    op = rng.choice([op for op in fits if op not in used] or fits)
+    return op, rng.randint(*_operand_range(op, value, cfg))
 
 
 def sample_problem(rng: random.Random, cfg: SyntheticTaskConfig) -> Problem:
     """One random problem; `answer` by exact integer arithmetic."""
     num_steps = rng.randint(cfg.min_steps, cfg.max_steps)
-    value = rng.randint(10, cfg.max_operand)
+    value = rng.randint(10, min(cfg.max_operand, cfg.max_value))
     source = str(value)
-    steps = []
+    steps, used = [], set()
     for i in range(num_steps):
-        operand = rng.randint(2, cfg.max_operand)
-        op = rng.choice(["+", "-", "*"]) if i == 0 else _pick_op(rng, value, operand)
-        if op == "-" and value - operand < 0:
-            op = "+"
+        op, operand = _pick_step(rng, value, used, cfg)
+        used.add(op)
         steps.append(Step(VARIABLES[i], source, op, operand))
         value = _apply(value, op, operand)
         source = VARIABLES[i]
@@ -123,7 +147,7 @@ def reference_trajectory(problem: Problem, session) -> dict:
                            f"expected {problem.answer}")
     last = problem.steps[-1].target
     messages.append({"role": "assistant",
-                     "content": _think(f"{last} = {problem.answer}.")
+                     "content": _think(f"The answer is {last}.")
                      + f"\n\n\\boxed{{{problem.answer}}}"})
     return {"messages": messages, "tools": [CODE_INTERPRETER_TOOL], "answer": str(problem.answer)}
 

@@ -23,6 +23,25 @@ def test_splits_are_disjoint_and_deterministic():
     assert [p.text for p in sample_problems(SyntheticTaskConfig(seed=4))[1]] != [p.text for p in rl]
 
 
+def test_values_stay_in_range_and_operators_name_their_clause():
+    from aster.data.synthetic import _apply
+
+    cfg = SyntheticTaskConfig(num_sft=300, num_rl=0, num_eval=0, max_steps=3, max_operand=99,
+                              max_value=99, seed=5)
+    problems = sample_problems(cfg)[0]
+    for p in problems:
+        value = int(p.steps[0].source)
+        for step in p.steps:
+            value = _apply(value, step.op, step.operand)
+            assert 0 <= value <= 99 and 2 <= step.operand <= 99
+        assert value == p.answer
+        ops = [s.op for s in p.steps]
+        assert len(set(ops)) == len(ops)  # no operator twice: it names its clause
+    assert len({p.answer for p in problems}) > 40  # answers are spread, not a few constants
+    wide = sample_problems(SyntheticTaskConfig(num_sft=50, num_rl=0, num_eval=0, seed=5))[0]
+    assert max(p.answer for p in wide) > 999  # the default range keeps bigger numbers
+
+
 def test_reference_trajectories_are_run_in_the_sandbox_and_stateful():
     data = build_synthetic(SMALL)
     assert len(data.sft) == 6 and len(data.rl) == 5 and len(data.eval) == 4
