@@ -13,7 +13,9 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                         help="a YAML file or the name of a shipped config (tiny, qwen3-4b, "
                              "qwen3-1.7b); default: the embedded tiny config")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="override config keys, e.g. rl.stage1.lr=2e-6 model.path=/ckpt")
+                        help="override config keys, e.g. rl.stage1.lr=2e-6 model.path=/ckpt "
+                             "distributed.strategy=fsdp2|deepspeed|ddp|none "
+                             "(`aster config show` lists every key)")
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
