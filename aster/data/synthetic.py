@@ -84,9 +84,10 @@ def _pick_step(rng: random.Random, value: int, used: set[str],
     """(operator, operand): an operator not used yet in this problem where one fits (each
     clause's operator then names it uniquely), the operand drawn from what keeps the value in
     range."""
-    fits = [op for op in OPS if _operand_range(op, value, cfg)[0] <= _operand_range(op, value, cfg)[1]]
+    ranges = {op: _operand_range(op, value, cfg) for op in OPS}
+    fits = [op for op, (lo, hi) in ranges.items() if lo <= hi]
     op = rng.choice([op for op in fits if op not in used] or fits)
-    return op, rng.randint(*_operand_range(op, value, cfg))
+    return op, rng.randint(*ranges[op])
 
 
 def sample_problem(rng: random.Random, cfg: SyntheticTaskConfig) -> Problem:
