@@ -137,8 +137,7 @@ def _steps(ctx, engine_for, prompts, cfg, backend) -> list[tuple[str, dict]]:
         ctx.policy = policy
         _reset_peak(backend)
         backend.synchronize()
-        metrics, _ = rl_step(ctx, engine_for(step), prompts, "rl_stage1", stage_cfg, step,
-                             optimizer, scheduler, None)
+        metrics, _ = rl_step(ctx, engine_for(step), prompts, "rl_stage1", stage_cfg, step, None)
         # prompt + response tokens (rl_step reports them as a rate over rollout + train)
         metrics["tokens"] = round(metrics["tokens_per_s"] * (metrics["time_rollout_s"]
                                                              + metrics["time_train_s"]))

@@ -84,10 +84,10 @@ def _micro(ctx, trajs, idx):
                              [trajs[i].loss_mask for i in idx], pad, ctx.backend.device())
 
 
-def policy_update(ctx, trajs, adv_tokens, old_lp, optimizer, scheduler, where, last_good):
+def policy_update(ctx, trajs, adv_tokens, old_lp, where, last_good):
     """ppo_epochs x mini batches x micro batches; one optimizer step per mini batch, through
     ctx.updater (the stage's optimizer and schedule under the parallel strategy, built by
-    `_resume` from `optimizer` and `scheduler`)."""
+    `_resume`)."""
     rl, updater = ctx.cfg.rl, ctx.updater
     temperature = ctx.cfg.rollout.temperature or 1.0
     rollout_lp = [torch.as_tensor(t.rollout_logprobs, dtype=torch.float32) for t in trajs]
@@ -125,7 +125,7 @@ def policy_update(ctx, trajs, adv_tokens, old_lp, optimizer, scheduler, where, l
     return {k: v / n for k, v in stats.items()}
 
 
-def rl_step(ctx, engine, prompts, stage: str, stage_cfg, step: int, optimizer, scheduler,
+def rl_step(ctx, engine, prompts, stage: str, stage_cfg, step: int,
             last_good) -> tuple[dict, list[dict]]:
     """One GRPO step; returns its metrics and the per-prompt records for the filter."""
     rl, dist = ctx.cfg.rl, ctx.dist
@@ -147,8 +147,8 @@ def rl_step(ctx, engine, prompts, stage: str, stage_cfg, step: int, optimizer, s
         entropy = None
     t_old = time.perf_counter()
     where = f"{stage} step {step + 1}"
-    lr = scheduler.get_last_lr()[0]
-    upd = policy_update(ctx, trajs, adv_tokens, old_lp, optimizer, scheduler, where, last_good)
+    lr = ctx.updater.lr
+    upd = policy_update(ctx, trajs, adv_tokens, old_lp, where, last_good)
     t_train = time.perf_counter()
     push_weights(ctx, engine)
     t_sync = time.perf_counter()
@@ -191,8 +191,7 @@ def run_rl_stage(ctx, engine, prompts: list[dict], stage: str, stage_cfg) -> dic
     push_weights(ctx, engine)
     metrics: dict = {}
     for step in range(start, total):
-        metrics, records = rl_step(ctx, engine, prompts, stage, stage_cfg, step, optimizer,
-                                   scheduler, last_good)
+        metrics, records = rl_step(ctx, engine, prompts, stage, stage_cfg, step, last_good)
         metrics.update(monitor.update(metrics["tool_calls_mean"], metrics["reward_mean"]))
         _append_records(ctx, records_path, records)
         ctx.writer.write(stage, step + 1, metrics)

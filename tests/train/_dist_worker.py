@@ -111,7 +111,7 @@ def run_rl(strategy, backend, rank, world, out, model_dir):
     adv = group_advantages([t.reward for t in mine], 2)
     adv_tokens = token_advantages(adv.adv, [t.loss_mask for t in mine])
     old_lp, _ = old_logprobs(ctx, mine, 1.0, with_entropy=False)
-    stats = policy_update(ctx, mine, adv_tokens, old_lp, optimizer, scheduler, "rl", None)
+    stats = policy_update(ctx, mine, adv_tokens, old_lp, "rl", None)
     weights = full_state_dict(ctx.policy)
     if rank == 0:
         torch.save(weights, out / "weights.pt")
