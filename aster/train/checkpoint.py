@@ -24,6 +24,13 @@ class CheckpointMismatchError(AsterUserError):
     """A checkpoint cannot be restored into this run's setup."""
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temp file beside `path`, then rename it over `path`."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def rng_state() -> dict:
     """Every RNG this process draws from."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(),

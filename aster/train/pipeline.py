@@ -14,6 +14,7 @@ import torch
 from aster.algo import PolicyForward
 from aster.errors import AsterUserError
 from aster.metrics import MetricsWriter
+from aster.train.checkpoint import write_text_atomic
 from aster.train.common import TrainContext, load_policy
 from aster.train.parallel import apply_parallelism
 
@@ -46,8 +47,8 @@ def prepare_run_dir(cfg, config_name, output_dir, resume: bool, dist) -> Path:
         path.mkdir(parents=True, exist_ok=True)
         state = path / "state.json"
         if not state.is_file():
-            _write_atomic(state, json.dumps({"done": {}}))
-        _write_atomic(path / "config.yaml", cfg.to_yaml())
+            write_text_atomic(state, json.dumps({"done": {}}))
+        write_text_atomic(path / "config.yaml", cfg.to_yaml())
     _barrier(dist)
     return path
 
@@ -61,12 +62,6 @@ def _run_dir_error(path: Path, resume: bool) -> str | None:
         return (f"{path} already holds a run; pass --resume to continue it or choose another "
                 "--output-dir")
     return None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _broadcast(value, dist):
@@ -95,9 +90,7 @@ def mark_done(run_dir: Path, stage: str, result: dict, is_main: bool) -> None:
         return
     state = read_state(run_dir)
     state["done"][stage] = result
-    tmp = run_dir / "state.json.tmp"
-    tmp.write_text(json.dumps(state, indent=1))
-    tmp.replace(run_dir / "state.json")
+    write_text_atomic(run_dir / "state.json", json.dumps(state, indent=1))
 
 
 def base_model_dir(cfg, run_dir: Path, is_main: bool, dist, data: dict | None = None) -> str:
@@ -165,9 +158,8 @@ def load_task_data(cfg, run_dir: Path, dist) -> dict:
 
             data = build_synthetic(cfg.data.synthetic, cfg.sandbox)
             cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"sft": data.sft, "rl": data.rl, "eval": data.eval}))
-            tmp.rename(cache)
+            write_text_atomic(cache, json.dumps({"sft": data.sft, "rl": data.rl,
+                                                 "eval": data.eval}))
         _barrier(dist)
         synthetic = json.loads(cache.read_text())
     return {"sft": _sft_examples(cfg, synthetic), "rl": _prompts(cfg.data.rl_path, cfg, synthetic,
@@ -360,7 +352,7 @@ def write_summary(run_dir: Path, done: dict, is_main: bool) -> dict:
     """summary.json and the table: held-out accuracy and tool calls after each stage."""
     summary = summary_of(done)
     if is_main:
-        _write_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
+        write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
         log.info("summary written to %s", run_dir / "summary.json")
     return {"written": True}
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from aster.errors import AsterUserError
+from aster.train.checkpoint import write_text_atomic
 
 log = logging.getLogger("aster")
 
@@ -203,12 +204,6 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _atomic_text(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def dump_step(root, meta: dict, trajs: list) -> Path:
     """Write this rank's trajectories and (rank 0) the step's meta.json; returns the step dir."""
     out = step_dir(root, meta["stage"], meta["step"])
@@ -221,7 +216,7 @@ def dump_step(root, meta: dict, trajs: list) -> Path:
     _atomic_save({"meta": meta, "trajectories": rows}, out / f"rank{meta['rank']}.pt")
     if meta["rank"] == 0:
         shared = {k: v for k, v in meta.items() if k not in ("rank", "prompt_indices")}
-        _atomic_text(json.dumps(shared, indent=1), out / "meta.json")
+        write_text_atomic(out / "meta.json", json.dumps(shared, indent=1))
     return out
 
 
