@@ -16,9 +16,18 @@ class SyntheticTaskConfig:
     max_steps: int = 4
     max_operand: int = 999
     max_value: int = 10**7  # every intermediate value stays in [0, max_value]
+    # an imperfect teacher: this fraction of SFT trajectories answer with an intermediate value
+    # after a random earlier step (wrong); RL's reward is what teaches the model to finish
+    early_answer_prob: float = 0.0
+    # teacher trajectories per SFT problem, each drawing its own early answer: the model then
+    # sees both endings of one problem and learns the teacher's rate, not a per-problem coin
+    samples_per_problem: int = 1
     seed: int = 1234
 
     def __post_init__(self):
+        if self.samples_per_problem < 1:
+            raise ValueError(f"data.synthetic.samples_per_problem={self.samples_per_problem!r} "
+                             "must be >= 1")
         for key in ("num_sft", "num_rl", "num_eval"):
             if getattr(self, key) < 0:
                 raise ValueError(f"data.synthetic.{key}={getattr(self, key)!r} must be >= 0")
@@ -27,6 +36,9 @@ class SyntheticTaskConfig:
                              f"{self.max_steps!r} must satisfy 1 <= min_steps <= max_steps <= 8")
         if self.max_value < 10:
             raise ValueError(f"data.synthetic.max_value={self.max_value!r} must be >= 10")
+        if not 0.0 <= self.early_answer_prob < 1.0:
+            raise ValueError(f"data.synthetic.early_answer_prob={self.early_answer_prob!r} must "
+                             "be in [0, 1)")
         if self.max_operand < 10:
             raise ValueError(f"data.synthetic.max_operand={self.max_operand!r} must be >= 10")
 

@@ -14,6 +14,13 @@ intermediate value (the tiny config uses 99: every number is one token, so each 
 prompt or a tool output sits at a fixed distance). Measured with a teacher-forced probe: with
 3-digit values the operands are still copied <10% right after 500 steps; with values <= 99
 they are ~97% right after 350.
+
+The teacher can be imperfect, as real distillation teachers are: with `early_answer_prob` a
+reference trajectory stops after a random earlier step and answers with that intermediate
+value (a wrong answer, premature termination). SFT then imitates a model that sometimes gives
+up on the tool too soon, and RL's reward is what teaches it to finish the computation.
+`samples_per_problem` writes several teacher samples per problem, each drawing its own ending,
+so the model learns the teacher's rate rather than memorising one coin flip per problem.
 """
 
 from __future__ import annotations
@@ -129,28 +136,53 @@ def _think(text: str) -> str:
     return f"<think>\n{text}\n</think>"
 
 
-def reference_trajectory(problem: Problem, session) -> dict:
-    """Run the problem's steps in a sandbox `session`; the trajectory in the internal SFT form."""
+def run_steps(problem: Problem, session) -> list[str]:
+    """Run the problem's steps, one call each, in a sandbox `session`; the formatted outputs.
+
+    Raises RuntimeError when a call fails or the last output is not the exact answer."""
     from aster.sandbox import format_tool_response
 
-    messages = [{"role": "user", "content": user_turn(problem.text)}]
-    output = ""
+    outputs = []
     for step in problem.steps:
         result = session.run(f"{step.code}\nprint({step.target})")
-        output = format_tool_response(result)
+        outputs.append(format_tool_response(result))
         if not result.ok:
-            raise RuntimeError(f"the sandbox failed on {step.code!r}: {output.strip()}")
+            raise RuntimeError(f"the sandbox failed on {step.code!r}: {outputs[-1].strip()}")
+    if outputs[-1].strip() != str(problem.answer):
+        raise RuntimeError(f"sandbox printed {outputs[-1].strip()!r} for {problem.text!r}, "
+                           f"expected {problem.answer}")
+    return outputs
+
+
+def reference_trajectory(problem: Problem, outputs: list[str],
+                         stop_after: int | None = None) -> dict:
+    """The teacher's trajectory in the internal SFT form, from the sandbox `outputs` of
+    `run_steps`: one call per step, then `\\boxed{}` of the last printed value.
+
+    `stop_after=k` (1 <= k < len(steps)) is the imperfect teacher: it answers with the k-th
+    step's value after k calls, a wrong answer; the record's `answer` stays the true one. The
+    sandbox is deterministic, so the first k outputs are those the k calls alone print."""
+    n = stop_after or len(problem.steps)
+    messages = [{"role": "user", "content": user_turn(problem.text)}]
+    for step, output in zip(problem.steps[:n], outputs[:n]):
         messages.append({"role": "assistant", "content": _think(f"Compute {step.target}."),
                          "tool_calls": [make_call(f"{step.code}\nprint({step.target})")]})
         messages.append({"role": "tool", "content": output})
-    if output.strip() != str(problem.answer):
-        raise RuntimeError(f"sandbox printed {output.strip()!r} for {problem.text!r}, "
-                           f"expected {problem.answer}")
-    last = problem.steps[-1].target
     messages.append({"role": "assistant",
-                     "content": _think(f"The answer is {last}.")
-                     + f"\n\n\\boxed{{{problem.answer}}}"})
+                     "content": _think(f"The answer is {problem.steps[n - 1].target}.")
+                     + f"\n\n\\boxed{{{outputs[n - 1].strip()}}}"})
     return {"messages": messages, "tools": [CODE_INTERPRETER_TOOL], "answer": str(problem.answer)}
+
+
+def early_stops(problem: Problem, rng: random.Random, cfg: SyntheticTaskConfig) -> list[int | None]:
+    """For each of the problem's `samples_per_problem` teacher samples, the step after which
+    the imperfect teacher answers (None: it finishes): probability `early_answer_prob` for a
+    multi-step problem, after a uniformly drawn earlier step."""
+    stops: list[int | None] = []
+    for _ in range(cfg.samples_per_problem):
+        early = rng.random() < cfg.early_answer_prob and len(problem.steps) > 1
+        stops.append(rng.randint(1, len(problem.steps) - 1) if early else None)
+    return stops
 
 
 @dataclass
@@ -173,12 +205,16 @@ def build_synthetic(cfg: SyntheticTaskConfig | None = None, sandbox_cfg=None) ->
 
     cfg = cfg or SyntheticTaskConfig()
     sft_problems, rl_problems, eval_problems = sample_problems(cfg)
-    trajectories = []
+    rng = random.Random(cfg.seed + 1)  # its own stream: the problems do not depend on it
+    trajectories, early = [], 0
     with SandboxPool(sandbox_cfg or SandboxConfig()) as pool:
         for problem in sft_problems:
             with pool.session() as session:
-                trajectories.append(reference_trajectory(problem, session))
-    logger.info("synthetic task: %d SFT trajectories (sandbox-run), %d RL and %d eval prompts",
-                len(trajectories), len(rl_problems), len(eval_problems))
+                outputs = run_steps(problem, session)
+            for stop in early_stops(problem, rng, cfg):
+                trajectories.append(reference_trajectory(problem, outputs, stop))
+                early += stop is not None
+    logger.info("synthetic task: %d SFT trajectories (sandbox-run; %d answer early), %d RL and "
+                "%d eval prompts", len(trajectories), early, len(rl_problems), len(eval_problems))
     return SyntheticData(sft=trajectories, rl=[_prompt(p, "rl") for p in rl_problems],
                          eval=[_prompt(p, "eval") for p in eval_problems])

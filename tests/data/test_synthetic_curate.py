@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+
+import pytest
 
 from aster.cli import main
 from aster.data.config import DataConfig, SyntheticTaskConfig
@@ -58,6 +61,49 @@ def test_reference_trajectories_are_run_in_the_sandbox_and_stateful():
         assert traj["messages"][-1]["content"].endswith(f"\\boxed{{{traj['answer']}}}")
     assert {"problem", "answer", "data_source"} <= set(data.rl[0])
     assert "Please reason" not in data.rl[0]["problem"]
+
+
+def test_imperfect_teacher_answers_early_with_an_intermediate_value():
+    cfg = SyntheticTaskConfig(num_sft=40, num_rl=3, num_eval=3, min_steps=2, max_steps=3,
+                              max_operand=99, max_value=99, early_answer_prob=0.5, seed=11)
+    data = build_synthetic(cfg)
+    exact = build_synthetic(dataclasses.replace(cfg, early_answer_prob=0.0))
+    assert data.rl == exact.rl and data.eval == exact.eval  # the knob leaves the problems alone
+    early = 0
+    for traj, full in zip(data.sft, exact.sft):
+        stats = trajectory_stats(traj)
+        assert stats.tool_errors == 0 and traj["answer"] == full["answer"]
+        if stats.correct:  # an honest trajectory is the exact teacher's, message for message
+            assert traj == full
+            continue
+        early += 1
+        outputs = [m["content"].strip() for m in traj["messages"] if m["role"] == "tool"]
+        assert 1 <= len(outputs) < trajectory_stats(full).tool_calls
+        full_outputs = [m["content"].strip() for m in full["messages"] if m["role"] == "tool"]
+        assert outputs == full_outputs[:len(outputs)]  # a prefix, answered with its last value
+        assert traj["messages"][-1]["content"].endswith(f"\\boxed{{{outputs[-1]}}}")
+    assert 10 <= early <= 30  # about half of 40
+
+
+def test_several_teacher_samples_per_problem_draw_their_own_endings():
+    cfg = SyntheticTaskConfig(num_sft=30, num_rl=2, num_eval=2, max_steps=3, max_operand=99,
+                              max_value=99, early_answer_prob=0.5, samples_per_problem=4, seed=2)
+    data = build_synthetic(cfg)
+    assert len(data.sft) == 120
+    groups = [data.sft[i:i + 4] for i in range(0, 120, 4)]
+    for group in groups:  # a problem's samples are adjacent and share its prompt and answer
+        assert len({(t["messages"][0]["content"], t["answer"]) for t in group}) == 1
+    endings = [{trajectory_stats(t).correct for t in group} for group in groups]
+    assert sum(e == {True, False} for e in endings) >= 10  # both endings of one problem
+    early = sum(not trajectory_stats(t).correct for t in data.sft)
+    assert 40 <= early <= 80  # about half of 120
+
+
+def test_early_answer_prob_is_checked():
+    with pytest.raises(ValueError, match="early_answer_prob"):
+        SyntheticTaskConfig(early_answer_prob=1.0)
+    with pytest.raises(ValueError, match="samples_per_problem"):
+        SyntheticTaskConfig(samples_per_problem=0)
 
 
 def test_trainer_entry_points_filter_by_tool_calls():
