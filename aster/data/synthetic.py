@@ -21,6 +21,9 @@ value (a wrong answer, premature termination). SFT then imitates a model that so
 up on the tool too soon, and RL's reward is what teaches it to finish the computation.
 `samples_per_problem` writes several teacher samples per problem, each drawing its own ending,
 so the model learns the teacher's rate rather than memorising one coin flip per problem.
+Measured on the tiny model (eval at temperature 0.6): with one or two samples per problem
+repeated over 7-10 epochs, a teacher rate of 0.3-0.4 gave only 3-9% early answers on held-out
+problems; with 12-18 samples per problem in one epoch they roughly tracked it (31-48% at 0.4).
 """
 
 from __future__ import annotations
