@@ -63,6 +63,21 @@ class CollapseMonitor:
                 "tool_calls_recent": recent_calls}
 
 
+def held_out_collapse(after_sft: dict, after_rl: dict, min_fraction: float) -> str | None:
+    """The warning for an RL stage whose held-out tool calls per trajectory fell below
+    `min_fraction` of after SFT while held-out accuracy did not rise; None when they held.
+    Both dicts are `{"accuracy": .., "tool_calls_mean": ..}` as in summary.json."""
+    before, now = after_sft["tool_calls_mean"], after_rl["tool_calls_mean"]
+    if before <= 0 or now >= min_fraction * before:
+        return None
+    if after_rl["accuracy"] > after_sft["accuracy"]:
+        return None
+    return (f"interaction collapse on held-out problems: tool calls per trajectory {now:.2f} are "
+            f"{100 * now / before:.0f}% of after SFT ({before:.2f}) and accuracy went "
+            f"{100 * after_sft['accuracy']:.1f}% -> {100 * after_rl['accuracy']:.1f}%; lower "
+            "rl.lr or resume from an earlier checkpoint")
+
+
 class MetricsWriter:
     """Appends one JSON record per step to run_dir/metrics.jsonl and TensorBoard (rank 0)."""
 

@@ -63,6 +63,17 @@ class CollapseMonitorConfig:
     early_steps: int = 5  # the baseline is the mean over these first steps
     window: int = 5  # recent steps compared against the baseline
     min_fraction: float = 0.5  # warn below this fraction of the early tool-call rate
+    # after each RL stage's evaluation: warn when held-out tool calls per trajectory fell below
+    # this fraction of after SFT while held-out accuracy did not rise (the step monitor sees
+    # only rollouts, so a collapse in a stage's last updates shows only here)
+    eval_min_fraction: float = 0.8
+
+    def __post_init__(self):
+        _positive("rl.collapse_monitor", self, "early_steps", "window")
+        for key in ("min_fraction", "eval_min_fraction"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"rl.collapse_monitor.{key}={getattr(self, key)!r} must be in "
+                                 "[0, 1]")
 
 
 @dataclass

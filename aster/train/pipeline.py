@@ -320,11 +320,23 @@ def run_pipeline(cfg, backend, *, config_name: str | None = None, output_dir: st
                     result = write_summary(run_dir, done, dist.is_main)
                 else:
                     result = _train_stage(stage, cfg, backend, run_dir, base, data, writer, pool)
+                    _warn_held_out_collapse(cfg, done, stage, result)
                 mark_done(run_dir, stage, result, dist.is_main)
                 _barrier(dist)
     finally:
         writer.close()
     return summary_of(read_state(run_dir)["done"])
+
+
+def _warn_held_out_collapse(cfg, done: dict, stage: str, result: dict) -> None:
+    from aster.metrics import held_out_collapse
+
+    monitor = cfg.rl.collapse_monitor
+    if stage == "sft" or not result or not done.get("sft") or not monitor.enabled:
+        return
+    warning = held_out_collapse(done["sft"], result, monitor.eval_min_fraction)
+    if warning:
+        log.warning("after %s: %s", stage, warning)
 
 
 def check_inputs(cfg) -> None:
