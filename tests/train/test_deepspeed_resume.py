@@ -7,10 +7,9 @@ import pytest
 
 from aster.backend import select_backend
 from aster.config import load_config
-from aster.metrics import MetricsWriter, read_metrics
+from aster.metrics import read_metrics
 from aster.train import pipeline
-from tests.train.small import SMALL, deterministic_part
-from tests.train.test_resume import Crash
+from tests.train.small import SMALL, deterministic_part, killed_after_first_rl_step
 
 DS = ["distributed.strategy=deepspeed", "distributed.zero_stage=3",
       "run.stages=[sft,rl_stage1]"]
@@ -39,18 +38,7 @@ def test_deepspeed_crash_and_resume_reproduces_metrics_exactly(tmp_path, monkeyp
     whole = deterministic_part(read_metrics(tmp_path / "whole"))
     assert [r["stage"] for r in whole].count("rl_stage1") == 2
     assert (tmp_path / "whole" / "rl_stage1" / "model" / "config.json").is_file()
-    original, calls = MetricsWriter.write, {"n": 0}
-
-    def crash_after_first_rl_step(self, stage, step, metrics, global_step=None):
-        original(self, stage, step, metrics, global_step)
-        if stage == "rl_stage1":
-            calls["n"] += 1
-            if calls["n"] == 1:
-                raise Crash("killed")
-
-    monkeypatch.setattr(MetricsWriter, "write", crash_after_first_rl_step)
-    with pytest.raises(Crash):
+    with killed_after_first_rl_step(monkeypatch):
         _run(tmp_path / "cut")
-    monkeypatch.setattr(MetricsWriter, "write", original)
     _run(tmp_path / "cut", resume=True)
     assert deterministic_part(read_metrics(tmp_path / "cut")) == whole

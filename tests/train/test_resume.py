@@ -5,10 +5,10 @@ import pytest
 
 from aster.backend import select_backend
 from aster.config import load_config
-from aster.metrics import MetricsWriter, read_metrics
+from aster.metrics import read_metrics
 from aster.train import pipeline
 from aster.train.common import TrainingDivergedError
-from tests.train.small import SMALL, deterministic_part
+from tests.train.small import SMALL, deterministic_part, killed_after_first_rl_step
 
 STAGES = ["run.stages=[sft,rl_stage1]"]
 
@@ -19,29 +19,13 @@ def _run(out, resume=False, extra=()):
     return pipeline.run_pipeline(cfg, backend, output_dir=str(out), resume=resume)
 
 
-class Crash(Exception):
-    pass
-
-
 def test_crash_and_resume_reproduces_metrics_exactly(tmp_path, monkeypatch):
     _run(tmp_path / "whole")
     whole = deterministic_part(read_metrics(tmp_path / "whole"))
     assert [r["stage"] for r in whole].count("rl_stage1") == 2
 
-    original = MetricsWriter.write
-    calls = {"n": 0}
-
-    def crash_after_first_rl_step(self, stage, step, metrics, global_step=None):
-        original(self, stage, step, metrics, global_step)
-        if stage == "rl_stage1":
-            calls["n"] += 1
-            if calls["n"] == 1:
-                raise Crash("killed")
-
-    monkeypatch.setattr(MetricsWriter, "write", crash_after_first_rl_step)
-    with pytest.raises(Crash):
+    with killed_after_first_rl_step(monkeypatch):
         _run(tmp_path / "cut")
-    monkeypatch.setattr(MetricsWriter, "write", original)
     assert pipeline.read_state(tmp_path / "cut")["done"].keys() == {"sft"}
     _run(tmp_path / "cut", resume=True)
     assert deterministic_part(read_metrics(tmp_path / "cut")) == whole
