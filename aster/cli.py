@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from aster import __version__
@@ -37,9 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(verbose: bool) -> None:
+    """Console logging; under torchrun only rank 0 logs below ERROR (every rank loads the same
+    data and would repeat each warning once per rank)."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        logging.getLogger("aster").setLevel(logging.ERROR)
 
 
 def check_device(args: argparse.Namespace) -> None:

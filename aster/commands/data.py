@@ -50,10 +50,9 @@ def _prompt_stats(args: argparse.Namespace) -> int:
 
     loaded = load_prompts(args.file)
     summary = prompt_summary(loaded.prompts, _tokenizer(args.tokenizer))
+    # (control characters repaired: load_prompts has logged its one-line summary)
     print(f"{args.file}: {len(loaded.prompts)} prompts ({loaded.layout} layout, no "
           f"trajectories), {loaded.skipped.count} malformed rows skipped")
-    if loaded.sanitized.rows_touched:
-        print(f"  {loaded.sanitized.summary()}")
     print("problem length (characters):")
     print(text_histogram([len(p["problem"]) for p in loaded.prompts]))
     print("summary:")

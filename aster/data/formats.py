@@ -23,7 +23,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from aster.data.io import Skipped, is_bad_line, read_rows, write_rows
+from aster.data.io import Skipped, is_bad_line, read_rows, require_columns, write_rows
 from aster.rollout.chat import CODE_INTERPRETER_TOOL, TOOL_NAME  # noqa: F401 (re-exported)
 
 # One tool schema for SFT data, rollouts and eval: the rollout chat module owns it.
@@ -214,6 +214,7 @@ def detect_layout(rows: list) -> str:
 def load_sft(path: str | os.PathLike, max_rows: int = 0) -> LoadedSFT:
     """Load SFT trajectories from any supported layout; malformed rows skipped and reported."""
     rows, kind = read_rows(path)
+    require_columns(rows, path, {"conversations", "messages"}, "SFT trajectories")
     layout = detect_layout(rows)
     convert = _from_sharegpt if layout == "sharegpt" else _from_messages
     loaded = LoadedSFT(examples=[], layout=layout, file_kind=kind)

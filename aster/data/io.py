@@ -1,4 +1,9 @@
-"""Reading and writing rows of parquet / jsonl files; hub names; counting malformed rows."""
+"""Reading and writing rows of parquet / jsonl / json files; hub names; counting malformed rows.
+
+`.jsonl` (and `.ndjson`) hold one JSON object a line; `.json` holds a JSON array of objects
+(LlamaFactory's data files, `json.dump(rows)`) or JSON lines (`Dataset.to_json`): both are read.
+Text is UTF-8 (a byte-order mark is allowed); rows are written as JSON lines.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,12 @@ from aster.errors import AsterUserError
 logger = logging.getLogger("aster")
 
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?$")
+SFT_LAYOUTS_HELP = ("SFT trajectories with `conversations` (ASTER_SFT4K / LlamaFactory) or "
+                    "`messages` (OpenAI / aster)")
+PROMPT_LAYOUTS_HELP = ("prompts with `prompt` + `reward_model` (verl / DAPO) or `problem` + "
+                       "`answer`")
+LAYOUTS_HELP = (f"aster reads {SFT_LAYOUTS_HELP}, and {PROMPT_LAYOUTS_HELP}, from .parquet, "
+                ".jsonl (one UTF-8 JSON object a line) or .json (an array of objects)")
 
 
 class DataError(AsterUserError):
@@ -41,17 +52,28 @@ class Skipped:
                            self.count + kept, "; ".join(self.reasons))
         if kept == 0:
             why = f" (first: {self.reasons[0]})" if self.reasons else ""
-            raise DataError(f"{path} has no usable rows{why}; check its layout")
+            raise DataError(f"{path} has no usable rows{why}; {LAYOUTS_HELP}")
+
+
+def require_columns(rows: list, path, accepted: set[str], what: str) -> None:
+    """A one-line error when no row of the file has any of the `accepted` columns: a layout
+    aster does not read (rows that are not objects are left to the per-row reasons)."""
+    objects = [r for r in rows if isinstance(r, dict)]
+    if not objects or any(accepted & r.keys() for r in objects):
+        return
+    columns = ", ".join(sorted(map(str, objects[0]))[:12]) or "none"
+    raise DataError(f"{path}: no layout aster reads as {what} (columns: {columns}); "
+                    f"{LAYOUTS_HELP}")
 
 
 def file_kind(path: str | os.PathLike) -> str:
-    """'parquet' or 'jsonl', from the file name."""
+    """'parquet' or 'jsonl' (.jsonl, .ndjson, .json), from the file name."""
     suffix = Path(path).suffix.lower()
     if suffix == ".parquet":
         return "parquet"
     if suffix in (".jsonl", ".json", ".ndjson"):
         return "jsonl"
-    raise DataError(f"{path}: unknown file type {suffix!r}; use .parquet or .jsonl")
+    raise DataError(f"{path}: unknown file type {suffix!r}; use .parquet, .jsonl or .json")
 
 
 def resolve_path(path: str | os.PathLike) -> Path:
@@ -74,7 +96,8 @@ def resolve_path(path: str | os.PathLike) -> Path:
 
 
 def read_rows(path: str | os.PathLike) -> tuple[list, str]:
-    """All rows of a parquet or jsonl file as Python objects (undecodable jsonl lines as None)."""
+    """All rows of a parquet, jsonl or json file as Python objects (undecodable jsonl lines as
+    _BadLine, kept in place so that row numbers stay right)."""
     local = resolve_path(path)
     kind = file_kind(local)
     if kind == "parquet":
@@ -84,16 +107,45 @@ def read_rows(path: str | os.PathLike) -> tuple[list, str]:
             return pq.read_table(local).to_pylist(), kind
         except Exception as exc:  # pyarrow raises many types for a bad file
             raise DataError(f"{local}: not a readable parquet file ({exc})") from exc
+    text = _read_text(local)
+    if local.suffix.lower() == ".json":
+        whole = _whole_json(local, text)
+        if whole is not None:
+            return whole, kind
     rows = []
-    with open(local, encoding="utf-8") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                rows.append(_BadLine(str(exc)))
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            rows.append(_BadLine(str(exc)))
     return rows, kind
+
+
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text; another encoding is a one-line error naming the line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}: line {line} is not UTF-8 (byte {data[exc.start]:#04x}); "
+                        f"re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`); "
+                        f"{LAYOUTS_HELP}") from None
+
+
+def _whole_json(path: Path, text: str) -> list | None:
+    """The rows of a .json file that is one JSON value: an array of rows, or one object (one
+    row); None when it is JSON lines instead."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if text.lstrip().startswith("["):
+            raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column "
+                            f"{exc.colno}); {LAYOUTS_HELP}") from None
+        return None  # JSON lines
+    return value if isinstance(value, list) else [value]
 
 
 class _BadLine:

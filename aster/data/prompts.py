@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from aster.data.io import Skipped, file_kind, is_bad_line, read_rows, write_rows
+from aster.data.io import Skipped, file_kind, is_bad_line, read_rows, require_columns, write_rows
 from aster.data.sanitize import SanitizeReport, sanitize_text
 from aster.rollout.chat import ANSWER_INSTRUCTION as SUFFIX
 from aster.rollout.chat import user_message
@@ -106,6 +106,7 @@ def detect_prompt_layout(rows: list) -> str:
 def load_prompts(path: str | os.PathLike, max_rows: int = 0) -> LoadedPrompts:
     """Load RL prompts or an eval set; malformed rows skipped and reported, text sanitised."""
     rows, kind = read_rows(path)
+    require_columns(rows, path, {"prompt", *_PROBLEM_KEYS}, "prompts")
     layout = detect_prompt_layout(rows)
     loaded = LoadedPrompts(prompts=[], layout=layout, file_kind=kind)
     for index, row in enumerate(rows):
