@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
 
 from aster import __version__
@@ -37,6 +38,72 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# `a.b=c`: a config override wherever it stands after the command (argparse alone takes
+# positionals only in one run: `aster rl a=1 -o DIR b=2` would leave b=2 unrecognised).
+_OVERRIDE_RE = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*=")
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices
+    return {}
+
+
+def _leaf_parser(parser: argparse.ArgumentParser, argv: list[str]):
+    """The (sub)parser the command words in `argv` select, and where its arguments start."""
+    i = 0
+    while i < len(argv):
+        choices = _subcommands(parser)
+        if not choices:
+            break
+        if argv[i].startswith("-"):
+            i += 1
+            continue
+        if argv[i] not in choices:
+            return None, i
+        parser, i = choices[argv[i]], i + 1
+    return parser, i
+
+
+def _takes_value(parser: argparse.ArgumentParser, token: str) -> bool:
+    """True when `token` is an option of `parser` that takes the next word as its value."""
+    options = parser._option_string_actions
+    names = [token] if token in options else [o for o in options if o.startswith(token)]
+    if not token.startswith("-") or len(names) != 1:  # argparse allows unique prefixes
+        return False
+    return options[names[0]].nargs in (None, "?")
+
+
+def split_overrides(parser: argparse.ArgumentParser, argv: list[str]):
+    """(argv without its KEY=VALUE overrides, the overrides in order), for commands that take
+    them; a word that is the value of an option (`-o a=b`) stays. Before `--` only."""
+    leaf, start = _leaf_parser(parser, argv)
+    if leaf is None or not any(a.dest == "overrides" for a in leaf._actions):
+        return argv, []
+    rest, overrides = list(argv[:start]), []
+    for i in range(start, len(argv)):
+        token = argv[i]
+        if token == "--":
+            return rest + argv[i:], overrides
+        after_option = i > start and _takes_value(leaf, argv[i - 1])
+        if _OVERRIDE_RE.match(token) and not after_option:
+            overrides.append(token)
+        else:
+            rest.append(token)
+    return rest, overrides
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line; KEY=VALUE overrides may stand anywhere after the command."""
+    parser = build_parser()
+    rest, overrides = split_overrides(parser, list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(rest)
+    if overrides:
+        args.overrides = overrides + list(getattr(args, "overrides", None) or [])
+    return args
+
+
 def setup_logging(verbose: bool) -> None:
     """Console logging; under torchrun only rank 0 logs below ERROR (every rank loads the same
     data and would repeat each warning once per rank)."""
@@ -57,10 +124,9 @@ def check_device(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     if args.command is None:
-        parser.print_help()
+        build_parser().print_help()
         return 2
     setup_logging(args.verbose)
     try:

@@ -8,14 +8,17 @@ from aster.backend import DEVICE_CHOICES, DEVICE_HELP
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
-    """--config and trailing `a.b=c` overrides."""
+    """--config and `a.b=c` overrides (anywhere after the command: aster.cli.split_overrides
+    takes them out before argparse runs)."""
     parser.add_argument("--config", "-c", default=None, metavar="CONFIG",
                         help="a YAML file or the name of a shipped config (tiny, qwen3-4b, "
                              "qwen3-1.7b); default: the embedded tiny config")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="override config keys, e.g. rl.stage1.lr=2e-6 model.path=/ckpt "
+                        help="override config keys, anywhere on the command line, e.g. "
+                             "rl.stage1.lr=2e-6 model.path=/ckpt "
                              "distributed.strategy=fsdp2|deepspeed|ddp|none "
-                             "(`aster config show` lists every key)")
+                             "(`aster config show` lists every key; a file name with '=' in "
+                             "it needs a ./ in front)")
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
