@@ -88,9 +88,22 @@ class BackendConfig:
 
 @dataclass
 class LoggingConfig:
-    log_every: int = 1
+    """The console (rank 0) and metric files; every step of every stage goes to metrics.jsonl
+    (and TensorBoard) whatever the console shows."""
+
+    log_every: int = 1  # RL: a console line every N steps
+    sft_log_every: int = 0  # SFT: a summary line (means) every N steps; 0: about 20 per run
     tensorboard: bool = True
-    progress: bool = True  # progress bars on long work
+    # SFT's progress bar (with the loss): auto = when stderr is a terminal; true forces it
+    # (e.g. a log file followed with tail -f); false hides it
+    progress: bool | Literal["auto"] = "auto"
+
+    def __post_init__(self):
+        if self.log_every < 1:
+            raise ValueError(f"logging.log_every={self.log_every} must be >= 1")
+        if self.sft_log_every < 0:
+            raise ValueError(f"logging.sft_log_every={self.sft_log_every} must be >= 0 (0: "
+                             "about 20 summary lines per SFT run)")
 
 
 @dataclass

@@ -1,11 +1,13 @@
-"""Per-step metrics: one fixed console line (rank 0, logger "aster"), metrics.jsonl,
-TensorBoard, and the interaction-collapse monitor."""
+"""Per-step metrics: metrics.jsonl and TensorBoard (every step), the console (rank 0, logger
+"aster": one fixed line per RL step; for SFT a progress bar and a summary line every N steps),
+and the interaction-collapse monitor."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+import sys
 from pathlib import Path
 
 log = logging.getLogger("aster")
@@ -13,13 +15,13 @@ log = logging.getLogger("aster")
 CONSOLE_KEYS = ("loss", "reward", "tool_calls", "resp_len", "grad_norm", "tok/s", "mem")
 
 
-def format_line(stage: str, step: int, m: dict) -> str:
+def format_line(stage: str, step: int, m: dict, total: int | None = None) -> str:
     """`[stage] step N loss .. reward .. tool_calls .. resp_len .. grad_norm .. tok/s .. mem ..`"""
     sources = {"loss": m.get("loss"), "reward": m.get("reward_mean"),
                "tool_calls": m.get("tool_calls_mean"), "resp_len": m.get("response_len_mean"),
                "grad_norm": m.get("grad_norm"), "tok/s": m.get("tokens_per_s"),
                "mem": m.get("mem_peak_gib")}
-    parts = [f"[{stage}] step {step}"]
+    parts = [f"[{stage}] step {step}" + (f"/{total}" if total else "")]
     for key in CONSOLE_KEYS:
         v = sources[key]
         if v is None:
@@ -78,13 +80,79 @@ def held_out_collapse(after_sft: dict, after_rl: dict, min_fraction: float) -> s
             "rl.lr or resume from an earlier checkpoint")
 
 
+def show_progress(setting: bool | str, stream=None) -> bool:
+    """logging.progress: True forces the bar, False hides it, "auto" shows it on a terminal."""
+    if setting == "auto":
+        stream = stream or sys.stderr
+        return bool(getattr(stream, "isatty", lambda: False)())
+    return bool(setting)
+
+
+class StageProgress:
+    """The console of a long stage (SFT: hundreds of steps): a tqdm bar with the loss, and one
+    summary line (means over the steps since the last one) every `every` steps and at the end,
+    instead of a line per step. `every=0`: about 20 lines per stage."""
+
+    def __init__(self, stage: str, first_step: int, total: int, every: int, bar: bool):
+        from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        self.stage, self.total = stage, total
+        self.every = every or max(1, math.ceil(total / 20))
+        self.window: list[dict] = []
+        self.first = first_step
+        self.bar = tqdm(total=total, initial=first_step - 1, desc=stage, unit="step",
+                        file=sys.stderr, dynamic_ncols=True, disable=not bar)
+        # log lines go above the bar instead of through it
+        self._redirect = logging_redirect_tqdm() if bar else None
+        if self._redirect is not None:
+            self._redirect.__enter__()
+
+    def update(self, step: int, metrics: dict) -> None:
+        self.window.append(metrics)
+        if isinstance(metrics.get("loss"), (int, float)):
+            self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
+        self.bar.update(step - self.bar.n)
+        if step % self.every == 0 or step == self.total:
+            tail = f" (mean of steps {step - len(self.window) + 1}-{step})"
+            log.info(format_line(self.stage, step, window_means(self.window), self.total) + tail)
+            self.window = []
+        if step == self.total:
+            self.close()
+
+    def close(self) -> None:
+        self.bar.close()
+        if self._redirect is not None:
+            self._redirect.__exit__(None, None, None)
+            self._redirect = None
+
+
+def window_means(window: list[dict]) -> dict:
+    """The summary of several steps: mean loss and grad norm, tokens over time, peak memory."""
+    def numbers(key):
+        return [m[key] for m in window if isinstance(m.get(key), (int, float))]
+
+    out = {k: sum(v) / len(v) for k in ("loss", "grad_norm") if (v := numbers(k))}
+    tokens, seconds = numbers("tokens"), numbers("step_time_s")
+    if tokens and seconds and sum(seconds) > 0:
+        out["tokens_per_s"] = sum(tokens) / sum(seconds)
+    if mem := numbers("mem_peak_gib"):
+        out["mem_peak_gib"] = max(mem)
+    return out
+
+
 class MetricsWriter:
-    """Appends one JSON record per step to run_dir/metrics.jsonl and TensorBoard (rank 0)."""
+    """Appends one JSON record per step to run_dir/metrics.jsonl and TensorBoard (rank 0), and
+    reports steps on the console: a line every `log_every` steps, or, for a stage written with
+    `total=` (SFT), a progress bar (`progress`: see show_progress) and a summary line every
+    `summary_every` steps (0: about 20 per stage)."""
 
     def __init__(self, run_dir: str | Path, *, is_main: bool = True, tensorboard: bool = True,
-                 log_every: int = 1):
+                 log_every: int = 1, progress: bool | str = "auto", summary_every: int = 0):
         self.is_main = is_main
         self.log_every = log_every
+        self.progress, self.summary_every = progress, summary_every
+        self._stages: dict[str, StageProgress] = {}
         self.path = Path(run_dir) / "metrics.jsonl"
         self.tb = None
         if is_main and tensorboard:
@@ -95,7 +163,17 @@ class MetricsWriter:
             except ImportError:
                 log.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
 
-    def write(self, stage: str, step: int, metrics: dict, global_step: int | None = None) -> None:
+    @classmethod
+    def from_config(cls, run_dir: str | Path, logging_cfg, *, is_main: bool = True):
+        """The writer a run's `logging:` section asks for."""
+        return cls(run_dir, is_main=is_main, tensorboard=logging_cfg.tensorboard,
+                   log_every=logging_cfg.log_every, progress=logging_cfg.progress,
+                   summary_every=logging_cfg.sft_log_every)
+
+    def write(self, stage: str, step: int, metrics: dict, global_step: int | None = None,
+              total: int | None = None) -> None:
+        """Record one step; `total` (the stage's step count) marks a long stage: progress bar
+        and summary lines on the console instead of a line per step."""
         if not self.is_main:
             return
         record = {"stage": stage, "step": step,
@@ -109,8 +187,18 @@ class MetricsWriter:
                 if isinstance(v, (int, float)) and k != "step":
                     self.tb.add_scalar(f"{stage}/{k}", v, gs)
             self.tb.flush()
-        if step % self.log_every == 0:
+        if total is not None:
+            self._stage(stage, step, total).update(step, metrics)
+            if step == total:
+                del self._stages[stage]
+        elif step % self.log_every == 0:
             log.info(format_line(stage, step, metrics))
+
+    def _stage(self, stage: str, step: int, total: int) -> StageProgress:
+        if stage not in self._stages:
+            self._stages[stage] = StageProgress(stage, step, total, self.summary_every,
+                                                show_progress(self.progress))
+        return self._stages[stage]
 
     def truncate_after(self, stage: str, step: int) -> None:
         """Drop records of `stage` past `step` (a resumed run rewrites them)."""
@@ -122,6 +210,8 @@ class MetricsWriter:
         self.path.write_text("".join(f"{line}\n" for line in keep))
 
     def close(self) -> None:
+        for progress in self._stages.values():
+            progress.close()
         if self.tb is not None:
             self.tb.close()
 

@@ -303,8 +303,7 @@ def run_pipeline(cfg, backend, *, config_name: str | None = None, output_dir: st
     run_dir = prepare_run_dir(cfg, config_name, output_dir, resume, dist)
     if dist.is_main:
         log.info("run directory: %s", run_dir.resolve())
-    writer = MetricsWriter(run_dir, is_main=dist.is_main, tensorboard=cfg.logging.tensorboard,
-                           log_every=cfg.logging.log_every)
+    writer = MetricsWriter.from_config(run_dir, cfg.logging, is_main=dist.is_main)
     try:
         data = load_task_data(cfg, run_dir, dist)
         base = base_model_dir(cfg, run_dir, dist.is_main, dist, data)

@@ -193,7 +193,7 @@ def run_sft(ctx, data: list[Encoded], num_dropped: int = 0) -> dict:
                    "tokens": num_tokens, "tokens_per_s": num_tokens / elapsed,
                    "step_time_s": elapsed, "dropped_over_cutoff": num_dropped,
                    **ctx.backend.memory_stats()}
-        ctx.writer.write("sft", step + 1, metrics)
+        ctx.writer.write("sft", step + 1, metrics, total=total)  # bar + a summary line / N
         if (step + 1) % save_every == 0 or step + 1 == total:
             last_good = str(save_checkpoint(ctx.ckpt_dir("sft"), step + 1, model=ctx.policy,
                                             optimizer=optimizer, scheduler=scheduler,

@@ -34,8 +34,8 @@ def killed_after_first_rl_step(monkeypatch):
     kill would; the block must raise it. MetricsWriter.write is restored on the way out."""
     original, calls = MetricsWriter.write, {"n": 0}
 
-    def write(self, stage, step, metrics, global_step=None):
-        original(self, stage, step, metrics, global_step)
+    def write(self, stage, step, metrics, global_step=None, **kwargs):
+        original(self, stage, step, metrics, global_step, **kwargs)
         if stage == "rl_stage1":
             calls["n"] += 1
             if calls["n"] == 1:
