@@ -113,7 +113,7 @@ def read_rows(path: str | os.PathLike) -> tuple[list, str]:
         if whole is not None:
             return whole, kind
     rows = []
-    for line in text.splitlines():
+    for line in text.split("\n"):  # not splitlines(): U+2028 and \x85 may stand in a row
         if not line.strip():
             continue
         try:

@@ -63,6 +63,14 @@ def test_json_lines_in_a_json_file_and_a_byte_order_mark_are_read(tmp_path):
     assert len(load_prompts(path).prompts) == 2
 
 
+def test_line_separator_characters_inside_a_row_do_not_split_it(tmp_path):
+    path = tmp_path / "u2028.jsonl"  # json.dumps(ensure_ascii=False) leaves them raw
+    rows = [{"problem": "a\u2028b\x85c: 1+1?", "answer": "2"}, PROMPTS[1]]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows))
+    loaded = load_prompts(path)
+    assert loaded.skipped.count == 0 and loaded.prompts[0]["problem"].startswith("a\u2028b")
+
+
 def test_broken_json_array_is_a_one_line_error(tmp_path, capsys):
     path = tmp_path / "cut.json"
     path.write_text(json.dumps(PROMPTS, indent=2)[:-10])
