@@ -95,7 +95,7 @@ def run_rl(strategy, backend, rank, world, out, model_dir):
     from aster.train.common import build_optimizer, build_scheduler
     from aster.train.parallel import full_state_dict
     from aster.train.pipeline import make_context
-    from aster.train.rl import old_logprobs, policy_update
+    from aster.train.rl import old_logprobs, policy_update, prepare_stage
     from aster.train.sft import _resume
 
     out.mkdir(parents=True, exist_ok=True)
@@ -105,6 +105,7 @@ def run_rl(strategy, backend, rank, world, out, model_dir):
     optimizer = build_optimizer(ctx.policy, cfg.rl.lr, cfg.rl.weight_decay)
     scheduler = build_scheduler(optimizer, 10, 0, "constant")
     _resume(ctx, "rl", optimizer, scheduler)
+    prepare_stage(ctx, cfg.rl.stage1)
     everything = trajectories(ctx.hf_model.config.vocab_size)
     mine = [everything[2 * p + g] for p in shard_for_rank(list(range(4)), rank, world)
             for g in range(2)]
