@@ -99,19 +99,23 @@ def test_every_objective_is_split_invariant(name):
 
 
 def _targets():
+    """(impl, device) pairs; the Triton interpreter on CPU, Triton on a GPU where there is one."""
     has_triton = importlib.util.find_spec("triton") is not None
     interp = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-    return ["reference", "chunked", pytest.param("triton", marks=pytest.mark.skipif(
-        not (has_triton and interp), reason="needs triton and TRITON_INTERPRET=1"))]
+    return [("reference", "cpu"), ("chunked", "cpu"),
+            pytest.param("triton", "cpu", marks=pytest.mark.skipif(
+                not (has_triton and interp), reason="needs triton and TRITON_INTERPRET=1")),
+            pytest.param("triton", "cuda", marks=pytest.mark.cuda)]
 
 
-@pytest.mark.parametrize("impl", _targets())
+@pytest.mark.parametrize("impl,device", _targets())
 @pytest.mark.parametrize("opts", [{}, {"clip_c": 3.0}, {"tis_cap": 2.0},
                                   {"clip_low": 0.1, "clip_high": 0.5, "clip_c": 2.0,
                                    "tis_cap": 1.5}])
-def test_grpo_fused_kernels_equal_the_plain_torch_form(impl, opts):
-    logp, old, adv, mask, seq_ids, rollout = flat_batch(seed=2, spread=0.8)
-    n_tok, n_seq = counts_of(mask, seq_ids)
+def test_grpo_fused_kernels_equal_the_plain_torch_form(impl, device, opts):
+    logp, old, adv, mask, seq_ids, rollout = (t.to(device) for t in flat_batch(seed=2,
+                                                                               spread=0.8))
+    n_tok, n_seq = counts_of(mask.cpu(), seq_ids.cpu())
     plain = GRPO(fused=False, **opts)
     fused = GRPO(kernel_impl=impl, **opts)
     lp = logp.detach().clone().requires_grad_(True)

@@ -23,15 +23,6 @@ STEPS = 6
 MARGIN = 0.3  # P(target) must rise by this much within STEPS steps
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: one thread is fastest and immune to other processes on the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("loss", [*sorted(LOSSES), "grpo-plain"])
 def test_each_objective_learns_the_rewarded_answer(loss):
     """Every registered objective, and grpo's plain torch form next to its fused kernel."""
