@@ -39,6 +39,8 @@ class RunConfig:
     stages: list[str] = field(default_factory=lambda: list(STAGES))
 
     def __post_init__(self):
+        if self.seed < 0:
+            raise ValueError(f"run.seed={self.seed!r} must be >= 0")
         if self.device not in DEVICE_CHOICES:
             raise ValueError(f"run.device={self.device!r} must be one of {', '.join(DEVICE_CHOICES)}")
         for stage in self.stages:
@@ -61,6 +63,16 @@ class TinyModelConfig:
     max_position_embeddings: int = 4096
 
     def __post_init__(self):
+        for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads",
+                    "intermediate_size", "max_position_embeddings"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"model.tiny.{key}={getattr(self, key)!r} must be >= 1")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"model.tiny.num_kv_heads={self.num_kv_heads!r} must divide "
+                             f"model.tiny.num_heads={self.num_heads!r}")
+        if self.vocab_size < 300:
+            raise ValueError(f"model.tiny.vocab_size={self.vocab_size!r} must be >= 300 (the "
+                             "byte-level tokenizer's 256 bytes, its special tokens, merges)")
         if self.head_dim < 32:
             raise ValueError(f"model.tiny.head_dim={self.head_dim} must be >= 32 "
                              "(vLLM's CPU attention rejects smaller heads)")
@@ -83,7 +95,6 @@ class BackendConfig:
     """Backend choices that are not the device itself."""
 
     kernel_impl: Literal["auto", "reference", "chunked", "triton"] = "auto"
-    peak_tflops: float | None = None  # override the backend's peak for MFU
 
 
 @dataclass
@@ -104,6 +115,10 @@ class LoggingConfig:
         if self.sft_log_every < 0:
             raise ValueError(f"logging.sft_log_every={self.sft_log_every} must be >= 0 (0: "
                              "about 20 summary lines per SFT run)")
+
+    def __post_init__(self):
+        if self.log_every < 1:
+            raise ValueError(f"logging.log_every={self.log_every!r} must be >= 1")
 
 
 @dataclass

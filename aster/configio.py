@@ -1,13 +1,15 @@
 """Turning nested dicts (YAML + `a.b=c` overrides) into typed dataclasses, and back.
 
 Errors are ConfigError with one line that names the full dotted key, the bad value, and for
-unknown keys the closest valid key.
+unknown keys the closest valid key. Every float must be finite (the generic check); each
+section's __post_init__ checks its own ranges.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, Literal, Union
@@ -72,14 +74,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"config key '{key}'={value!r} must be true or false")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads "3e-5" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"config key '{key}'={value!r} must be a number")
+        number = _float(value)
+        if number is None:
+            raise ConfigError(f"config key '{key}'={value!r} must be a number")
+        if not math.isfinite(number):  # no key means anything by nan or inf
+            raise ConfigError(f"config key '{key}'={value!r} must be a finite number")
+        return number
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -91,6 +91,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"config key '{key}'={value!r} must be a string")
     return value
+
+
+def _float(value: Any) -> float | None:
+    """value as a float, or None when it is not a number."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):  # YAML reads "3e-5" (no dot), "nan" and "inf" as strings
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
 
 
 def build_dataclass(cls: type, data: Any, prefix: str = "") -> Any:

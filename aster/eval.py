@@ -43,6 +43,9 @@ class EvalConfig:
                 raise ValueError(f"eval.{key}={getattr(self, key)!r} must be >= 1")
         if any(p < 1 for p in self.pass_k):
             raise ValueError(f"eval.pass_k={self.pass_k!r} must hold values >= 1")
+        for key in ("max_problems", "seed"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"eval.{key}={getattr(self, key)!r} must be >= 0")
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

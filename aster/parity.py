@@ -20,8 +20,7 @@ from pathlib import Path
 import torch
 
 from aster import kernels
-from aster.algo.grpo import group_advantages
-from aster.algo.loss import PolicyForward, build_micro_batch, gather_tokens, policy_logprobs
+from aster.algo.loss import PolicyForward, build_micro_batch, policy_logprobs
 from aster.errors import AsterUserError
 
 # (rtol, atol) per dtype. float64: the kernels return fp32 log-probs by contract, so agreement
@@ -145,25 +144,58 @@ def sft_step_quantities(dtype: torch.dtype, device: torch.device) -> dict[str, f
     return _step(model, -logp.sum() / mb.num_tokens, mb)
 
 
+# The GRPO step's settings: one group of 4 trajectories, one optimizer step over 2 micro
+# batches, old log-probs taken from the stored rollout (rl.old_logp=rollout), AdamW lr 1e-3.
+GRPO_STEP = ["rl.group_size=4", "rl.prompts_per_step=1", "rl.mini_batch_prompts=1",
+             "rl.micro_batch_size=2", "rl.ppo_epochs=1", "rl.old_logp=rollout", "rl.lr=1e-3",
+             "rl.weight_decay=0", "rl.loss=grpo", "rollout.temperature=1.0"]
+
+
+class _PadOnly:
+    """The one tokenizer attribute the update reads (token ids are given, never re-encoded)."""
+
+    pad_token_id = 0
+
+
 def grpo_step_quantities(dtype: torch.dtype, device: torch.device) -> dict[str, float]:
-    """One GRPO step: group advantages, old log-probs recomputed, clipped token-mean loss."""
+    """One GRPO step through the trainer's own code on a stored rollout: rl.learn_from_rollouts
+    (group advantages, old log-probs, rl.policy_update with its micro batches, global
+    normaliser, objective and Updater: gradient clipping, AdamW). The rollout's log-probs are
+    the policy's own shifted by a fixed pattern, as an engine's would differ, so ratios leave 1
+    and both clips engage."""
+    from aster.backend import current_backend
+    from aster.config import load_config
+    from aster.rollout.agent import Trajectory
+    from aster.train.common import TrainContext, Updater, build_optimizer, build_scheduler
+    from aster.train.rl import learn_from_rollouts, old_logprobs, prepare_stage
+
     model = _tiny_model(dtype, device)
+    backend = current_backend()
+    cfg = load_config(None, GRPO_STEP)
+    policy = PolicyForward(model, backend.kernel_impl)
+    ctx = TrainContext(cfg, backend, policy, model, _PadOnly(), run_dir=".", writer=None)
     prompts, responses, masks = _fixed_batch()
+    trajs = [Trajectory(prompt_ids=p, response_ids=r, loss_mask=m, rollout_logprobs=[0.0] * len(r),
+                        reward=reward)
+             for p, r, m, reward in zip(prompts, responses, masks, [1.0, 0.0, 0.0, 0.0])]
+    own, _ = old_logprobs(ctx, trajs, 1.0, with_entropy=False)
+    flat = 0
+    for traj, lp in zip(trajs, own):
+        trained = torch.nonzero(torch.tensor(traj.loss_mask)).view(-1)
+        shift = ((torch.arange(flat, flat + trained.numel()) % 5 - 2) * 0.15).to(lp.dtype)
+        lp[trained] += shift
+        traj.rollout_logprobs, flat = lp.tolist(), flat + trained.numel()
+    prepare_stage(ctx, cfg.rl.stage1)
+    optimizer = build_optimizer(policy, cfg.rl.lr, cfg.rl.weight_decay)
+    ctx.updater = Updater(policy, optimizer, build_scheduler(optimizer, 1, 0), cfg.rl.max_grad_norm,
+                          world_size=1)
+    upd = learn_from_rollouts(ctx, trajs, "parity grpo_step", None)["metrics"]
     mb = build_micro_batch(prompts, responses, masks, device=device)
-    policy = PolicyForward(model)
-    adv = group_advantages([1.0, 0.0, 0.0, 0.0], group_size=4).adv
     with torch.no_grad():
-        # old log-probs shifted by a fixed pattern so ratios leave 1 and both clips engage
-        shift = (torch.arange(mb.num_tokens, device=device) % 5 - 2).to(torch.float32) * 0.15
-        old = policy_logprobs(policy, mb, 1.0) + shift
-    logp = policy_logprobs(policy, mb, 1.0)
-    tok_adv = gather_tokens([torch.full((len(r),), float(a)) for r, a in zip(responses, adv)],
-                            mb, list(range(BATCH)))
-    loss, metrics = kernels.clipped_policy_loss(logp, old, tok_adv, torch.ones_like(logp),
-                                                num_tokens=mb.num_tokens)
-    out = _step(model, loss, mb)
-    return {**out, "clip_frac_upper": float(metrics["clip_frac_upper"]),
-            "clip_frac_lower": float(metrics["clip_frac_lower"])}
+        after = policy_logprobs(PolicyForward(model), mb, 1.0).sum().item()
+    return {"loss": upd["loss"], "grad_norm": upd["grad_norm"], "logp_after_sum": after,
+            **_checksums(model), "clip_frac_upper": upd["clip_frac_upper"],
+            "clip_frac_lower": upd["clip_frac_lower"]}
 
 
 SUITE = {"kernels": kernel_quantities, "sft_step": sft_step_quantities,

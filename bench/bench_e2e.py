@@ -122,10 +122,11 @@ def _steps(ctx, engine_for, prompts, cfg, backend) -> list[tuple[str, dict]]:
     from aster.algo import PolicyForward
     from aster.train.common import build_optimizer, build_scheduler, build_updater
     from aster.train.config import RLStageConfig
-    from aster.train.rl import rl_step
+    from aster.train.rl import prepare_stage, rl_step
     from aster.train.rollouts import push_weights
 
     stage_cfg = RLStageConfig(max_response_tokens=cfg.rollout.max_response_tokens)
+    prepare_stage(ctx, stage_cfg)  # the objective rl.loss names, as run_rl_stage does
     optimizer = build_optimizer(ctx.policy, cfg.rl.lr, cfg.rl.weight_decay)
     scheduler = build_scheduler(optimizer, 10, 0)
     ctx.updater = build_updater(ctx, optimizer, scheduler, cfg.rl.max_grad_norm)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import torch
 
-LOG_RATIO_CLAMP = 20.0  # |log pi/pi_old| beyond this is clamped: exp(20) ~ 5e8 keeps fp32 finite
+from aster.kernels._loss_math import LOG_RATIO_CLAMP
+
+__all__ = ["LOG_RATIO_CLAMP", "check_logprobs_args", "check_loss_args", "token_count"]
 
 
 def check_logprobs_args(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import torch
 
-from aster.kernels._checks import (
+from aster.kernels._checks import check_logprobs_args, check_loss_args, token_count
+from aster.kernels._loss_math import (
     LOG_RATIO_CLAMP,
-    check_logprobs_args,
-    check_loss_args,
-    token_count,
+    clipped_token_loss,
+    loss_metrics,
+    ratio_terms,
+    tis_weight,
 )
 
 # Elements of one chunk's [n, V] fp32 logits: 2**24 (64 MiB) keeps two live chunk buffers well
@@ -137,17 +139,13 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Ten
 
 def _loss_terms(logp, old_logp, adv, valid, clip_low, clip_high, clip_c, tis_w):
     """fp32 per-token loss, ratio, log-ratio and d(per-token loss)/d(logp) (unmasked)."""
-    log_ratio = torch.clamp(logp - old_logp, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    ratio = torch.exp(log_ratio)
-    clipped_ratio = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
-    per_token = torch.maximum(-adv * ratio, -adv * clipped_ratio)
+    log_ratio, ratio = ratio_terms(logp, old_logp)
+    per_token = clipped_token_loss(ratio, adv, clip_low, clip_high, clip_c)
     # The gradient flows only where the unclipped term wins and the log-ratio is not clamped.
     live = ~(((adv > 0) & (ratio > 1.0 + clip_high)) | ((adv < 0) & (ratio < 1.0 - clip_low)))
     live &= log_ratio.abs() < LOG_RATIO_CLAMP
     if clip_c is not None:
-        dual = (adv < 0) & (ratio > clip_c)
-        per_token = torch.where(dual, -adv * clip_c, per_token)
-        live &= ~dual
+        live &= ~((adv < 0) & (ratio > clip_c))
     dloss = torch.where(live & valid, -adv * ratio * tis_w, torch.zeros_like(ratio))
     per_token = torch.where(valid, per_token * tis_w, torch.zeros_like(per_token))
     return per_token, ratio, log_ratio, dloss
@@ -184,32 +182,8 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: 
     old, adv = old_logp.detach().float(), advantages.detach().float()
     tis_w = torch.ones((), dtype=torch.float32, device=logp.device)
     if tis_cap is not None:
-        tis_log = torch.clamp(old - rollout_logp.detach().float(), -LOG_RATIO_CLAMP,
-                              LOG_RATIO_CLAMP)
-        tis_w = torch.clamp(torch.exp(tis_log), max=tis_cap)
+        tis_w = tis_weight(old, rollout_logp.float(), tis_cap)
     loss, ratio, log_ratio = _ClippedLoss.apply(logp, old, adv, valid, count, clip_low,
                                                 clip_high, clip_c, tis_w)
     metrics = loss_metrics(ratio, log_ratio, adv, valid, count, clip_low, clip_high, clip_c)
     return loss, metrics
-
-
-@torch.no_grad()
-def loss_metrics(ratio, log_ratio, adv, valid, count, clip_low, clip_high, clip_c):
-    """Detached 0-d fp32 metrics. Fractions, KL and ratio mean are sums over unmasked tokens
-    divided by `count` (the global token count), so summing them over micro batches and ranks
-    gives the global mean; ratio_max is the local max (reduce with max)."""
-    zero = torch.zeros_like(ratio)
-
-    def frac(cond):
-        return torch.where(valid & cond, 1.0, 0.0).sum() / count
-
-    no_dual = torch.zeros_like(valid)
-    return {
-        "clip_frac_upper": frac((adv > 0) & (ratio > 1.0 + clip_high)),
-        "clip_frac_lower": frac((adv < 0) & (ratio < 1.0 - clip_low)),
-        "dual_clip_frac": frac((adv < 0) & (ratio > clip_c) if clip_c is not None else no_dual),
-        "approx_kl": torch.where(valid, (ratio - 1.0) - log_ratio, zero).sum() / count,
-        "ratio_mean": torch.where(valid, ratio, zero).sum() / count,
-        "ratio_max": torch.where(valid, ratio, zero).max() if ratio.numel()
-        else torch.zeros((), device=ratio.device),
-    }

@@ -6,12 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from aster.kernels._checks import (
-    LOG_RATIO_CLAMP,
-    check_logprobs_args,
-    check_loss_args,
-    token_count,
-)
+from aster.kernels._checks import check_logprobs_args, check_loss_args, token_count
+from aster.kernels._loss_math import clipped_token_loss, loss_metrics, ratio_terms, tis_weight
 
 
 def _out_dtype(t: torch.Tensor) -> torch.dtype:
@@ -42,45 +38,20 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: 
                         mask: torch.Tensor, *, num_tokens, clip_low: float = 0.2,
                         clip_high: float = 0.28, clip_c: float | None = None,
                         rollout_logp: torch.Tensor | None = None, tis_cap: float | None = None):
-    """Token-mean PPO/GRPO clipped loss, written the obvious way in float64.
-
-    See aster.kernels.clipped_policy_loss for the contract.
+    """Token-mean PPO/GRPO clipped loss, written the obvious way in float64 (autograd does the
+    backward). See aster.kernels.clipped_policy_loss for the contract.
     """
     check_loss_args(logp, old_logp, advantages, mask, num_tokens, clip_low, clip_high, clip_c,
                     rollout_logp, tis_cap)
     out_dtype = _out_dtype(logp)
-    lp, old, adv = logp.double(), old_logp.double(), advantages.double()
+    old, adv = old_logp.detach().double(), advantages.detach().double()
     valid = mask.bool()
-    log_ratio = torch.clamp(lp - old, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    ratio = torch.exp(log_ratio)
-    pg_unclipped = -adv * ratio
-    pg_clipped = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
-    per_token = torch.maximum(pg_unclipped, pg_clipped)
-    if clip_c is not None:
-        per_token = torch.where(adv < 0, torch.minimum(per_token, -adv * clip_c), per_token)
+    log_ratio, ratio = ratio_terms(logp.double(), old)
+    per_token = clipped_token_loss(ratio, adv, clip_low, clip_high, clip_c)
     if tis_cap is not None:
-        tis_log = torch.clamp(old - rollout_logp.double(), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-        per_token = per_token * torch.clamp(torch.exp(tis_log), max=tis_cap)
+        per_token = per_token * tis_weight(old, rollout_logp.double(), tis_cap)
     count = token_count(num_tokens, logp.device).double()
-    per_token = torch.where(valid, per_token, torch.zeros_like(per_token))
-    loss = (per_token.sum() / count).to(out_dtype)
-
-    with torch.no_grad():
-        r = ratio.detach()
-        zero = torch.zeros_like(r)
-
-        def frac(cond):
-            return (torch.where(valid & cond, 1.0, 0.0).sum() / count).to(out_dtype)
-
-        metrics = {
-            "clip_frac_upper": frac((adv > 0) & (r > 1.0 + clip_high)),
-            "clip_frac_lower": frac((adv < 0) & (r < 1.0 - clip_low)),
-            "dual_clip_frac": frac((adv < 0) & (r > clip_c)) if clip_c is not None
-            else frac(torch.zeros_like(valid)),
-            "approx_kl": (torch.where(valid, (r - 1.0) - log_ratio, zero).sum() / count
-                          ).to(out_dtype),
-            "ratio_mean": (torch.where(valid, r, zero).sum() / count).to(out_dtype),
-            "ratio_max": torch.where(valid, r, zero).max().to(out_dtype) if r.numel()
-            else torch.zeros((), dtype=out_dtype),
-        }
-    return loss, metrics
+    loss = torch.where(valid, per_token, torch.zeros_like(per_token)).sum() / count
+    metrics = loss_metrics(ratio.detach(), log_ratio.detach(), adv, valid, count, clip_low,
+                           clip_high, clip_c)
+    return loss.to(out_dtype), {k: v.to(out_dtype) for k, v in metrics.items()}

@@ -32,6 +32,16 @@ def test_paper_configs_carry_the_paper_values(name):
     assert cfg.data.min_tool_calls == 9
 
 
+@pytest.mark.parametrize("name", ["qwen3-4b", "qwen3-4b-rl-stage1", "qwen3-4b-rl-stage2",
+                                  "qwen3-1.7b"])
+def test_paper_configs_carry_the_public_reproduction_where_the_paper_is_silent(name):
+    """github.com/Rainyrou/ASTER scripts/train/train_4b_{first,second}_stage.sh: 3 then 6
+    epochs, dual clip c=10, TIS cap 2.0 over the rollout log-probs (old log-probs recomputed)."""
+    rl = load_config(name).rl
+    assert (rl.stage1.epochs, rl.stage2.epochs) == (3, 6)
+    assert (rl.clip_c, rl.tis_cap, rl.old_logp, rl.loss) == (10.0, 2.0, "recompute", "grpo")
+
+
 def test_stage_configs_inherit_and_restrict_stages():
     assert load_config("qwen3-4b-sft").run.stages == ["sft"]
     assert load_config("qwen3-4b-rl-stage2").run.stages == ["filter", "rl_stage2"]

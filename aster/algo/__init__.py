@@ -1,4 +1,4 @@
-"""RL math: GRPO advantages, batching and loss assembly (calls aster.kernels)."""
+"""RL math: GRPO advantages, batching, the objectives (losses.py) and loss assembly."""
 
 from aster.algo.grpo import (
     GroupAdvantages,
@@ -11,15 +11,19 @@ from aster.algo.grpo import (
     token_advantages,
 )
 from aster.algo.loss import (
+    GlobalCounts,
     MicroBatch,
     PolicyForward,
     build_micro_batch,
     gather_tokens,
     micro_batch_loss,
+    mini_batch_counts,
     policy_logprobs,
 )
+from aster.algo.losses import KL_ESTIMATORS, LOSSES, Penalties, PolicyLoss, build_objective
 
-__all__ = ["GroupAdvantages", "MicroBatch", "PolicyForward", "build_micro_batch",
+__all__ = ["KL_ESTIMATORS", "LOSSES", "GlobalCounts", "GroupAdvantages", "MicroBatch",
+           "Penalties", "PolicyForward", "PolicyLoss", "build_micro_batch", "build_objective",
            "gather_tokens", "global_token_count", "group_advantages", "local_token_count",
-           "micro_batch_loss", "mini_batches", "policy_logprobs", "shard_for_rank",
-           "split_indices", "token_advantages"]
+           "micro_batch_loss", "mini_batch_counts", "mini_batches", "policy_logprobs",
+           "shard_for_rank", "split_indices", "token_advantages"]

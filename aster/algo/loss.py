@@ -1,5 +1,6 @@
 """Loss assembly: model forward -> selected hidden states -> aster.kernels.token_logprobs ->
-aster.kernels.clipped_policy_loss with the global token count of the mini batch."""
+the configured objective (aster.algo.losses) plus the KL / entropy terms, normalised by the
+mini batch's global counts."""
 
 from __future__ import annotations
 
@@ -92,12 +93,40 @@ def policy_logprobs(policy: nn.Module, mb: MicroBatch, temperature: float,
                   temperature=temperature, return_entropy=return_entropy)
 
 
-def micro_batch_loss(logp, old_logp, adv, *, num_tokens, clip_low, clip_high, clip_c=None,
-                     rollout_logp=None, tis_cap=None, kernel_impl="auto"):
-    """clipped_policy_loss over a micro batch's flat tokens, normalised by the *global*
-    mini-batch token count so the sum over micro batches and ranks is the token mean."""
-    mask = torch.ones_like(logp)
-    return kernels.clipped_policy_loss(
-        logp, old_logp, adv, mask, num_tokens=num_tokens, clip_low=clip_low,
-        clip_high=clip_high, clip_c=clip_c, rollout_logp=rollout_logp if tis_cap else None,
-        tis_cap=tis_cap, impl=kernel_impl)
+@dataclass
+class GlobalCounts:
+    """A mini batch's normalisers, over all its micro batches and ranks: trained tokens, and
+    sequences with at least one trained token."""
+
+    tokens: float
+    seqs: float
+
+
+def mini_batch_counts(loss_masks: list, indices: list[int], all_reduce_sum=None) -> GlobalCounts:
+    """GlobalCounts of trajectories `indices` (this rank's share), summed over ranks by
+    `all_reduce_sum` (in place; None: one process) in one collective."""
+    per_traj = [int(torch.as_tensor(loss_masks[i]).sum()) for i in indices]
+    t = torch.tensor([float(sum(per_traj)), float(sum(n > 0 for n in per_traj))],
+                     dtype=torch.float64)
+    if all_reduce_sum is not None:
+        t = all_reduce_sum(t)
+    return GlobalCounts(tokens=t[0].item(), seqs=t[1].item())
+
+
+def micro_batch_loss(objective, logp, old_logp, adv, seq_ids, counts: GlobalCounts, *,
+                     penalties=None, rollout_logp=None, ref_logp=None, entropy=None):
+    """`objective` (an aster.algo.losses.PolicyLoss) over one micro batch's flat trained tokens,
+    plus `penalties` (KL to the reference policy, entropy bonus) when active. Everything is
+    normalised by the mini batch's *global* counts, so the sum over micro batches and ranks is
+    the mini batch's loss. Returns (loss, detached metrics; pg_loss is the objective's part
+    when a penalty is added)."""
+    mask = torch.ones_like(logp, dtype=torch.bool)
+    loss, metrics = objective(logp, old_logp, adv, mask, seq_ids, counts.tokens,
+                              num_seqs=counts.seqs, rollout_logp=rollout_logp)
+    metrics = dict(metrics)
+    if penalties is not None and penalties.active:
+        term, extra = penalties(logp, mask, counts.tokens, ref_logp=ref_logp, entropy=entropy)
+        metrics["pg_loss"] = loss.detach()
+        loss = loss + term
+        metrics.update(extra)
+    return loss, metrics

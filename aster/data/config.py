@@ -25,6 +25,8 @@ class SyntheticTaskConfig:
     seed: int = 1234
 
     def __post_init__(self):
+        if self.seed < 0:
+            raise ValueError(f"data.synthetic.seed={self.seed!r} must be >= 0")
         if self.samples_per_problem < 1:
             raise ValueError(f"data.synthetic.samples_per_problem={self.samples_per_problem!r} "
                              "must be >= 1")
@@ -57,3 +59,5 @@ class DataConfig:
     def __post_init__(self):
         if self.min_tool_calls < 0:
             raise ValueError(f"data.min_tool_calls={self.min_tool_calls!r} must be >= 0")
+        if self.max_rows < 0:
+            raise ValueError(f"data.max_rows={self.max_rows!r} must be >= 0 (0: all)")

@@ -42,6 +42,13 @@ class RolloutConfig:
     def __post_init__(self):
         if self.temperature < 0:
             raise ValueError(f"rollout.temperature={self.temperature!r} must be >= 0")
+        if self.top_k != -1 and self.top_k < 1:
+            raise ValueError(f"rollout.top_k={self.top_k!r} must be -1 (off) or >= 1")
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"rollout.tensor_parallel_size={self.tensor_parallel_size!r} must "
+                             "be >= 1")
+        if self.seed < 0:
+            raise ValueError(f"rollout.seed={self.seed!r} must be >= 0")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"rollout.top_p={self.top_p!r} must be in (0, 1]")
         for key in ("max_tool_calls", "max_response_tokens", "max_concurrency",

@@ -13,8 +13,16 @@ def _positive(section: str, obj, *keys: str) -> None:
     dot = f"{section}." if section else ""
     for key in keys:
         value = getattr(obj, key)
-        if value is not None and value <= 0:
+        if value is not None and not value > 0:  # `not >` also catches nan
             raise ValueError(f"{dot}{key}={value!r} must be > 0")
+
+
+def _at_least(section: str, obj, low, *keys: str) -> None:
+    dot = f"{section}." if section else ""
+    for key in keys:
+        value = getattr(obj, key)
+        if value is not None and not value >= low:
+            raise ValueError(f"{dot}{key}={value!r} must be >= {low}")
 
 
 @dataclass
@@ -39,6 +47,9 @@ class SFTConfig:
                   "cutoff_len", "max_grad_norm")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"sft.warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
+        _at_least("sft", self, 0, "weight_decay", "save_every_steps")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ValueError(f"sft.adam_betas={self.adam_betas!r} must be two values in [0, 1)")
 
 
 @dataclass
@@ -53,6 +64,7 @@ class RLStageConfig:
 
     def __post_init__(self):
         _positive("", self, "max_response_tokens", "epochs")
+        _at_least("", self, 0, "max_steps")
 
 
 @dataclass
@@ -92,8 +104,13 @@ class RLConfig:
     clip_low: float = 0.2
     clip_high: float = 0.28
     clip_c: float | None = None  # dual clip for A < 0 (e.g. 3.0); None: off
+    # the objective, a key of aster.algo.losses.LOSSES: grpo (token-mean clipped surrogate),
+    # dr_grpo (constant normaliser), gspo (sequence-level ratio), cispo (clipped IS weights)
+    loss: str = "grpo"
+    # > 0: a frozen reference policy (the stage's starting weights) and kl_coef * KL(pi||ref)
     kl_coef: float = 0.0
-    entropy_coef: float = 0.0
+    kl_estimator: str = "low_var_kl"  # k1, k2, k3 / low_var_kl (verl's names)
+    entropy_coef: float = 0.0  # > 0: minus entropy_coef * the token-mean entropy
     adv_std_norm: bool = True  # (r - mean) / (std + eps); false: r - mean
     adv_eps: float = 1e-6
     old_logp: Literal["recompute", "rollout"] = "recompute"
@@ -112,7 +129,19 @@ class RLConfig:
             raise ValueError(f"rl.dump_rollouts_dir={self.dump_rollouts_dir!r} and "
                              f"rl.replay_rollouts_dir={self.replay_rollouts_dir!r}: set one")
         _positive("rl", self, "prompts_per_step", "group_size", "mini_batch_prompts",
-                  "ppo_epochs", "micro_batch_size", "lr", "max_grad_norm", "clip_c", "tis_cap")
+                  "ppo_epochs", "micro_batch_size", "lr", "max_grad_norm", "clip_c", "tis_cap",
+                  "adv_eps")
+        _at_least("rl", self, 0, "weight_decay", "warmup_steps", "kl_coef", "entropy_coef")
+        from aster.algo.losses import KL_ESTIMATORS, LOSSES
+
+        if self.loss not in LOSSES:
+            raise ValueError(f"rl.loss={self.loss!r} must be one of {', '.join(LOSSES)}")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"rl.kl_estimator={self.kl_estimator!r} must be one of "
+                             f"{', '.join(KL_ESTIMATORS)}")
+        if self.clip_c is not None and self.clip_c <= 1 + self.clip_high:
+            raise ValueError(f"rl.clip_c={self.clip_c!r} (dual clip) must be > 1 + rl.clip_high "
+                             f"= {1 + self.clip_high}")
         if self.prompts_per_step % self.mini_batch_prompts:
             raise ValueError(f"rl.mini_batch_prompts={self.mini_batch_prompts} must divide "
                              f"rl.prompts_per_step={self.prompts_per_step}")
@@ -144,7 +173,6 @@ class CheckpointConfig:
 
     every_steps: int = 50
     keep_last: int = 2
-    save_final_model: bool = True  # an ordinary Hugging Face directory per stage
 
     def __post_init__(self):
         _positive("checkpoint", self, "every_steps", "keep_last")

@@ -129,7 +129,9 @@ def make_context(cfg, backend, model_dir: str, run_dir: Path, writer) -> TrainCo
     policy, strategy = apply_parallelism(PolicyForward(model, backend.kernel_impl), backend,
                                          cfg.distributed)
     log.debug("policy from %s, parallelism %s", model_dir, strategy)
-    return TrainContext(cfg, backend, policy, model, tokenizer, run_dir, writer)
+    ctx = TrainContext(cfg, backend, policy, model, tokenizer, run_dir, writer)
+    ctx.model_dir = model_dir  # the stage's starting weights (the KL reference policy's)
+    return ctx
 
 
 def stage_model_dir(run_dir: Path, stage: str) -> Path:
@@ -339,8 +341,12 @@ def _warn_held_out_collapse(cfg, done: dict, stage: str, result: dict) -> None:
 
 
 def check_inputs(cfg) -> None:
-    """Fail before anything is written when a given path cannot be used."""
+    """Fail before anything is written when a given path cannot be used (or a KL reference
+    policy cannot be sharded like the policy)."""
     from aster.train.common import ModelPathError
+    from aster.train.reference import check_reference_policy
+
+    check_reference_policy(cfg)
 
     if cfg.model.path and not (Path(cfg.model.path) / "config.json").is_file():
         raise ModelPathError(f"model.path={cfg.model.path!r} is not a model directory (no "

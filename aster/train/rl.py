@@ -1,10 +1,12 @@
-"""GRPO: one step is rollouts -> rewards -> group advantages -> old log-probs -> ppo_epochs x
-mini batches x micro batches of the clipped policy loss (global token count) -> optimizer
-step -> weights pushed to the rollout engine. A stage is a sequence of such steps over a
-prompt set; `aster train` runs stage 1, the all-correct filter, then stage 2."""
+"""GRPO: one step is rollouts -> rewards -> group advantages -> old (and reference) log-probs ->
+ppo_epochs x mini batches x micro batches of the objective rl.loss names (aster.algo.losses;
+normalised by the mini batch's global counts) -> optimizer step -> weights pushed to the
+rollout engine. A stage is a sequence of such steps over a prompt set; `aster train` runs
+stage 1, the all-correct filter, then stage 2."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -14,11 +16,13 @@ import zlib
 import torch
 
 from aster.algo import (
+    Penalties,
     build_micro_batch,
+    build_objective,
     gather_tokens,
     group_advantages,
-    local_token_count,
     micro_batch_loss,
+    mini_batch_counts,
     mini_batches,
     policy_logprobs,
     shard_for_rank,
@@ -52,15 +56,46 @@ def stage_total_steps(num_prompts: int, rl_cfg, stage_cfg) -> int:
     return min(total, stage_cfg.max_steps) if stage_cfg.max_steps else total
 
 
-def old_logprobs(ctx, trajs, temperature: float, with_entropy: bool):
-    """Per-trajectory log-probs of the trained tokens under the current policy (no grad),
-    and the mean entropy over them."""
+def prepare_stage(ctx, stage_cfg) -> None:
+    """Put the stage's objective (rl.loss), its KL / entropy terms and, with rl.kl_coef > 0,
+    the frozen reference policy on ctx (ctx.objective, ctx.penalties, ctx.ref_policy)."""
     rl = ctx.cfg.rl
+    ctx.objective = build_objective(rl, kernel_impl=ctx.backend.kernel_impl,
+                                    max_response_tokens=stage_cfg.max_response_tokens)
+    ctx.penalties = Penalties.from_config(rl)
+    ctx.ref_policy = None
+    if rl.kl_coef:
+        from aster.train.reference import build_reference_policy
+
+        ctx.ref_policy = build_reference_policy(ctx)
+
+
+def micro_batches(ctx, trajs, indices: list[int]) -> list:
+    """The micro batches over trajectories `indices`, in order, as (their indices, build)
+    pairs; build() makes the MicroBatch (padded ids on the device) when its turn comes. The
+    one place micro batches are formed: rl.micro_batch_size whole trajectories each (a
+    sequence-level objective needs each trajectory's tokens in one micro batch)."""
+    chunks = split_indices(len(indices), ctx.cfg.rl.micro_batch_size)
+    return [(idx, functools.partial(_micro, ctx, trajs, idx))
+            for idx in ([indices[c] for c in chunk] for chunk in chunks)]
+
+
+def _micro(ctx, trajs, idx):
+    pad = ctx.tokenizer.pad_token_id or 0
+    return build_micro_batch([trajs[i].prompt_ids for i in idx],
+                             [trajs[i].response_ids for i in idx],
+                             [trajs[i].loss_mask for i in idx], pad, ctx.backend.device())
+
+
+def old_logprobs(ctx, trajs, temperature: float, with_entropy: bool, policy=None):
+    """Per-trajectory log-probs of the trained tokens under `policy` (default: the current
+    policy; ctx.ref_policy for the KL penalty), no grad, and the mean entropy over them."""
+    policy = ctx.policy if policy is None else policy
     out, ent_sum, n = [None] * len(trajs), 0.0, 0
     with torch.no_grad():
-        for idx in split_indices(len(trajs), rl.micro_batch_size):
-            mb = _micro(ctx, trajs, idx)
-            res = policy_logprobs(ctx.policy, mb, temperature, return_entropy=with_entropy)
+        for idx, build in micro_batches(ctx, trajs, list(range(len(trajs)))):
+            mb = build()
+            res = policy_logprobs(policy, mb, temperature, return_entropy=with_entropy)
             logp, ent = res if with_entropy else (res, None)
             for k, i in enumerate(idx):
                 out[i] = _scatter(logp, mb, k, len(trajs[i].loss_mask))
@@ -77,52 +112,105 @@ def _scatter(flat, mb, k, width):
     return vals
 
 
-def _micro(ctx, trajs, idx):
-    pad = ctx.tokenizer.pad_token_id or 0
-    return build_micro_batch([trajs[i].prompt_ids for i in idx],
-                             [trajs[i].response_ids for i in idx],
-                             [trajs[i].loss_mask for i in idx], pad, ctx.backend.device())
-
-
-def policy_update(ctx, trajs, adv_tokens, old_lp, where, last_good):
-    """ppo_epochs x mini batches x micro batches; one optimizer step per mini batch, through
-    ctx.updater (the stage's optimizer and schedule under the parallel strategy, built by
-    `_resume`)."""
+def policy_update(ctx, trajs, adv_tokens, old_lp, where, last_good, ref_lp=None):
+    """ppo_epochs x mini batches x micro batches of ctx.objective (+ ctx.penalties); one
+    optimizer step per mini batch through ctx.updater (the stage's optimizer and schedule under
+    the parallel strategy, built by `_resume`). `ref_lp`: the reference policy's per-trajectory
+    log-probs (rl.kl_coef > 0). Returns the loss, grad norm and every metric the objective
+    reports, averaged over the updates (`*_max` metrics: the maximum)."""
     rl, updater = ctx.cfg.rl, ctx.updater
     temperature = ctx.cfg.rollout.temperature or 1.0
-    rollout_lp = [torch.as_tensor(t.rollout_logprobs, dtype=torch.float32) for t in trajs]
+    rollout_lp = [torch.as_tensor(t.rollout_logprobs, dtype=torch.float32) for t in trajs] \
+        if ctx.objective.tis_cap is not None else None
     masks = [t.loss_mask for t in trajs]
     n_mini = rl.prompts_per_step // rl.mini_batch_prompts
     local_groups = len(trajs) // rl.group_size
-    stats = {"loss": 0.0, "grad_norm": 0.0, "clip_frac_upper": 0.0, "clip_frac_lower": 0.0,
-             "approx_kl": 0.0, "updates": 0}
+    stats, updates = {}, 0
     for _ in range(rl.ppo_epochs):
         for mini in mini_batches(len(trajs), rl.group_size, max(1, math.ceil(local_groups / n_mini))):
-            count = ctx.all_reduce_sum(torch.tensor([float(local_token_count(masks, mini))],
-                                                    dtype=torch.float64)).item()
-            sums = torch.zeros(4, dtype=torch.float64)
-            for chunk in updater.accumulate(split_indices(len(mini), rl.micro_batch_size)):
-                idx = [mini[c] for c in chunk]
-                mb = _micro(ctx, trajs, idx)
-                logp = policy_logprobs(ctx.policy, mb, temperature)
-                loss, m = micro_batch_loss(
-                    logp, gather_tokens(old_lp, mb, idx), gather_tokens(adv_tokens, mb, idx),
-                    num_tokens=count, clip_low=rl.clip_low, clip_high=rl.clip_high,
-                    clip_c=rl.clip_c, rollout_logp=gather_tokens(rollout_lp, mb, idx),
-                    tis_cap=rl.tis_cap, kernel_impl=ctx.backend.kernel_impl)
+            counts = mini_batch_counts(masks, mini, ctx.all_reduce_sum)
+            sums: dict = {}
+            for idx, build in updater.accumulate(micro_batches(ctx, trajs, mini)):
+                mb = build()
+                loss, m = _micro_loss(ctx, mb, idx, counts, temperature, old_lp, adv_tokens,
+                                      rollout_lp, ref_lp)
                 updater.backward(loss)
-                sums += torch.tensor([loss.item(), float(m["clip_frac_upper"]),
-                                      float(m["clip_frac_lower"]), float(m["approx_kl"])],
-                                     dtype=torch.float64)
-            sums = ctx.all_reduce_sum(sums)
-            gn = updater.step(sums[0].item(), where, last_good)
-            for k, v in zip(("loss", "clip_frac_upper", "clip_frac_lower", "approx_kl"),
-                            sums.tolist()):
-                stats[k] += v
-            stats["grad_norm"] += gn
-            stats["updates"] += 1
-    n = max(1, stats.pop("updates"))
-    return {k: v / n for k, v in stats.items()}
+                _accumulate(sums, {"loss": loss.detach(), **m})
+            reduced = reduce_metrics(ctx, sums)
+            reduced["grad_norm"] = updater.step(reduced["loss"], where, last_good)
+            _accumulate(stats, reduced)
+            updates += 1
+    return {k: v if k.endswith("_max") else v / max(1, updates) for k, v in stats.items()}
+
+
+def _micro_loss(ctx, mb, idx, counts, temperature, old_lp, adv_tokens, rollout_lp, ref_lp):
+    """One micro batch's forward and loss (objective + penalties), normalised globally."""
+    penalties = ctx.penalties
+    res = policy_logprobs(ctx.policy, mb, temperature,
+                          return_entropy=bool(penalties.entropy_coef))
+    logp, entropy = res if penalties.entropy_coef else (res, None)
+    return micro_batch_loss(
+        ctx.objective, logp, gather_tokens(old_lp, mb, idx), gather_tokens(adv_tokens, mb, idx),
+        mb.traj_of_token, counts, penalties=penalties,
+        rollout_logp=gather_tokens(rollout_lp, mb, idx) if rollout_lp is not None else None,
+        ref_logp=gather_tokens(ref_lp, mb, idx) if ref_lp is not None else None,
+        entropy=entropy)
+
+
+def _accumulate(acc: dict, metrics: dict) -> None:
+    """Add metrics into acc (floats); `*_max` keys keep the maximum."""
+    for key, value in metrics.items():
+        value = float(value)
+        if key.endswith("_max"):
+            acc[key] = max(acc.get(key, value), value)
+        else:
+            acc[key] = acc.get(key, 0.0) + value
+
+
+def reduce_metrics(ctx, sums: dict) -> dict:
+    """Sum each metric over ranks (`*_max`: the maximum) in one all_reduce_sum: each rank
+    writes its maxima into its own slots of a [world_size x maxima] block, so the sum holds
+    every rank's value. Every rank passes the same keys (the same objective and config)."""
+    keys = sorted(sums)
+    add = [k for k in keys if not k.endswith("_max")]
+    top = [k for k in keys if k.endswith("_max")]
+    world, rank = ctx.dist.world_size, ctx.dist.rank
+    block = torch.zeros(world, len(top), dtype=torch.float64)
+    block[rank] = torch.tensor([sums[k] for k in top], dtype=torch.float64)
+    flat = torch.cat([torch.tensor([sums[k] for k in add], dtype=torch.float64),
+                      block.reshape(-1)])
+    flat = ctx.all_reduce_sum(flat)
+    out = dict(zip(add, flat[:len(add)].tolist()))
+    if top:
+        out.update(zip(top, flat[len(add):].reshape(world, len(top)).max(dim=0).values.tolist()))
+    return out
+
+
+def learn_from_rollouts(ctx, trajs, where: str, last_good) -> dict:
+    """Everything a GRPO step does after its rollouts, on this rank's trajectories: group
+    advantages, old log-probs (recomputed, or the rollout's with rl.old_logp=rollout), the
+    reference policy's log-probs (rl.kl_coef > 0), the policy update. Returns
+    {"adv": GroupAdvantages, "old_lp", "metrics": the update's and the phases' times}."""
+    rl = ctx.cfg.rl
+    t0 = time.perf_counter()
+    adv = group_advantages([float(t.reward) for t in trajs], rl.group_size,
+                           std_norm=rl.adv_std_norm, eps=rl.adv_eps)
+    adv_tokens = token_advantages(adv.adv, [t.loss_mask for t in trajs])
+    temperature = ctx.cfg.rollout.temperature or 1.0
+    if rl.old_logp == "recompute":
+        old_lp, entropy = old_logprobs(ctx, trajs, temperature, with_entropy=True)
+    else:
+        old_lp = [torch.as_tensor(t.rollout_logprobs, dtype=torch.float32) for t in trajs]
+        entropy = None
+    ref_lp = None
+    if getattr(ctx, "ref_policy", None) is not None:
+        ref_lp, _ = old_logprobs(ctx, trajs, temperature, False, policy=ctx.ref_policy)
+    t_old = time.perf_counter()
+    upd = policy_update(ctx, trajs, adv_tokens, old_lp, where, last_good, ref_lp)
+    t_update = time.perf_counter()
+    return {"adv": adv, "old_lp": old_lp,
+            "metrics": {**upd, "entropy": entropy, "time_old_logp_s": t_old - t0,
+                        "time_update_s": t_update - t_old}}
 
 
 def rl_step(ctx, engine, prompts, stage: str, stage_cfg, step: int,
@@ -136,29 +224,20 @@ def rl_step(ctx, engine, prompts, stage: str, stage_cfg, step: int,
     trajs, roll_metrics, trace = step_rollouts(ctx, engine, prompts, mine, stage, step,
                                                stage_cfg.max_response_tokens, seed)
     t_roll = time.perf_counter()
-    rewards = [float(t.reward) for t in trajs]
-    adv = group_advantages(rewards, rl.group_size, std_norm=rl.adv_std_norm, eps=rl.adv_eps)
-    adv_tokens = token_advantages(adv.adv, [t.loss_mask for t in trajs])
-    temperature = ctx.cfg.rollout.temperature or 1.0
-    if rl.old_logp == "recompute":
-        old_lp, entropy = old_logprobs(ctx, trajs, temperature, with_entropy=True)
-    else:
-        old_lp = [torch.as_tensor(t.rollout_logprobs, dtype=torch.float32) for t in trajs]
-        entropy = None
-    t_old = time.perf_counter()
-    where = f"{stage} step {step + 1}"
     lr = ctx.updater.lr
-    upd = policy_update(ctx, trajs, adv_tokens, old_lp, where, last_good)
+    learned = learn_from_rollouts(ctx, trajs, f"{stage} step {step + 1}", last_good)
     t_train = time.perf_counter()
     push_weights(ctx, engine)
     t_sync = time.perf_counter()
-    finish_step(ctx, trace, adv.adv, old_lp, upd)  # the dump/replay parity record, if any
+    upd = learned["metrics"]
+    # the dump/replay parity record, if any
+    finish_step(ctx, trace, learned["adv"].adv, learned["old_lp"], upd)
     tokens = sum(len(t.prompt_ids) + len(t.response_ids) for t in trajs)
+    adv = learned["adv"]
     metrics = {**trajectory_stats(ctx, trajs), **roll_metrics, **upd, "lr": lr, "epoch": epoch,
                "zero_adv_groups": adv.num_zero_groups, "groups": adv.num_groups,
-               "entropy": entropy, "time_rollout_s": t_roll - t0,
-               "time_train_s": t_train - t_roll, "time_old_logp_s": t_old - t_roll,
-               "time_update_s": t_train - t_old, "time_weight_sync_s": t_sync - t_train,
+               "time_rollout_s": t_roll - t0, "time_train_s": t_train - t_roll,
+               "time_weight_sync_s": t_sync - t_train,
                "tokens_per_s": tokens / max(1e-9, t_train - t0), **ctx.backend.memory_stats()}
     records = _prompt_records(mine, trajs, rl.group_size,
                               epoch, step + 1)
@@ -180,6 +259,7 @@ def run_rl_stage(ctx, engine, prompts: list[dict], stage: str, stage_cfg) -> dic
     the per-prompt rollout records (run_dir/rollouts/<stage>.jsonl) that the filter reads."""
     rl, dist = ctx.cfg.rl, ctx.dist
     total = stage_total_steps(len(prompts), rl, stage_cfg)
+    prepare_stage(ctx, stage_cfg)
     optimizer = build_optimizer(ctx.policy, rl.lr, rl.weight_decay)
     scheduler = build_scheduler(optimizer, total, rl.warmup_steps, "constant")
     start, last_good = _resume(ctx, stage, optimizer, scheduler)

@@ -9,10 +9,11 @@ import torch
 import triton
 import triton.language as tl
 
-from aster.kernels._checks import LOG_RATIO_CLAMP, check_loss_args, token_count
+from aster.kernels._checks import check_loss_args, token_count
+from aster.kernels._loss_math import LOG_RATIO_CLAMP, MAX_METRIC, METRIC_NAMES, tis_weight
 from aster.kernels.triton.logprobs import _check_device, interpreting
 
-_N_PARTS = 7  # loss, clip upper, clip lower, dual clip, approx kl, ratio sum, ratio max
+_N_PARTS = 2 + len(METRIC_NAMES)  # the loss, METRIC_NAMES in order, MAX_METRIC
 
 
 @triton.jit
@@ -129,13 +130,11 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: 
     valid = mask.detach().reshape(-1).to(torch.int8).contiguous()
     tis_w = None
     if tis_cap is not None:
-        tis_log = torch.clamp(old - rollout_logp.detach().reshape(-1).float(), -LOG_RATIO_CLAMP,
-                              LOG_RATIO_CLAMP)
-        tis_w = torch.clamp(torch.exp(tis_log), max=tis_cap).contiguous()
+        tis_w = tis_weight(old, rollout_logp.reshape(-1).float(), tis_cap).contiguous()
     count = token_count(num_tokens, logp.device)
     loss, sums, ratio_max = _TritonClippedLoss.apply(flat, old, adv, valid, tis_w, count,
                                                      float(clip_low), float(clip_high), clip_c)
-    names = ("clip_frac_upper", "clip_frac_lower", "dual_clip_frac", "approx_kl", "ratio_mean")
-    metrics = {name: sums[i].detach() for i, name in enumerate(names)}
-    metrics["ratio_max"] = ratio_max.detach()
+    # the kernel's partial sums 1..5 are METRIC_NAMES in order (see _loss_fwd_kernel)
+    metrics = {name: sums[i].detach() for i, name in enumerate(METRIC_NAMES)}
+    metrics[MAX_METRIC] = ratio_max.detach()
     return loss, metrics

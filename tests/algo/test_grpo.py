@@ -3,6 +3,8 @@ import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from aster.algo import (
+    LOSSES,
+    Penalties,
     PolicyForward,
     build_micro_batch,
     gather_tokens,
@@ -10,6 +12,7 @@ from aster.algo import (
     group_advantages,
     local_token_count,
     micro_batch_loss,
+    mini_batch_counts,
     mini_batches,
     policy_logprobs,
     shard_for_rank,
@@ -77,11 +80,17 @@ def test_micro_batch_logprobs_match_full_logits():
         assert got == pytest.approx(expect, abs=1e-5)
 
 
-def test_loss_does_not_depend_on_micro_batch_split():
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_loss_does_not_depend_on_micro_batch_split(loss):
+    """Every registered objective, with the KL and entropy terms on, through a real model's
+    forward: one micro batch or two give the same loss and gradient."""
     policy = _tiny_policy()
     prompts, responses, masks = _batch()
     adv = token_advantages(torch.tensor([1.0, -0.5]), masks)
-    total_tokens = local_token_count(masks, [0, 1])
+    counts = mini_batch_counts(masks, [0, 1])
+    objective = LOSSES[loss](kernel_impl="reference") if loss in ("grpo", "dr_grpo") \
+        else LOSSES[loss]()
+    penalties = Penalties(kl_coef=0.2, entropy_coef=0.01)
 
     def loss_over(splits):
         policy.zero_grad()
@@ -89,11 +98,11 @@ def test_loss_does_not_depend_on_micro_batch_split():
         for idx in splits:
             mb = build_micro_batch([prompts[i] for i in idx], [responses[i] for i in idx],
                                    [masks[i] for i in idx])
-            logp = policy_logprobs(policy, mb, 1.0)
+            logp, entropy = policy_logprobs(policy, mb, 1.0, return_entropy=True)
             old = logp.detach() - 0.1
-            loss, _ = micro_batch_loss(logp, old, gather_tokens(adv, mb, idx),
-                                       num_tokens=total_tokens, clip_low=0.2, clip_high=0.28,
-                                       kernel_impl="reference")
+            loss, _ = micro_batch_loss(objective, logp, old, gather_tokens(adv, mb, idx),
+                                       mb.traj_of_token, counts, penalties=penalties,
+                                       ref_logp=logp.detach() + 0.05, entropy=entropy)
             loss.backward()
             total += loss.item()
         grad = policy.model.lm_head.weight.grad.clone()

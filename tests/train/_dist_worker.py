@@ -12,7 +12,8 @@ Each run trains 2 SFT steps on the same 8 conversations and writes, on rank 0, r
 weights) and weights.pt (the full updated weights); then it checks a
 checkpoint round trip on every rank: RNG draws after save_checkpoint equal the draws after
 load_checkpoint, and the weights are unchanged (rank<R>.json). Then, from the base model again,
-one GRPO policy update on fixed trajectories (<strategy>/rl/: result.json, weights.pt); under
+one GRPO policy update on fixed trajectories (<strategy>/rl/: result.json, weights.pt), and the
+same with gspo, a KL penalty and an entropy bonus (<strategy>/rl-kl/); under
 DeepSpeed, the NaN guard (<strategy>/nan-loss/, nan-grad/: rank<R>.json).
 """
 
@@ -66,6 +67,11 @@ def overrides(strategy: str, out: Path) -> list[str]:
 
 RL = ["rl.prompts_per_step=4", "rl.mini_batch_prompts=4", "rl.group_size=2", "rl.ppo_epochs=2",
       "rl.micro_batch_size=1", "rl.lr=1e-2", "rl.old_logp=recompute"]
+# the same update with a sequence-level objective (its normaliser counts sequences on every
+# rank), the KL penalty to a frozen reference policy (sharded like the policy) and the entropy
+# bonus: <strategy>/rl-kl/
+RL_KL = ["rl.loss=gspo", "rl.clip_low=0.05", "rl.clip_high=0.08", "rl.kl_coef=0.5",
+         "rl.kl_estimator=k3", "rl.entropy_coef=0.01"]
 REWARDS = [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 1.0]]  # group 2: zero advantage
 
 
@@ -86,32 +92,42 @@ def trajectories(vocab: int) -> list:
     return out
 
 
-def run_rl(strategy, backend, rank, world, out, model_dir):
+def run_rl(strategy, backend, rank, world, out, model_dir, extra=()):
     """One GRPO policy update (one mini batch holding every prompt, 2 PPO epochs = 2 optimizer
-    steps) on this rank's prompts: the global batch is the same for every world size."""
+    steps) on this rank's prompts: the global batch is the same for every world size. A
+    configuration aster refuses writes {"refused": its message}."""
     from aster.algo import group_advantages, shard_for_rank, token_advantages
     from aster.config import load_config
+    from aster.errors import AsterUserError
     from aster.metrics import MetricsWriter
     from aster.train.common import build_optimizer, build_scheduler
     from aster.train.parallel import full_state_dict
     from aster.train.pipeline import make_context
-    from aster.train.rl import old_logprobs, policy_update
+    from aster.train.rl import old_logprobs, policy_update, prepare_stage
     from aster.train.sft import _resume
 
     out.mkdir(parents=True, exist_ok=True)
-    cfg = load_config(None, [*overrides(strategy, out), *RL])
+    cfg = load_config(None, [*overrides(strategy, out), *RL, *extra])
     ctx = make_context(cfg, backend, model_dir, out,
                        MetricsWriter(out, is_main=rank == 0, tensorboard=False))
     optimizer = build_optimizer(ctx.policy, cfg.rl.lr, cfg.rl.weight_decay)
     scheduler = build_scheduler(optimizer, 10, 0, "constant")
     _resume(ctx, "rl", optimizer, scheduler)
+    try:
+        prepare_stage(ctx, cfg.rl.stage1)
+    except AsterUserError as exc:
+        if rank == 0:
+            (out / "result.json").write_text(json.dumps({"refused": str(exc)}))
+        return
     everything = trajectories(ctx.hf_model.config.vocab_size)
     mine = [everything[2 * p + g] for p in shard_for_rank(list(range(4)), rank, world)
             for g in range(2)]
     adv = group_advantages([t.reward for t in mine], 2)
     adv_tokens = token_advantages(adv.adv, [t.loss_mask for t in mine])
     old_lp, _ = old_logprobs(ctx, mine, 1.0, with_entropy=False)
-    stats = policy_update(ctx, mine, adv_tokens, old_lp, "rl", None)
+    ref_lp = old_logprobs(ctx, mine, 1.0, False, policy=ctx.ref_policy)[0] \
+        if ctx.ref_policy is not None else None
+    stats = policy_update(ctx, mine, adv_tokens, old_lp, "rl", None, ref_lp)
     weights = full_state_dict(ctx.policy)
     if rank == 0:
         torch.save(weights, out / "weights.pt")
@@ -221,6 +237,8 @@ def rank_main(rank, world, port, out_dir, model_dir, strategies):
         t0 = time.perf_counter()
         run_one(strategy, backend, rank, Path(out_dir) / strategy, model_dir)
         run_rl(strategy, backend, rank, world, Path(out_dir) / strategy / "rl", model_dir)
+        run_rl(strategy, backend, rank, world, Path(out_dir) / strategy / "rl-kl", model_dir,
+               RL_KL)
         if strategy.startswith("deepspeed"):
             for kind in ("loss", "grad"):
                 run_nan(strategy, backend, rank, Path(out_dir) / strategy / f"nan-{kind}",
@@ -240,6 +258,7 @@ def main(port, out_dir, model_dir, strategies):
     backend = select_backend("cpu", kernel_impl="chunked", engine="hf")
     run_one("none", backend, 0, Path(out_dir) / "reference", model_dir)
     run_rl("none", backend, 0, 1, Path(out_dir) / "reference" / "rl", model_dir)
+    run_rl("none", backend, 0, 1, Path(out_dir) / "reference" / "rl-kl", model_dir, RL_KL)
     print(f"reference: {time.perf_counter() - t0:.1f}s", flush=True)
     if any(s.startswith("deepspeed") for s in strategies):
         from aster.train.ds_engine import import_deepspeed

@@ -90,6 +90,27 @@ def test_two_process_grpo_update_matches_single_process(runs, strategy):
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
+def test_two_process_kl_entropy_gspo_update_matches_single_process(runs, strategy):
+    """gspo (its normaliser counts sequences on every rank), the KL penalty against a frozen
+    reference policy built from the starting weights and sharded like the policy (FSDP2 shards
+    it too), the entropy bonus: the same numbers on 2 ranks as on one. ZeRO-3 cannot shard
+    the reference and is refused in one line."""
+    if strategy.startswith("deepspeed") and not HAS_DEEPSPEED:
+        pytest.skip("deepspeed is not installed (pip install 'aster[dev]')")
+    ref, w1 = _result(runs / "reference" / "rl-kl")
+    if strategy == "deepspeed-3":
+        got = json.loads((runs / strategy / "rl-kl" / "result.json").read_text())
+        assert "rl.kl_coef=0.5 needs a reference policy" in got["refused"]
+        return
+    got, w2 = _result(runs / strategy / "rl-kl")
+    assert ref["kl_ref"] > 0 and ref["entropy_bonus"] > 0  # the 2nd epoch left the reference
+    for key in ("loss", "pg_loss", "grad_norm", "approx_kl", "kl_ref", "entropy_bonus",
+                "ratio_max", "clip_frac_upper", "clip_frac_lower"):
+        assert got[key] == pytest.approx(ref[key], rel=1e-5), key
+    assert max_abs_diff(w1, w2) < 1e-4
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_checkpoint_restores_every_ranks_rng(runs, strategy):
     if strategy.startswith("deepspeed") and not HAS_DEEPSPEED:
         pytest.skip("deepspeed is not installed (pip install 'aster[dev]')")
