@@ -116,10 +116,6 @@ class LoggingConfig:
             raise ValueError(f"logging.sft_log_every={self.sft_log_every} must be >= 0 (0: "
                              "about 20 summary lines per SFT run)")
 
-    def __post_init__(self):
-        if self.log_every < 1:
-            raise ValueError(f"logging.log_every={self.log_every!r} must be >= 1")
-
 
 @dataclass
 class AsterConfig:

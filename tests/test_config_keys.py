@@ -27,9 +27,7 @@ SOURCES = ("aster", "backends", "kernels")
 # reads is a silent no-op (DESIGN.md).
 DOC_ONLY: dict[str, str] = {}
 # Keys another branch is wiring right now (the lead removes an entry when it lands).
-PENDING: dict[str, str] = {
-    "logging.progress": "the SFT progress bar (branch qwen3-io)",
-}
+PENDING: dict[str, str] = {}
 
 
 def config_keys(cls=AsterConfig, prefix: str = ""):
