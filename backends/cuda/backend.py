@@ -44,8 +44,8 @@ class CUDABackend(Backend):
     default_kernel_impl = "triton"
     default_engine = "vllm"
     install_hint = ("no usable NVIDIA GPU (torch.cuda.is_available() is False): install a CUDA "
-                    "build of torch (bash scripts/install.sh cuda), check nvidia-smi and "
-                    "CUDA_VISIBLE_DEVICES, or use --device cpu")
+                    "build of torch with pip install 'aster[cuda]' (bash scripts/install.sh "
+                    "cuda), check nvidia-smi and CUDA_VISIBLE_DEVICES, or use --device cpu")
 
     def __init__(self, kernel_impl: str | None = None, engine: str | None = None):
         caps = self.detect_capabilities()
