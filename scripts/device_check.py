@@ -37,7 +37,7 @@ STEPS = (
                     "its feature probes"),
     Step("cuda_tests", 200, "pytest -m cuda tests (every cuda-marked test)"),
     Step("kernel_tests", 200, "pytest tests/kernels tests/parity/test_kernel_goldens.py on the "
-                              "GPU"),
+                              "GPU (those not cuda-marked: cuda_tests ran those)"),
     Step("kernel_parity", 90, "Triton vs chunked fp32 token_logprobs (values, entropy, grads), "
                               "N=4096 H=2560 V=151936, fp32 and bf16 inputs"),
     Step("kernel_tflops", 120, "fused log-prob fwd+bwd TFLOP/s, N=16384 H=2560 V=151936 bf16, "

@@ -124,7 +124,9 @@ def step_cuda_tests(work: Path) -> dict:
 
 
 def step_kernel_tests(work: Path) -> dict:
-    return _pytest(work, "kernel_tests", ["tests/kernels", "tests/parity/test_kernel_goldens.py"])
+    # the cuda-marked ones among them ran in cuda_tests
+    return _pytest(work, "kernel_tests", ["-m", "not cuda and not slow", "tests/kernels",
+                                          "tests/parity/test_kernel_goldens.py"])
 
 
 # ---- kernels -------------------------------------------------------------------------------
