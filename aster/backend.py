@@ -178,6 +178,11 @@ class Backend(ABC):
         """Extra keyword arguments for the rollout engine (vLLM engine args on vLLM)."""
         return {}
 
+    def engine_env(self) -> dict[str, str]:
+        """Environment variables the rollout engine needs, set before it is built (its
+        worker processes inherit them)."""
+        return {}
+
     # ---- determinism, perf, memory --------------------------------------------------------
     def determinism_env(self) -> dict[str, str]:
         """Environment variables that make this backend's numerics reproducible."""

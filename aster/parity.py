@@ -220,11 +220,32 @@ def record_suite(backend, dtypes: list[str]) -> dict:
                 record["results"][name] = {
                     f"{part}.{key}": val for part, fn in SUITE.items()
                     for key, val in fn(DTYPES[name], device).items()}
-            except (RuntimeError, TypeError) as exc:  # e.g. no float64 matmul on a device
-                record["results"][name] = {"skipped": str(exc).splitlines()[0]}
+            except Exception as exc:  # noqa: BLE001 - recorded, and compare reports it
+                # A dtype the device cannot run: no float64 matmul (RuntimeError), a kernel
+                # that does not compile (triton's CompilationError is no RuntimeError), ...
+                record["results"][name] = {"skipped": _reason(exc)}
     finally:  # the caller's determinism setting is theirs
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
     return record
+
+
+def _reason(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+def skipped_dtypes(a: dict, b: dict) -> list[str]:
+    """One line per dtype that one of the two records skipped (compare_records leaves those
+    out, so a device that cannot run a dtype must not look like agreement)."""
+    notes = []
+    for dtype in sorted(set(a["results"]) | set(b["results"])):
+        for name, rec in (("A", a), ("B", b)):
+            values = rec["results"].get(dtype)
+            if values is None:
+                notes.append(f"{dtype}: not in {name}")
+            elif "skipped" in values:
+                notes.append(f"{dtype}: skipped in {name} ({values['skipped']})")
+    return notes
 
 
 def write_record(record: dict, path: str) -> None:

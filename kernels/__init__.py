@@ -8,6 +8,7 @@ also runs under TRITON_INTERPRET=1 on CPU). ``impl="auto"`` asks the current bac
 from __future__ import annotations
 
 import importlib
+import logging
 
 import torch
 
@@ -16,6 +17,9 @@ _MODULES = {"reference": "aster.kernels.reference", "chunked": "aster.kernels.ch
             "triton": "aster.kernels.triton"}
 
 __all__ = ["IMPLS", "clipped_policy_loss", "resolve_impl", "token_logprobs"]
+
+log = logging.getLogger("aster")
+_ROUTED: set[str] = set()  # reasons already logged (once per process)
 
 
 def resolve_impl(impl: str = "auto") -> str:
@@ -34,6 +38,21 @@ def _module(impl: str):
     return importlib.import_module(_MODULES[resolve_impl(impl)])
 
 
+def _logprobs_impl(impl: str, dtype: torch.dtype) -> str:
+    """The implementation that runs token_logprobs for `dtype`: float64 never goes to Triton
+    (its tensor-core dot has no float64 and does not compile on GPUs), it goes to chunked, and
+    the reason is logged once."""
+    impl = resolve_impl(impl)
+    if impl == "triton" and dtype == torch.float64:
+        reason = ("token_logprobs: float64 inputs run the chunked kernels, not Triton (Triton's "
+                  "tensor-core dot has no float64)")
+        if reason not in _ROUTED:
+            _ROUTED.add(reason)
+            log.info(reason)
+        return "chunked"
+    return impl
+
+
 def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
                    temperature: float = 1.0, return_entropy: bool = False, impl: str = "auto"):
     """Per-token log p(label) under softmax(hidden @ weight.T / temperature).
@@ -42,10 +61,10 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Ten
     logp [N], or (logp, entropy) [N] each with ``return_entropy``. The chunked and Triton
     implementations never materialise the [N, V] logits. Differentiable w.r.t. hidden and
     weight for any upstream gradient of logp and entropy; call it under torch.no_grad() for
-    old-policy log-probs.
+    old-policy log-probs. float64 inputs never run the Triton kernel (chunked instead).
     """
-    return _module(impl).token_logprobs(hidden, weight, labels, temperature=temperature,
-                                        return_entropy=return_entropy)
+    return _module(_logprobs_impl(impl, hidden.dtype)).token_logprobs(
+        hidden, weight, labels, temperature=temperature, return_entropy=return_entropy)
 
 
 def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,

@@ -26,7 +26,7 @@ def _record(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from aster.parity import compare_records, format_rows, read_record
+    from aster.parity import compare_records, format_rows, read_record, skipped_dtypes
 
     a, b = read_record(args.a), read_record(args.b)
     rows, ok = compare_records(a, b)
@@ -35,6 +35,8 @@ def _compare(args: argparse.Namespace) -> int:
     if a.get("kind") == "rl_step":
         _warn_rl_step(a, b)
     print(format_rows(rows))
+    for note in skipped_dtypes(a, b):
+        print(f"not compared: {note}")
     bad = sum(not r["ok"] for r in rows)
     print(f"{len(rows) - bad} of {len(rows)} quantities within tolerance" +
           ("" if ok else f"; {bad} NOT"))

@@ -10,6 +10,7 @@ what the trainer recomputes with ``token_logprobs(..., temperature=temperature)`
 from __future__ import annotations
 
 import logging
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -132,6 +133,7 @@ def build_engine(backend, model_path: str, rollout_cfg, *, dtype: str = "float32
         from aster.rollout.vllm_engine import VLLMEngine, engine_options
 
         options, sleep_note = engine_options(backend, rollout_cfg, backend.dist.world_size)
+        os.environ.update(backend.engine_env())
         cls = VLLMEngine
         if rollout_cfg.vllm_mode == "async":
             from aster.rollout.vllm_async import VLLMAsyncEngine as cls

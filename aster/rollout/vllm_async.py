@@ -24,7 +24,6 @@ from aster.rollout.vllm_engine import base_args, to_output, vllm_params
 
 log = logging.getLogger("aster")
 
-EXTENSION = "aster.rollout.vllm_worker.WeightReloadExtension"
 
 
 class VLLMAsyncEngine(Engine):
@@ -39,7 +38,6 @@ class VLLMAsyncEngine(Engine):
                  **engine_args):
         args = base_args(model_path, dtype, seed, enable_sleep_mode, max_model_len,
                          **engine_args)
-        args.setdefault("worker_extension_cls", EXTENSION)
         args.setdefault("disable_log_stats", True)
         self._ids = itertools.count()
         self._loop = asyncio.new_event_loop()
@@ -53,6 +51,7 @@ class VLLMAsyncEngine(Engine):
             raise
         self.supports_sleep = bool(enable_sleep_mode)
         self._asleep = False
+        self.push_path: str | None = None
 
     @staticmethod
     async def _start(args: dict):
@@ -95,7 +94,10 @@ class VLLMAsyncEngine(Engine):
         from aster.rollout.vllm_worker import pack_state_dict
 
         blob = pack_state_dict(state_dict_of(weights))
-        self._call(self.llm.collective_rpc("aster_reload_weights", args=(blob,)))
+        paths = self._call(self.llm.collective_rpc("aster_reload_weights", args=(blob,)))
+        if self.push_path is None:
+            self.push_path = paths[0]
+            log.info("vllm: weights are pushed in place with the worker's %s", self.push_path)
         self._call(self.llm.reset_prefix_cache())  # cached KV blocks belong to the old weights
 
     def sleep(self) -> None:

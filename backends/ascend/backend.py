@@ -3,11 +3,14 @@ through transformers' integration, `chunked` kernels (triton-ascend opt-in), vll
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from aster.backend import Backend, Capabilities
-from aster.backends.ascend import runtime
-from aster.backends.common import has_module
+from aster.backends.ascend import probes, runtime
+
+log = logging.getLogger("aster")
 
 # Vendor peak dense fp16/bf16 FLOP/s per chip, for MFU; matched as substrings of the SoC name
 # torch_npu reports (torch.npu.get_device_name), most specific first.
@@ -38,7 +41,8 @@ class AscendBackend(Backend):
             from aster.errors import DeviceUnavailableError
 
             raise DeviceUnavailableError(f"--device npu: {error}")
-        if engine in (None, "auto") and not has_module("vllm_ascend"):
+        if engine in (None, "auto") and not probes.vllm_ascend_probe().ok:
+            log.info("rollout engine: hf (%s)", probes.vllm_ascend_probe().reason)
             engine = "hf"
         super().__init__(kernel_impl=kernel_impl, engine=engine)
 
@@ -60,17 +64,19 @@ class AscendBackend(Backend):
             bf16=True,  # 910B and later; the first-generation 910 has fp16 only
             flash_attention=hasattr(self.torch_npu, "npu_fusion_attention"),
             packed_attention=hasattr(self.torch_npu, "npu_fusion_attention"),
-            vllm=has_module("vllm") and has_module("vllm_ascend"),
-            sleep_mode=has_module("vllm_ascend"),
-            triton_kernels=has_module("triton") and has_module("triton_ascend"),
+            vllm=probes.vllm_ascend_probe().ok,
+            sleep_mode=probes.vllm_ascend_probe().ok,
+            triton_kernels=probes.triton_ascend_probe().ok,
             fused_model_ops=all(hasattr(self.torch_npu, op) for op in
                                 ("npu_rms_norm", "npu_rotary_mul", "npu_swiglu")),
             native_avg_all_reduce=False,  # HCCL has no ReduceOp.AVG: SUM then divide
         )
 
     def capability_hint(self, capability: str) -> str:
-        hints = {"vllm": "pip install 'aster[ascend]' (vllm-ascend) or set rollout.engine=hf",
-                 "triton_kernels": "pip install triton-ascend ('aster[triton-ascend]') or keep "
+        hints = {"vllm": f"{probes.vllm_ascend_probe().reason}; bash scripts/install.sh "
+                         "ascend (vllm + vllm-ascend) or set rollout.engine=hf",
+                 "triton_kernels": f"{probes.triton_ascend_probe().reason}; pip install "
+                                   "triton-ascend ('aster[triton-ascend]') or keep "
                                    "backend.kernel_impl=chunked",
                  "fused_model_ops": "this torch_npu lacks npu_rms_norm/npu_rotary_mul/"
                                     "npu_swiglu; upgrade torch-npu or set model.fused_ops=false"}
@@ -91,12 +97,20 @@ class AscendBackend(Backend):
     def engine_options(self) -> dict:
         if self.engine != "vllm":
             return {}
-        # vllm-ascend's RL mode (rl_config) turns off FRACTAL_NZ weight layouts so in-place
-        # weight updates from the trainer land in the format the kernels read; sleep mode frees
-        # NPU memory for the colocated trainer. Eager mode: graph capture must be redone after
-        # every weight update otherwise.
-        return {"enable_sleep_mode": True, "enforce_eager": True,
-                "additional_config": {"rl_config": {"enabled": True}}}
+        # Sleep mode frees NPU memory for the colocated trainer. Eager mode: graph capture
+        # must be redone after every weight update otherwise. RL mode (rl_config) only where
+        # the installed vllm-ascend reads it (no release up to 0.25 does; engine_env() turns
+        # FRACTAL_NZ off on every release).
+        options = {"enable_sleep_mode": True, "enforce_eager": True}
+        if probes.reads_rl_config():
+            options["additional_config"] = {"rl_config": {"enabled": True}}
+        return options
+
+    def engine_env(self) -> dict[str, str]:
+        # FRACTAL_NZ weight layouts off: aster pushes checkpoint-format weights in place after
+        # every optimizer step and they must land in the layout the kernels read (vllm-ascend's
+        # own weight-update path refuses to run with NZ on).
+        return {"VLLM_ASCEND_ENABLE_NZ": "0"} if self.engine == "vllm" else {}
 
     def determinism_env(self) -> dict[str, str]:
         return {"HCCL_DETERMINISTIC": "true",  # deterministic reduction order in HCCL

@@ -16,8 +16,8 @@ from aster.backends.common import has_module
 
 CANN_HINT = ("source the CANN environment (e.g. source /usr/local/Ascend/ascend-toolkit/set_env.sh) "
              "and check npu-smi info")
-INSTALL_HINT = ("pip install 'aster[ascend]' (torch-npu and vllm-ascend matching torch 2.13) "
-                "with CANN 8.x installed")
+INSTALL_HINT = ("pip install 'aster[ascend]' (torch-npu 2.10.0.post4 and vllm-ascend 0.23.0 on "
+                "torch 2.10.0: bash scripts/install.sh ascend) with CANN 9.0.1 installed")
 
 _MODULE: ModuleType | None = None
 _ERROR: str | None = None

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import os
+
 import torch
 
 from aster.backend import Backend, Capabilities
 from aster.backends.common import has_module
+from aster.backends.cuda import probes
+
+log = logging.getLogger("aster")
 
 # Dense (no sparsity) peak tensor-core FLOP/s per GPU from NVIDIA's data sheets, for MFU.
 # Keys are matched as substrings of torch.cuda.get_device_name(), most specific first.
@@ -38,14 +44,15 @@ class CUDABackend(Backend):
     default_kernel_impl = "triton"
     default_engine = "vllm"
     install_hint = ("no usable NVIDIA GPU (torch.cuda.is_available() is False): install a CUDA "
-                    "build of torch 2.13 and pip install 'aster[cuda]', check nvidia-smi and "
-                    "CUDA_VISIBLE_DEVICES, or use --device cpu")
+                    "build of torch with pip install 'aster[cuda]' (bash scripts/install.sh "
+                    "cuda), check nvidia-smi and CUDA_VISIBLE_DEVICES, or use --device cpu")
 
     def __init__(self, kernel_impl: str | None = None, engine: str | None = None):
         caps = self.detect_capabilities()
-        # Without vllm or triton installed, fall back (stated in describe()) instead of failing
-        # at start-up; an explicit request for them still errors through require().
+        # Without a working vllm or triton, fall back (stated in describe() and the log)
+        # instead of failing at start-up; an explicit request still errors through require().
         if engine in (None, "auto") and not caps.vllm:
+            log.info("rollout engine: hf (%s)", self._probe(probes.vllm_probe).reason)
             engine = "hf"
         if kernel_impl in (None, "auto") and not caps.triton_kernels:
             kernel_impl = "chunked"
@@ -56,24 +63,44 @@ class CUDABackend(Backend):
         return torch.cuda.is_available() and torch.cuda.device_count() > 0
 
     def detect_capabilities(self) -> Capabilities:
+        # flash-attn and vLLM are probed (import + one tiny op on the GPU): a wheel built for
+        # another torch or GPU turns its feature off with a logged reason instead of crashing.
         usable = self.is_available()
+        flash = self._probe(probes.flash_attn_probe)
+        vllm = self._probe(probes.vllm_probe)
         return Capabilities(
             bf16=usable and torch.cuda.is_bf16_supported(),
-            flash_attention=has_module("flash_attn"),
-            packed_attention=has_module("flash_attn"),
-            vllm=has_module("vllm"),
-            sleep_mode=has_module("vllm"),
+            flash_attention=flash.ok,
+            packed_attention=flash.ok,
+            vllm=vllm.ok,
+            sleep_mode=vllm.ok,
             triton_kernels=has_module("triton"),
             fused_model_ops=False,
             native_avg_all_reduce=True,
         )
 
+    def _probe(self, probe) -> probes.Probe:
+        if not self.is_available():
+            return probes.Probe(False, "no usable NVIDIA GPU")
+        # This rank's GPU (LOCAL_RANK under torchrun), so 8 ranks do not all probe GPU 0.
+        local = int(os.environ.get("LOCAL_RANK", "0")) % max(1, torch.cuda.device_count())
+        return probe(f"cuda:{local}")
+
     def capability_hint(self, capability: str) -> str:
+        why = {"vllm": probes.vllm_probe, "sleep_mode": probes.vllm_probe,
+               "flash_attention": probes.flash_attn_probe,
+               "packed_attention": probes.flash_attn_probe}
         hints = {"vllm": "pip install 'aster[cuda]' (vllm) or set rollout.engine=hf",
-                 "flash_attention": "pip install flash-attn (aster[cuda])",
-                 "packed_attention": "pip install flash-attn (aster[cuda]) or set sft.packing=false",
+                 "sleep_mode": "pip install 'aster[cuda]' (vllm) or set rollout.engine=hf",
+                 "flash_attention": "bash scripts/install.sh cuda (flash-attn)",
+                 "packed_attention": "bash scripts/install.sh cuda (flash-attn) or set "
+                                     "sft.packing=false",
                  "triton_kernels": "pip install triton or set backend.kernel_impl=chunked"}
-        return hints.get(capability, super().capability_hint(capability))
+        hint = hints.get(capability, super().capability_hint(capability))
+        if capability in why:
+            reason = self._probe(why[capability]).reason
+            hint = f"{reason}; {hint}" if reason else hint
+        return hint
 
     def attn_implementation(self, packed: bool = False) -> str:
         return "flash_attention_2" if self.capabilities.flash_attention else "sdpa"

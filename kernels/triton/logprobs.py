@@ -250,5 +250,10 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Ten
     """
     check_logprobs_args(hidden, weight, labels, temperature)
     _check_device(hidden)
+    if hidden.dtype == torch.float64 and not interpreting():
+        # A clear error instead of a Triton compile failure deep in the launch; the
+        # aster.kernels dispatcher already sends float64 to the chunked kernels.
+        raise ValueError("impl='triton' has no float64 path on GPUs (the tensor-core dot has "
+                         "no float64); use impl='chunked' or 'reference' for float64")
     return _TritonTokenLogprobs.apply(hidden, weight, labels, float(temperature),
                                       bool(return_entropy), blocks or default_blocks())

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from aster.backends.ascend import runtime
+from aster.backends.ascend import probes, runtime
 from tests.backends import standin_torch_npu
 
 
@@ -16,8 +16,10 @@ def standin_npu(monkeypatch):
     module = standin_torch_npu.make_module(devices=1)
     monkeypatch.setitem(sys.modules, "torch_npu", module)
     runtime.reset_cache()
+    probes.clear_cache()
     yield module
     runtime.reset_cache()
+    probes.clear_cache()
 
 
 @pytest.fixture

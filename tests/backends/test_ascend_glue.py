@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -32,14 +33,57 @@ def test_engine_falls_back_to_hf_without_vllm_ascend_but_explicit_vllm_errors(st
         select_backend("npu", kernel_impl="triton")
 
 
-def test_vllm_ascend_engine_options_enable_rl_mode_and_sleep(standin_npu, monkeypatch):
-    from aster.backends.ascend.backend import AscendBackend
+def _vllm_ascend(monkeypatch, **kw):
+    from aster.backends.ascend import probes
+    from tests.backends import standin_vllm_ascend
 
+    for name, module in standin_vllm_ascend.modules(**kw).items():
+        monkeypatch.setitem(sys.modules, name, module)
+    probes.clear_cache()
+
+
+def test_vllm_ascend_release_gets_nz_off_and_no_rl_config_it_would_ignore(standin_npu,
+                                                                          monkeypatch):
+    # Every released vllm-ascend (0.11 .. 0.25.1rc1) ignores additional_config.rl_config; what
+    # makes in-place weight pushes land in the layout the kernels read is NZ off.
+    _vllm_ascend(monkeypatch)
     be = select_backend("npu")
-    be.engine = "vllm"
-    opts = AscendBackend.engine_options(be)
-    assert opts["enable_sleep_mode"] is True
-    assert opts["additional_config"]["rl_config"]["enabled"] is True
+    assert be.engine == "vllm" and be.capabilities.vllm and be.capabilities.sleep_mode
+    opts = be.engine_options()
+    assert opts["enable_sleep_mode"] is True and opts["enforce_eager"] is True
+    assert "additional_config" not in opts
+    assert be.engine_env() == {"VLLM_ASCEND_ENABLE_NZ": "0"}
+
+
+def test_vllm_ascend_that_reads_rl_config_gets_rl_mode(standin_npu, monkeypatch):
+    _vllm_ascend(monkeypatch, rl_config=True)
+    opts = select_backend("npu").engine_options()
+    assert opts["additional_config"] == {"rl_config": {"enabled": True}}
+
+
+def test_broken_vllm_ascend_falls_back_to_hf_with_the_reason(standin_npu, monkeypatch,
+                                                             caplog):
+    _vllm_ascend(monkeypatch, broken=True)
+    with caplog.at_level("INFO", logger="aster"):
+        be = select_backend("npu")
+    assert be.engine == "hf" and not be.capabilities.vllm
+    assert "vllm-ascend is installed but its probe failed (" in caplog.text
+    with pytest.raises(CapabilityError, match="probe failed"):
+        select_backend("npu", engine="vllm")
+
+
+def test_triton_ascend_is_found_as_triton_backends_ascend(standin_npu, monkeypatch):
+    # The triton-ascend wheel installs `triton` with an `ascend` backend; no `triton_ascend`.
+    import importlib.machinery
+    import types
+
+    from aster.backends.ascend import probes
+
+    backend = types.ModuleType("triton.backends.ascend")
+    backend.__spec__ = importlib.machinery.ModuleSpec("triton.backends.ascend", None)
+    monkeypatch.setitem(sys.modules, "triton.backends.ascend", backend)
+    probes.clear_cache()
+    assert select_backend("npu", kernel_impl="triton").kernel_impl == "triton"
 
 
 def test_determinism_env_is_applied(standin_npu, monkeypatch):

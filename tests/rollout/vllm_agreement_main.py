@@ -32,6 +32,7 @@ def main(out_dir: str) -> dict:
     start = time.perf_counter()
     engine.load_weights(model)
     result["load_weights_s"] = time.perf_counter() - start
+    result["push_path"] = engine.push_path
     result["after"] = agreement(engine, model, prompts, temperature=1.0)
     result["after_vs_old_weights"] = agreement(engine, stale, prompts, temperature=1.0)
     result["supports_sleep"] = engine.supports_sleep
