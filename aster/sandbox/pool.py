@@ -8,7 +8,6 @@ import itertools
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -16,13 +15,14 @@ import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
-from aster.sandbox._child import _world_readable
 from aster.sandbox._procs import CgroupTree, Worker, Zygote, send_msg
+from aster.sandbox._report import Protection, protections
 from aster.sandbox.config import SandboxConfig
 from aster.sandbox.result import (
     ExecResult,
     SandboxBusyError,
     SandboxClosedError,
+    SandboxConfinementError,
     SandboxError,
 )
 
@@ -38,6 +38,10 @@ class SandboxPool:
 
     def __init__(self, config: SandboxConfig | None = None):
         self.config = config if config is not None else SandboxConfig()
+        for path in self.config.read_only_paths:
+            if not os.path.isdir(path):
+                raise ValueError(f"sandbox.read_only_paths: {path!r} is not a directory; fix "
+                                 "or remove it")
         self._closed = False
         self._lock = threading.Lock()  # zygote use, spares, live set
         self._wake = threading.Condition(self._lock)
@@ -46,14 +50,19 @@ class SandboxPool:
         self._live: set[Worker] = set()
         self._root = tempfile.mkdtemp(prefix="aster-sandbox-", dir=self.config.work_dir)
         os.chmod(self._root, 0o711)  # sessions under other uids must reach their own dirs
+        self._is_root = os.geteuid() == 0
+        # the empty directory the zygote mounts its view on (in its own mount namespace)
+        self._view = tempfile.mkdtemp(prefix="aster-sandbox-view-") if self._is_root else None
         self._cgroups = CgroupTree.create()
         self._uids = itertools.count()
-        self._is_root = os.geteuid() == 0
-        self._zygote = Zygote(self.config)
+        self._zygote = self._new_zygote()
         self._executor = ThreadPoolExecutor(max_workers=self.config.max_sessions,
                                             thread_name_prefix="aster-sandbox")
         self._finalizer = weakref.finalize(self, SandboxPool._cleanup, self._zygote,
-                                           self._spares, self._live, self._cgroups, self._root)
+                                           self._spares, self._live, self._cgroups,
+                                           [self._root, self._view])
+        if self.config.require_confinement:
+            self._require_confinement()
         self._filler = threading.Thread(target=self._fill_spares, name="aster-sandbox-spares",
                                         daemon=True)
         self._filler.start()
@@ -61,31 +70,40 @@ class SandboxPool:
     # ------------------------------------------------------------------ public
 
     @property
-    def enforcement(self) -> list[str]:
-        """What isolation is actually in force on this machine, one line per limit."""
+    def protections(self) -> dict[str, Protection]:
+        """Each kind of confinement (environment, network, filesystem, processes,
+        capabilities, uid, process_limit): whether it is in force here, and what it means."""
         with self._lock:
             self._zygote.wait_ready()
-            notes = list(self._zygote.notes)
+            ready = self._zygote.report
+        return protections(self.config, ready, self._cgroups is not None)
+
+    @property
+    def missing(self) -> list[str]:
+        """The names of the protections that are NOT in force on this machine."""
+        return [name for name, p in self.protections.items() if not p.in_force]
+
+    @property
+    def enforcement(self) -> list[str]:
+        """What isolation is actually in force on this machine, one line per kind; the
+        protections that are not say ``NOT in force`` and why."""
         cfg = self.config
-        if self._cgroups is not None:
-            notes.append(f"processes: pids cgroup, at most {cfg.max_processes} per session; "
-                         "every process of a session is killed with it")
-        else:
-            notes.append("processes: process group kill only (no pids cgroup here)"
-                         + ("; RLIMIT_NPROC per session uid" if self._uid_enabled else ""))
-        if self._uid_enabled:
-            notes.append(f"privileges: each session runs as its own uid >= {cfg.uid_base}, "
-                         "no new privileges; files outside world-writable dirs are read-only")
-            if not _world_readable(sys.base_prefix):
-                notes.append("privileges: the interpreter's files are not world-readable, so "
-                             "sessions keep CAP_DAC_READ_SEARCH (they can read any file)")
-        else:
-            notes.append("privileges: sessions run as the pool's uid (drop_privileges off or "
-                         "not root): code can signal processes of that uid")
+        notes = [p.line() for p in self.protections.values()]
         notes.append(f"memory: RLIMIT_AS/RLIMIT_DATA {cfg.memory_mb} MB; files: "
                      f"{cfg.max_file_mb} MB each, {cfg.max_open_files} open; "
                      f"BLAS threads {cfg.blas_threads}")
         return notes
+
+    def log_confinement(self, logger: logging.Logger) -> None:
+        """One log line: which protections this run lacks (a warning), or that it has all."""
+        found = self.protections
+        missing = [p.line() for p in found.values() if not p.in_force]
+        if missing:
+            logger.warning("sandbox: this run lacks %d of %d protections: %s (set "
+                           "sandbox.require_confinement=true to refuse to run without them)",
+                           len(missing), len(found), " | ".join(missing))
+        else:
+            logger.info("sandbox: fully confined (%s)", ", ".join(found))
 
     @contextlib.contextmanager
     def session(self):
@@ -140,7 +158,28 @@ class SandboxPool:
 
     @property
     def _uid_enabled(self) -> bool:
-        return self._is_root and self.config.drop_privileges
+        """Whether each session runs under a uid of its own."""
+        with self._lock:
+            self._zygote.wait_ready()
+            return self._zygote.report["confinement"]["uid_mode"] in ("own", "keep_read")
+
+    def _new_zygote(self) -> Zygote:
+        cgroup_root = str(self._cgroups.root) if self._cgroups is not None else None
+        return Zygote(self.config, self._root, self._view, cgroup_root)
+
+    def _require_confinement(self) -> None:
+        """sandbox.require_confinement: a one-line error unless every protection holds."""
+        try:
+            missing = [p.line() for p in self.protections.values() if not p.in_force]
+        except BaseException:
+            self.close()
+            raise
+        if missing:
+            self.close()
+            raise SandboxConfinementError(
+                "sandbox.require_confinement=true but this machine cannot confine the sandbox: "
+                + " | ".join(missing) + " (run as root on Linux with cgroups, or set "
+                "sandbox.require_confinement=false to accept it)")
 
     def _check_open(self) -> None:
         if self._closed:
@@ -174,29 +213,31 @@ class SandboxPool:
         if not self._zygote.alive():
             log.warning("sandbox zygote died; starting a new one")
             self._zygote.close()
-            self._zygote = Zygote(self.config)
+            self._zygote = self._new_zygote()
             self._finalizer.detach()
             self._finalizer = weakref.finalize(self, SandboxPool._cleanup, self._zygote,
                                                self._spares, self._live, self._cgroups,
-                                               self._root)
+                                               [self._root, self._view])
             self._zygote.wait_ready()
         n = next(self._uids)
-        workdir = os.path.join(self._root, f"s{n}")
+        name = f"s{n}"
         group = None
-        if self._cgroups is not None:
-            group = self._cgroups.new_group(self.config.max_processes)
-        uid = self.config.uid_base + n % (1 << 20) if self._uid_enabled else None
-        sock = self._zygote.fork({"dir": workdir, "cgroup": group, "uid": uid})
-        worker = Worker(-1, sock, workdir, group)
+        if self._cgroups is not None:  # + the pid namespace's init, where there is one
+            pidns = self._zygote.report["confinement"]["pidns"]
+            group = self._cgroups.new_group(self.config.max_processes + int(pidns))
+        uid = (self.config.uid_base + n % (1 << 20)
+               if self._is_root and self.config.drop_privileges else None)
+        sock, lifeline = self._zygote.fork({"dir": name, "uid": uid,
+                                            "cgroup": group and os.path.basename(group)})
+        worker = Worker(-1, sock, os.path.join(self._root, name), group, lifeline)
         try:
-            msg = worker.read_msg(time.monotonic() + self.config.start_timeout_s, 1 << 16)
+            msg = worker.read_ready(time.monotonic() + self.config.start_timeout_s)
         except (EOFError, OSError, ValueError) as exc:
             msg = None
             log.warning("sandbox worker failed to start: %s", exc)
-        if not isinstance(msg, dict) or not isinstance(msg.get("ready"), int) or msg["ready"] <= 1:
+        if not isinstance(msg, dict) or "ready" not in msg or worker.pid <= 1:
             worker.kill()
             raise SandboxError("a sandbox worker failed to start; see the log")
-        worker.pid = msg["ready"]
         return worker
 
     def _fill_spares(self) -> None:
@@ -224,7 +265,7 @@ class SandboxPool:
         return fresh
 
     @staticmethod
-    def _cleanup(zygote, spares, live, cgroups, root) -> None:
+    def _cleanup(zygote, spares, live, cgroups, dirs) -> None:
         for worker in list(spares) + list(live):
             worker.kill()
         spares.clear()
@@ -232,7 +273,9 @@ class SandboxPool:
         if cgroups is not None:
             cgroups.remove()
         zygote.close()
-        shutil.rmtree(root, ignore_errors=True)
+        for path in dirs:
+            if path is not None:  # the view's mount point is empty on this side
+                shutil.rmtree(path, ignore_errors=True)
 
 
 class Session:
