@@ -32,6 +32,7 @@ PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 CAP_DAC_READ_SEARCH = 2
 SESSION_DIR = "/sandbox"  # a session's own directory (cwd and HOME) inside the view
 POOL_MOUNT = "/.aster-pool"  # the pool's session dirs; each worker unmounts it at once
+STAGE_DIR = "/.aster-ro"  # read-only paths under /tmp wait here for each session's own /tmp
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 _SYSTEM_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 _ETC_FILES = ("ld.so.cache", "ld.so.conf", "localtime")
@@ -129,9 +130,17 @@ def _bind_read_only(source: str, target: str) -> None:
         mount(None, target, None, flags | MS_NOEXEC)
 
 
-def _populate(root: str, paths: list[str], pool_root: str) -> None:
+def _populate(root: str, paths: list[str], pool_root: str) -> list[list[str]]:
+    """Fill the view; returns [staging dir, path] for the paths under /tmp, which each session
+    binds into its own /tmp (mounted on the view's /tmp, it would hide them)."""
+    staged = []
     for path in paths:
-        _bind_read_only(path, _skeleton_dirs(root, path))
+        if path.startswith("/tmp/"):
+            stage = f"{STAGE_DIR}/{len(staged)}"
+            _bind_read_only(path, _skeleton_dirs(root, stage))
+            staged.append([stage, path])
+        else:
+            _bind_read_only(path, _skeleton_dirs(root, path))
     for name in _SYSTEM_LINKS:
         host = "/" + name
         if os.path.islink(host):
@@ -158,25 +167,28 @@ def _populate(root: str, paths: list[str], pool_root: str) -> None:
     hidden = _skeleton_dirs(root, POOL_MOUNT)
     mount(pool_root, hidden, None, MS_BIND)
     os.chmod(root, 0o755)
+    return staged
 
 
-def enter_view(new_root: str, pool_root: str, extra: list[str]) -> list[str]:
+def enter_view(new_root: str, pool_root: str,
+               extra: list[str]) -> tuple[list[str], list[list[str]]]:
     """Build the view on the (empty) directory new_root and pivot_root into it.
 
     Runs once, in the zygote, before the preloads are imported: an import that fails inside the
-    view fails at start-up, not in a session. Returns the paths mounted read-only.
+    view fails at start-up, not in a session. Returns the paths mounted read-only and the
+    staged ones (see _populate).
     """
     unshare(CLONE_NEWNS)
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount propagates to the host
     mount("tmpfs", new_root, "tmpfs", MS_NOSUID, "mode=0755,size=16m,nr_inodes=4096")
-    paths = view_paths(extra)
-    _populate(new_root, paths, pool_root)
+    paths = [p for p in view_paths(extra) if p != "/tmp"]  # /tmp is each session's own
+    staged = _populate(new_root, paths, pool_root)
     os.chdir(new_root)
     _pivot_root(".", ".")  # the old root is stacked under the new one ...
     _ok(_LIBC.umount2(b".", MNT_DETACH), "umount old root")  # ... and detached here
     os.chdir("/")
     mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID)
-    return paths
+    return paths, staged
 
 
 def view_readable(paths: list[str]) -> bool:
@@ -184,11 +196,15 @@ def view_readable(paths: list[str]) -> bool:
     return all(os.stat(p).st_mode & 0o005 == 0o005 for p in paths)
 
 
-def enter_session_view(name: str, uid: int | None, tmp_mb: int, own_proc: bool) -> str:
+def enter_session_view(name: str, uid: int | None, tmp_mb: int, own_proc: bool,
+                       staged: list[list[str]]) -> str:
     """In a fresh worker (still root): own mount namespace, /sandbox, private /tmp and /proc."""
     unshare(CLONE_NEWNS)
     mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
           f"mode=1777,size={tmp_mb}m,nr_inodes={max(1024, tmp_mb * 256)}")
+    for stage, path in staged:
+        _bind_read_only(stage, _skeleton_dirs("/", path))
+        _ok(_LIBC.umount2(_b(stage), MNT_DETACH), "umount a staged path")
     host_dir = os.path.join(POOL_MOUNT, name)
     os.mkdir(host_dir, 0o700)
     if uid is not None:
@@ -251,6 +267,7 @@ class Confinement:
         self.cgroup_fd: int | None = None
         self.uid_mode = "same"  # own | root | keep_read | same (see _uid_mode)
         self.report: dict = {"view_error": None, "pidns_error": None, "paths": []}
+        self.staged: list[list[str]] = []
 
     @property
     def pidns(self) -> bool:
@@ -278,8 +295,8 @@ class Confinement:
         except OSError as exc:
             self.report["pidns_error"] = str(exc)
         try:
-            self.report["paths"] = enter_view(self.cfg["view_root"], self.cfg["pool_root"],
-                                              self.cfg["read_only_paths"])
+            self.report["paths"], self.staged = enter_view(
+                self.cfg["view_root"], self.cfg["pool_root"], self.cfg["read_only_paths"])
             self.view = True
         except OSError as exc:
             self.report["view_error"] = str(exc)
@@ -297,7 +314,8 @@ class Confinement:
         if not self.cfg["drop_privileges"]:
             return "root"
         if self.view:
-            return "own" if view_readable(self.report["paths"]) else "root"
+            mounted = [p for p in self.report["paths"] if not p.startswith("/tmp/")]
+            return "own" if view_readable(mounted + [s for s, _ in self.staged]) else "root"
         return "own" if world_readable(sys.base_prefix) else "keep_read"
 
     # ------------------------------------------------------------------ per fork (zygote)
@@ -338,7 +356,8 @@ class Confinement:
     def enter_workdir(self, name: str, uid: int | None) -> str:
         """The worker's own directory (and view), made and entered; returns its path."""
         if self.view:
-            workdir = enter_session_view(name, uid, self.cfg["tmp_mb"], self.pidns)
+            workdir = enter_session_view(name, uid, self.cfg["tmp_mb"], self.pidns,
+                                         self.staged)
             tmp = "/tmp"
         else:
             workdir = tmp = os.path.join(self.cfg["pool_root"], name)

@@ -61,10 +61,10 @@ class SandboxPool:
         self._finalizer = weakref.finalize(self, SandboxPool._cleanup, self._zygote,
                                            self._spares, self._live, self._cgroups,
                                            [self._root, self._view])
-        if self.config.require_confinement:
-            self._require_confinement()
         self._filler = threading.Thread(target=self._fill_spares, name="aster-sandbox-spares",
                                         daemon=True)
+        if self.config.require_confinement:
+            self._require_confinement()
         self._filler.start()
 
     # ------------------------------------------------------------------ public
@@ -144,7 +144,8 @@ class SandboxPool:
                 return
             self._closed = True
             self._wake.notify_all()
-        self._filler.join(timeout=10)
+        if self._filler.ident is not None:  # started
+            self._filler.join(timeout=10)
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._finalizer()
 
