@@ -152,10 +152,11 @@ def _fork_worker(cfg: dict, conf, req: dict, fds: list[int], zygote_pid: int) ->
 def _setup_process(cfg: dict, conf, req: dict, zygote_pid: int | None) -> None:
     """Session, cgroup, own view and dir, rlimits, uid and capabilities of a fresh worker."""
     os.setsid()
-    confine.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if zygote_pid is not None and os.getppid() != zygote_pid:
-        os._exit(1)  # the zygote died before the prctl (in a pid namespace the init's
-        # lifeline does this job, and the parent is not visible)
+    if zygote_pid is not None:  # in a pid namespace the init's lifeline does this job, and
+        # a session must outlive a zygote that dies (the parent is not visible there anyway)
+        confine.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != zygote_pid:
+            os._exit(1)  # the zygote died before the prctl
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

@@ -151,7 +151,17 @@ def _populate(root: str, paths: list[str], pool_root: str) -> list[list[str]]:
     for name in _ETC_FILES:
         if os.path.isfile("/etc/" + name):  # follows /etc/localtime's link
             shutil.copyfile("/etc/" + name, os.path.join(etc, name))
-    dev = _skeleton_dirs(root, "/dev")
+    _populate_dev(_skeleton_dirs(root, "/dev"))
+    for mount_point in ("/proc", "/tmp", SESSION_DIR):
+        _skeleton_dirs(root, mount_point)
+    hidden = _skeleton_dirs(root, POOL_MOUNT)
+    mount(pool_root, hidden, None, MS_BIND)
+    os.chmod(root, 0o755)
+    return staged
+
+
+def _populate_dev(dev: str) -> None:
+    """null, zero, full, random, urandom; fd and std* links into /proc; shm is /tmp."""
     for name, (major, minor) in _DEVICES.items():
         node = os.path.join(dev, name)
         try:
@@ -162,12 +172,6 @@ def _populate(root: str, paths: list[str], pool_root: str) -> list[list[str]]:
             mount("/dev/" + name, node, None, MS_BIND)
     for name, target in _DEV_LINKS.items():
         os.symlink(target, os.path.join(dev, name))
-    for mount_point in ("/proc", "/tmp", SESSION_DIR):
-        _skeleton_dirs(root, mount_point)
-    hidden = _skeleton_dirs(root, POOL_MOUNT)
-    mount(pool_root, hidden, None, MS_BIND)
-    os.chmod(root, 0o755)
-    return staged
 
 
 def enter_view(new_root: str, pool_root: str,

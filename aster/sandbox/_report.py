@@ -26,7 +26,8 @@ class Protection:
         return f"{self.name}: {state}{self.detail}"
 
 
-def protections(cfg: SandboxConfig, ready: dict, cgroups: bool) -> dict[str, Protection]:
+def protections(cfg: SandboxConfig, ready: dict, cgroups: bool,
+                trainer_cwd: str) -> dict[str, Protection]:
     """Every kind in PROTECTIONS; `ready` is the zygote's ready message."""
     conf = ready["confinement"]
     found = [
@@ -35,13 +36,19 @@ def protections(cfg: SandboxConfig, ready: dict, cgroups: bool) -> dict[str, Pro
                    + (f", sandbox.env: {', '.join(cfg.env)}" if cfg.env else "")
                    + "; nothing else of the trainer's environment"),
         Protection("network", *ready["network"]),
-        _filesystem(cfg, conf), _processes(conf), _capabilities(conf), _uid(cfg, conf),
+        _filesystem(cfg, conf, trainer_cwd), _processes(conf), _capabilities(conf), _uid(cfg, conf),
         _process_limit(cfg, conf, cgroups),
     ]
     return {p.name: p for p in found}
 
 
-def _filesystem(cfg: SandboxConfig, conf: dict) -> Protection:
+def _filesystem(cfg: SandboxConfig, conf: dict, trainer_cwd: str) -> Protection:
+    inside = [p for p in conf["paths"] if trainer_cwd == p or trainer_cwd.startswith(p + "/")]
+    if conf["view"] and inside:
+        return Protection("filesystem", False, (
+            f"the trainer's working directory {trainer_cwd} is inside the read-only path "
+            f"{inside[0]} of the view: sessions can read it (run from elsewhere, or drop it "
+            "from sandbox.read_only_paths)"))
     if conf["view"]:
         return Protection("filesystem", True, (
             f"own root (mount namespace): read-only {', '.join(conf['paths'])}; own "

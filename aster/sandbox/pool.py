@@ -43,6 +43,7 @@ class SandboxPool:
                 raise ValueError(f"sandbox.read_only_paths: {path!r} is not a directory; fix "
                                  "or remove it")
         self._closed = False
+        self._cwd = os.getcwd()  # the trainer's: it must not be inside the sessions' view
         self._lock = threading.Lock()  # zygote use, spares, live set
         self._wake = threading.Condition(self._lock)
         self._slots = threading.BoundedSemaphore(self.config.max_sessions)
@@ -76,7 +77,7 @@ class SandboxPool:
         with self._lock:
             self._zygote.wait_ready()
             ready = self._zygote.report
-        return protections(self.config, ready, self._cgroups is not None)
+        return protections(self.config, ready, self._cgroups is not None, self._cwd)
 
     @property
     def missing(self) -> list[str]:

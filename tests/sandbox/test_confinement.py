@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -125,51 +126,70 @@ def test_cannot_list_root_home_or_repository(pool):
 
 
 def test_sees_only_its_own_processes(pool):
+    code = ("import os, subprocess, time\nchild = subprocess.Popen(['sleep', '30'])\n"
+            "while not open(f'/proc/{child.pid}/cmdline').read():  # until its exec shows\n"
+            "    time.sleep(0.01)\nseen = {}\n"
+            "for d in filter(str.isdigit, os.listdir('/proc')):\n    try:\n"
+            "        seen[int(d)] = open(f'/proc/{d}/cmdline', 'rb').read().split(b'\\0')[0]"
+            ".decode()\n    except OSError:\n        pass\nchild.kill(); child.wait()\n"
+            "sorted(seen.items())")
     with pool.session() as a, pool.session() as b:
         b.run("import time")
-        code = ("import os, subprocess, time\nchild = subprocess.Popen(['sleep', '30'])\n"
-                "while not open(f'/proc/{child.pid}/cmdline').read():  # until its exec shows\n"
-                "    time.sleep(0.01)\nseen = {}\nfor d in filter(str.isdigit, os.listdir('/proc')):\n    try:\n"
-                "        seen[int(d)] = open(f'/proc/{d}/cmdline', 'rb').read().split(b'\\0')[0]"
-                ".decode()\n    except OSError:\n        pass\nchild.kill(); child.wait()\n"
-                "sorted(seen.items())")
+        if _missing_is_reported(pool, "processes"):
+            if pool.protections["filesystem"].in_force:  # the report says: no /proc in the view
+                assert a.run("import os\nos.path.exists('/proc/self')").output == "False\n"
+            else:  # the report is true: the trainer is listed
+                assert a.run(f"import os\nos.path.exists('/proc/{os.getpid()}')").output == \
+                    "True\n"
+            return
         r = a.run(code)
     assert r.ok, r.output
     seen = dict(ast.literal_eval(r.output))  # {pid: argv0} as the session sees them
-    if _missing_is_reported(pool, "processes"):
-        if pool.protections["filesystem"].in_force:
-            assert seen == {}  # the report says so: no /proc in the view
-        else:
-            assert os.getpid() in seen  # the report is true: the trainer is listed
-        return
     # the namespace's init, the worker, its sleep: not b's worker, not the trainer, nothing else
     names = sorted(os.path.basename(v) for v in seen.values())
     assert len(seen) == 3 and names == sorted(["aster-sandbox-init", "sleep",
                                                 os.path.basename(sys.executable)]), seen
 
 
+CAPS = """
+import ctypes, json, os
+libc = ctypes.CDLL(None, use_errno=True)
+head = (ctypes.c_uint32 * 2)(0x20080522, 0)
+data = (ctypes.c_uint32 * 6)()
+assert libc.capget(head, data) == 0
+bounding = [c for c in range(64) if libc.prctl(23, c, 0, 0, 0) == 1]  # PR_CAPBSET_READ
+ambient = [c for c in range(64) if libc.prctl(47, 1, c, 0, 0) == 1]  # PR_CAP_AMBIENT_IS_SET
+print(json.dumps({"eff": data[0] | data[3], "prm": data[1] | data[4], "inh": data[2] | data[5],
+                  "bounding": bounding, "ambient": ambient, "uid": os.getuid(),
+                  "no_new_privs": libc.prctl(39, 0, 0, 0, 0)}))  # PR_GET_NO_NEW_PRIVS
+"""
+
+
 def test_no_capabilities_and_own_uid(pool):
     with pool.session() as s:
-        status = s.run("print(open('/proc/self/status').read())").output
-        uid = int(s.run("import os\nos.getuid()").output)
-    caps = {k: int(v, 16) for k, v in (line.split(":\t") for line in status.splitlines()
-                                       if line.startswith("Cap"))}
+        r = s.run(CAPS)
+    assert r.ok, r.output
+    got = json.loads(r.output)
     if not _missing_is_reported(pool, "capabilities"):
-        assert caps["CapEff"] == caps["CapPrm"] == caps["CapInh"] == caps["CapAmb"] == 0, caps
-        assert "NoNewPrivs:\t1" in status
+        assert got["eff"] == got["prm"] == got["inh"] == 0 and got["ambient"] == [], got
+        assert got["no_new_privs"] == 1
         if os.geteuid() == 0:  # CAP_SETPCAP was there to empty the bounding set
-            assert caps["CapBnd"] == 0, caps
+            assert got["bounding"] == [], got
     if not _missing_is_reported(pool, "uid"):
-        assert uid >= pool.config.uid_base
+        assert got["uid"] >= pool.config.uid_base
 
 
 def test_private_tmp(pool):
+    marker = f"/tmp/aster-16-{uuid.uuid4().hex}"
     with pool.session() as a, pool.session() as b:
-        a.run("open('/tmp/aster-16-marker', 'w').write('a')")
-        seen = b.run("import os\nos.path.exists('/tmp/aster-16-marker')").output
+        a.run(f"open({marker!r}, 'w').write('a')")
+        seen = b.run(f"import os\nos.path.exists({marker!r})").output
+    on_host = os.path.exists(marker)
+    if on_host:
+        os.remove(marker)
     if _missing_is_reported(pool, "filesystem"):
         return
-    assert seen == "False\n" and not os.path.exists("/tmp/aster-16-marker")
+    assert seen == "False\n" and not on_host
 
 
 def test_read_only_paths(tmp_path):
@@ -190,6 +210,15 @@ def test_read_only_paths(tmp_path):
     assert "FileNotFoundError" in other, other
 
 
+def test_trainer_directory_inside_a_read_only_path_is_reported(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with SandboxPool(SandboxConfig(spare_workers=0, read_only_paths=[str(tmp_path)])) as p:
+        fs = p.protections["filesystem"]
+    assert not fs.in_force
+    if p._zygote.report["confinement"]["view"]:
+        assert f"working directory {tmp_path} is inside" in fs.detail, fs.detail
+
+
 def test_read_only_path_that_does_not_exist_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="sandbox.read_only_paths"):
         SandboxPool(SandboxConfig(read_only_paths=[str(tmp_path / "nope")]))
@@ -199,6 +228,13 @@ def test_missing_protections_logged_once(caplog):
     cfg = SandboxConfig(spare_workers=0, no_network=False, drop_privileges=False)
     with SandboxPool(cfg) as p, caplog.at_level(logging.INFO, logger="aster.test"):
         p.log_confinement(logging.getLogger("aster.test"))
+        with p.session() as s:  # uid 0 when root, but without capabilities or /proc writes
+            caps = json.loads(s.run(CAPS).output)
+            sysctl = s.run("open('/proc/sys/kernel/hostname', 'w').write('pwned')").output
+        if not _missing_is_reported(p, "capabilities"):
+            assert caps["eff"] == caps["prm"] == 0 and caps["no_new_privs"] == 1, caps
+        if not _missing_is_reported(p, "processes"):  # its own /proc, mounted read-only
+            assert "Read-only file system" in sysctl, sysctl
     records = [r for r in caplog.records if r.name == "aster.test"]
     assert len(records) == 1 and records[0].levelno == logging.WARNING
     assert "network: NOT in force" in records[0].message
@@ -219,8 +255,9 @@ def test_require_confinement_refuses_in_one_line(tmp_path):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "require_confinement" in lines[0] and "network" in lines[0], lines
     if _can_confine():  # and with everything in force it starts
-        ok = _cli("run", str(cell), "sandbox.require_confinement=true")
-        assert ok.returncode == 0 and ok.stdout == "42\n", ok.stderr
+        cfg = SandboxConfig(spare_workers=0, require_confinement=True)
+        with SandboxPool(cfg) as p, p.session() as s:
+            assert s.run("6 * 7").output == "42\n"
 
 
 def test_require_confinement_before_the_run_directory(tmp_path):

@@ -164,7 +164,9 @@ def test_format_tool_response():
 
 @pytest.mark.parametrize("key,value", [
     ("timeout_s", 0), ("max_sessions", 0), ("memory_mb", "1G"), ("grace_s", -1),
-    ("preload", "sympy"), ("max_output_chars", 10), ("no_network", 1), ("spare_workers", -1)])
+    ("preload", "sympy"), ("max_output_chars", 10), ("no_network", 1), ("spare_workers", -1),
+    ("tmp_mb", 0), ("env", "HF_TOKEN"), ("env", ["NOT-A-NAME"]), ("read_only_paths", ["rel"]),
+    ("read_only_paths", ["/"]), ("require_confinement", "yes")])
 def test_config_validation_names_the_key(key, value):
     with pytest.raises(ValueError, match=f"sandbox.{key}="):
         SandboxConfig(**{key: value})
