@@ -119,8 +119,8 @@ class Worker:
 
     def read_ready(self, deadline: float):
         """The worker's first message; sets ``pid`` from the kernel's SCM_CREDENTIALS, which
-        translates it into our pid namespace (the worker's own getpid() may say 2)."""
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        translates it into our pid namespace (the worker's own getpid() may say 2). The socket
+        has SO_PASSCRED on since before the fork (Zygote.fork); it is turned off here."""
         poller = select.poll()
         poller.register(self.sock, select.POLLIN | select.POLLHUP | select.POLLERR)
         if not poller.poll(max(0, int((deadline - time.monotonic()) * 1000))):
@@ -311,6 +311,8 @@ class Zygote:
     def fork(self, request: dict) -> tuple[socket.socket, int]:
         """Ask for one worker; returns the pool's end of its socket and of its lifeline."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # before the worker can exist: its ready message must carry its credentials
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         life_r, life_w = os.pipe()
         try:
             data = json.dumps(request).encode()

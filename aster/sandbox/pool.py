@@ -234,10 +234,11 @@ class SandboxPool:
         worker = Worker(-1, sock, os.path.join(self._root, name), group, lifeline)
         try:
             msg = worker.read_ready(time.monotonic() + self.config.start_timeout_s)
+            why = f"ready message {msg!r}, pid {worker.pid}"
         except (EOFError, OSError, ValueError) as exc:
-            msg = None
-            log.warning("sandbox worker failed to start: %s", exc)
+            msg, why = None, str(exc)
         if not isinstance(msg, dict) or "ready" not in msg or worker.pid <= 1:
+            log.warning("sandbox worker failed to start: %s", why)
             worker.kill()
             raise SandboxError("a sandbox worker failed to start; see the log")
         return worker
