@@ -333,10 +333,12 @@ class Confinement:
         """
         unshare(CLONE_NEWPID)
         try:
-            init = os.posix_spawn(self.init_path, ["aster-sandbox-init"], {}, file_actions=[
-                (os.POSIX_SPAWN_DUP2, life_fd, 0),
-                (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
-                (os.POSIX_SPAWN_DUP2, 1, 2)])
+            # its own session: a kill of the zygote's process group must not end sessions
+            actions = [(os.POSIX_SPAWN_DUP2, life_fd, 0),
+                       (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
+                       (os.POSIX_SPAWN_DUP2, 1, 2)]
+            init = os.posix_spawn(self.init_path, ["aster-sandbox-init"], {}, setsid=True,
+                                  file_actions=actions)
             if group is not None:
                 self.join_cgroup(group, init)
         except BaseException:

@@ -12,6 +12,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -116,6 +117,7 @@ class Worker:
         self.lifeline = lifeline  # closing it ends the session's pid namespace
         self.seq = 0
         self.dead = False
+        self._kill_lock = threading.Lock()
 
     def read_ready(self, deadline: float):
         """The worker's first message; sets ``pid`` from the kernel's SCM_CREDENTIALS, which
@@ -213,8 +215,14 @@ class Worker:
             pass
 
     def kill(self) -> None:
-        """End the session: its pid namespace, its process group and (if any) its cgroup."""
-        self.dead = True
+        """End the session: its pid namespace, its process group and (if any) its cgroup.
+
+        Idempotent and thread-safe: the pool's cleanup and a thread waiting for this worker to
+        start may both call it (a second close of the lifeline could hit a reused fd)."""
+        with self._kill_lock:
+            if self.dead:
+                return
+            self.dead = True
         if self.lifeline is not None:  # the namespace's init exits; the kernel kills the rest
             os.close(self.lifeline)
             self.lifeline = None

@@ -8,6 +8,7 @@ import itertools
 import logging
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -49,6 +50,7 @@ class SandboxPool:
         self._slots = threading.BoundedSemaphore(self.config.max_sessions)
         self._spares: deque[Worker] = deque()
         self._live: set[Worker] = set()
+        self._starting: set[Worker] = set()  # asked of the zygote, not ready yet
         self._root = tempfile.mkdtemp(prefix="aster-sandbox-", dir=self.config.work_dir)
         os.chmod(self._root, 0o711)  # sessions under other uids must reach their own dirs
         self._is_root = os.geteuid() == 0
@@ -60,8 +62,8 @@ class SandboxPool:
         self._executor = ThreadPoolExecutor(max_workers=self.config.max_sessions,
                                             thread_name_prefix="aster-sandbox")
         self._finalizer = weakref.finalize(self, SandboxPool._cleanup, self._zygote,
-                                           self._spares, self._live, self._cgroups,
-                                           [self._root, self._view])
+                                           self._spares, self._live, self._starting,
+                                           self._cgroups, [self._root, self._view])
         self._filler = threading.Thread(target=self._fill_spares, name="aster-sandbox-spares",
                                         daemon=True)
         if self.config.require_confinement:
@@ -197,8 +199,26 @@ class SandboxPool:
                     worker = candidate
                     break
                 candidate.kill()
-            if worker is None:
-                worker = self._spawn_locked()
+            if worker is not None:
+                self._live.add(worker)
+                self._wake.notify_all()
+                return worker
+            worker = self._request_locked()
+            zygote = self._zygote
+        try:
+            self._await_ready(worker)
+        except SandboxError:
+            with self._lock:
+                if zygote is self._zygote and zygote.alive():
+                    raise
+                # the zygote died with our request in flight: once more, from a new zygote
+                worker = self._request_locked()
+            self._await_ready(worker)
+        with self._lock:
+            self._starting.discard(worker)
+            if self._closed:
+                worker.kill()
+                self._check_open()
             self._live.add(worker)
             self._wake.notify_all()
         return worker
@@ -209,18 +229,10 @@ class SandboxPool:
         except (EOFError, OSError, ValueError):
             return False
 
-    def _spawn_locked(self) -> Worker:
-        """Fork one worker through the zygote (restarting the zygote if it died)."""
-        self._zygote.wait_ready()
-        if not self._zygote.alive():
-            log.warning("sandbox zygote died; starting a new one")
-            self._zygote.close()
-            self._zygote = self._new_zygote()
-            self._finalizer.detach()
-            self._finalizer = weakref.finalize(self, SandboxPool._cleanup, self._zygote,
-                                               self._spares, self._live, self._cgroups,
-                                               [self._root, self._view])
-            self._zygote.wait_ready()
+    def _request_locked(self) -> Worker:
+        """Ask the zygote for one worker (restarting it if it died); `_await_ready` (without
+        the lock, so that taking a spare meanwhile does not wait) finishes the start."""
+        self._live_zygote_locked()
         n = next(self._uids)
         name = f"s{n}"
         group = None
@@ -229,19 +241,46 @@ class SandboxPool:
             group = self._cgroups.new_group(self.config.max_processes + int(pidns))
         uid = (self.config.uid_base + n % (1 << 20)
                if self._is_root and self.config.drop_privileges else None)
-        sock, lifeline = self._zygote.fork({"dir": name, "uid": uid,
-                                            "cgroup": group and os.path.basename(group)})
+        request = {"dir": name, "uid": uid, "cgroup": group and os.path.basename(group)}
+        try:
+            sock, lifeline = self._zygote.fork(request)
+        except OSError:  # killed, and exiting now: poll() did not know yet
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._zygote.proc.wait(timeout=5)
+            self._live_zygote_locked()
+            sock, lifeline = self._zygote.fork(request)
         worker = Worker(-1, sock, os.path.join(self._root, name), group, lifeline)
+        self._starting.add(worker)  # the pool's cleanup kills it if it closes meanwhile
+        return worker
+
+    def _live_zygote_locked(self) -> None:
+        self._zygote.wait_ready()
+        if self._zygote.alive():
+            return
+        log.warning("sandbox zygote died; starting a new one")
+        self._zygote.close()
+        self._zygote = self._new_zygote()
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, SandboxPool._cleanup, self._zygote,
+                                           self._spares, self._live, self._starting,
+                                           self._cgroups, [self._root, self._view])
+        self._zygote.wait_ready()
+
+    def _await_ready(self, worker: Worker) -> None:
+        """Wait for the worker's ready message; SandboxError (worker killed) if it fails."""
         try:
             msg = worker.read_ready(time.monotonic() + self.config.start_timeout_s)
             why = f"ready message {msg!r}, pid {worker.pid}"
         except (EOFError, OSError, ValueError) as exc:
             msg, why = None, str(exc)
         if not isinstance(msg, dict) or "ready" not in msg or worker.pid <= 1:
-            log.warning("sandbox worker failed to start: %s", why)
+            with self._lock:
+                self._starting.discard(worker)
+                closed = self._closed
+            if not closed:
+                log.warning("sandbox worker failed to start: %s", why)
             worker.kill()
             raise SandboxError("a sandbox worker failed to start; see the log")
-        return worker
 
     def _fill_spares(self) -> None:
         """Background: keep config.spare_workers forked and waiting."""
@@ -252,10 +291,26 @@ class SandboxPool:
                 if self._closed:
                     return
                 try:
-                    self._spares.append(self._spawn_locked())
+                    worker = self._request_locked()
                 except (SandboxError, ValueError, OSError) as exc:
                     log.warning("sandbox: could not pre-fork a spare worker: %s", exc)
                     self._wake.wait(timeout=1.0)
+                    continue
+            try:
+                self._await_ready(worker)
+            except SandboxError as exc:
+                with self._lock:
+                    if not self._closed:
+                        log.warning("sandbox: could not pre-fork a spare worker: %s", exc)
+                        self._wake.wait(timeout=1.0)
+                continue
+            with self._lock:
+                self._starting.discard(worker)
+                if self._closed:
+                    worker.kill()
+                    return
+                self._spares.append(worker)
+                self._wake.notify_all()
 
     def _retire(self, worker: Worker) -> None:
         with self._lock:
@@ -268,11 +323,12 @@ class SandboxPool:
         return fresh
 
     @staticmethod
-    def _cleanup(zygote, spares, live, cgroups, dirs) -> None:
-        for worker in list(spares) + list(live):
+    def _cleanup(zygote, spares, live, starting, cgroups, dirs) -> None:
+        for worker in list(spares) + list(live) + list(starting):
             worker.kill()
         spares.clear()
         live.clear()
+        starting.clear()
         if cgroups is not None:
             cgroups.remove()
         zygote.close()
