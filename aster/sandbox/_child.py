@@ -107,7 +107,7 @@ def zygote_main(cfg: dict, ctl_fd: int) -> None:
         for fd in fds:
             os.set_inheritable(fd, False)
         if fds:
-            _fork_worker(cfg, conf, json.loads(data), fds, zygote_pid)
+            _fork_worker(cfg, conf, json.loads(data), fds, zygote_pid, ctl)
     os._exit(0)
 
 
@@ -122,7 +122,8 @@ def _leave_network(cfg: dict) -> list:
     return [True, "none (empty network namespace)"]
 
 
-def _fork_worker(cfg: dict, conf, req: dict, fds: list[int], zygote_pid: int) -> None:
+def _fork_worker(cfg: dict, conf, req: dict, fds: list[int], zygote_pid: int,
+                 ctl: socket.socket) -> None:
     """One worker (in a pid namespace of its own where the machine allows); fds: its socket
     and the lifeline's read end. A failure closes the socket: the pool sees the worker die."""
     pidns = conf.pidns and len(fds) > 1
@@ -139,6 +140,7 @@ def _fork_worker(cfg: dict, conf, req: dict, fds: list[int], zygote_pid: int) ->
         pass
     if pid == 0:
         try:
+            ctl.close()
             worker_main(cfg, conf, req, fds[0], zygote_pid if not pidns else None)
         finally:
             os._exit(0)
