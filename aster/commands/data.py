@@ -180,6 +180,7 @@ def run_synth(args: argparse.Namespace) -> int:
     prompts = load_prompts(args.prompts, max_rows=args.max_prompts).prompts
     engine = None
     with SandboxPool(cfg.sandbox) as pool:
+        pool.log_confinement(logger)
         try:
             if args.endpoint:
                 teacher = HTTPTeacher(synth_cfg, pool)

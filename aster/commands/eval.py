@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from pathlib import Path
 
@@ -72,6 +73,7 @@ def run_eval(args: argparse.Namespace) -> int:
     out = Path(args.output_dir or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
         with SandboxPool(cfg.sandbox) as pool:
+            pool.log_confinement(logging.getLogger("aster"))
             summary, rows = evaluate(engine, pool, benchmarks, cfg.eval, tokenizer,
                                      rollout_cfg=cfg.rollout)
     finally:

@@ -2,17 +2,19 @@
 
 Run as a script (``python -I _child.py CONFIG_JSON CTL_FD``) by the pool; it imports nothing
 from aster so that the warm parent holds only the preloaded modules. The zygote imports the
-preload list once, leaves the network (an empty network namespace), then forks one worker per
-request it receives on the control socket; each request carries the worker's end of a
-socketpair (SCM_RIGHTS). A worker is a long-lived interpreter that runs cells sent by its
-session, Jupyter-like, and replies with the status and the captured output.
+preload list once inside its confinement (an empty network namespace; as root, the filesystem
+view of ``_confine``), then forks one worker per request it receives on the control socket;
+each request carries the worker's end of a socketpair and the read end of the session's
+lifeline pipe (SCM_RIGHTS). As root each worker gets a pid namespace of its own (``cat`` on
+the lifeline is its init), its own mount namespace, uid and no capabilities. A worker is a
+long-lived interpreter that runs cells sent by its session, Jupyter-like, and replies with the
+status and the captured output.
 """
 
 from __future__ import annotations
 
 import ast
 import builtins
-import ctypes
 import gc
 import io
 import json
@@ -25,15 +27,16 @@ import struct
 import sys
 import traceback
 
-CLONE_NEWNET = 0x40000000
+if __name__ == "__main__":  # run by the pool as a script: import the sibling, not aster
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import _confine as confine
+    del sys.path[0]
+else:
+    from aster.sandbox import _confine as confine
+
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
-PR_SET_NO_NEW_PRIVS = 38
-PR_SET_KEEPCAPS = 8
-CAP_DAC_READ_SEARCH = 2
-_SYS_CAPSET = {"x86_64": 126, "aarch64": 91}
 _HEADER = struct.Struct(">I")
-_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def send_msg(sock: socket.socket, obj) -> None:
@@ -72,115 +75,104 @@ def _reap(signum=None, frame=None) -> None:
 
 
 def zygote_main(cfg: dict, ctl_fd: int) -> None:
-    """Preload, leave the network, then fork a worker per request until the pool goes away."""
+    """Confine, preload, then fork a worker per request until the pool goes away."""
+    os.set_inheritable(ctl_fd, False)  # never into the pid namespaces' init (cat)
     ctl = socket.socket(fileno=ctl_fd)
-    notes, errors = [], []
-    if cfg["no_network"]:
-        if _LIBC.unshare(CLONE_NEWNET) == 0:
-            notes.append("network: none (empty network namespace)")
-        else:
-            notes.append("network: NOT isolated (unshare(CLONE_NEWNET) failed: "
-                         f"{os.strerror(ctypes.get_errno())})")
-    else:
-        notes.append("network: allowed (sandbox.no_network=false)")
+    network = _leave_network(cfg)
+    conf = confine.Confinement(cfg)
+    conf.setup()
+    errors = []
     for name in cfg["preload"]:
         try:
             __import__(name)
         except BaseException as exc:  # a bad preload is reported to the pool, not fatal here
             errors.append(f"{name}: {type(exc).__name__}: {exc}")
     sys.set_int_max_str_digits(0)
-    _LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    confine.prctl(PR_SET_CHILD_SUBREAPER, 1)
     signal.signal(signal.SIGCHLD, _reap)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     gc.collect()
     gc.freeze()  # keeps the collector from touching (and so copying) the preloaded objects
-    send_msg(ctl, {"ready": os.getpid(), "notes": notes, "errors": errors})
+    send_msg(ctl, {"ready": os.getpid(), "network": network, "confinement": conf.report,
+                   "errors": errors})
     zygote_pid = os.getpid()
     while True:
         try:
             (size,) = _HEADER.unpack(recv_exact(ctl, _HEADER.size))
-            data, fds, _, _ = socket.recv_fds(ctl, size, 1)
+            data, fds, _, _ = socket.recv_fds(ctl, size, 2)
             while len(data) < size:
                 data += recv_exact(ctl, size - len(data))
         except (EOFError, OSError):
             break
-        req = json.loads(data)
-        if not fds:
-            continue
-        pid = os.fork()
-        if pid == 0:
-            try:
-                ctl.close()
-                worker_main(cfg, req, fds[0], zygote_pid)
-            finally:
-                os._exit(0)
-        os.close(fds[0])
+        for fd in fds:
+            os.set_inheritable(fd, False)
+        if fds:
+            _fork_worker(cfg, conf, json.loads(data), fds, zygote_pid, ctl)
     os._exit(0)
+
+
+def _leave_network(cfg: dict) -> list:
+    """[in force, detail] of the empty network namespace."""
+    if not cfg["no_network"]:
+        return [False, "network allowed (sandbox.no_network=false)"]
+    try:
+        confine.unshare(confine.CLONE_NEWNET)
+    except OSError as exc:
+        return [False, f"unshare(CLONE_NEWNET) failed: {exc.strerror}"]
+    return [True, "none (empty network namespace)"]
+
+
+def _fork_worker(cfg: dict, conf, req: dict, fds: list[int], zygote_pid: int,
+                 ctl: socket.socket) -> None:
+    """One worker (in a pid namespace of its own where the machine allows); fds: its socket
+    and the lifeline's read end. A failure closes the socket: the pool sees the worker die."""
+    pidns = conf.pidns and len(fds) > 1
+    pid = -1
+    try:
+        if pidns:
+            conf.start_pid_namespace(fds[1], req.get("cgroup"))
+        try:
+            pid = os.fork()
+        finally:
+            if pidns and pid != 0:
+                conf.end_pid_namespace()
+    except OSError:
+        pass
+    if pid == 0:
+        try:
+            ctl.close()
+            worker_main(cfg, conf, req, fds[0], zygote_pid if not pidns else None)
+        finally:
+            os._exit(0)
+    for fd in fds:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- worker setup
 
 
-def _setup_process(cfg: dict, req: dict, zygote_pid: int) -> None:
-    """Session, cgroup, private dir, rlimits and uid of a fresh worker (runs before any cell)."""
+def _setup_process(cfg: dict, conf, req: dict, zygote_pid: int | None) -> None:
+    """Session, cgroup, own view and dir, rlimits, uid and capabilities of a fresh worker."""
     os.setsid()
-    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != zygote_pid:
-        os._exit(1)
+    if zygote_pid is not None:  # in a pid namespace the init's lifeline does this job, and
+        # a session must outlive a zygote that dies (the parent is not visible there anyway)
+        confine.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != zygote_pid:
+            os._exit(1)  # the zygote died before the prctl
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     if req.get("cgroup"):
-        with open(os.path.join(req["cgroup"], "cgroup.procs"), "w") as f:
-            f.write(str(os.getpid()))
-    workdir = req["dir"]
-    os.makedirs(workdir, mode=0o700, exist_ok=True)
+        conf.join_cgroup(req["cgroup"])
     uid = req.get("uid")
-    if uid is not None:
-        os.chown(workdir, uid, uid)
-    os.chdir(workdir)
-    os.environ.update(HOME=workdir, TMPDIR=workdir, PWD=workdir)
+    conf.enter_workdir(req["dir"], uid if conf.uid_mode in ("own", "keep_read") else None)
     mem = cfg["memory_mb"] << 20
     for res, value in ((resource.RLIMIT_AS, mem), (resource.RLIMIT_DATA, mem),
                        (resource.RLIMIT_FSIZE, cfg["max_file_mb"] << 20),
                        (resource.RLIMIT_NOFILE, cfg["max_open_files"]),
                        (resource.RLIMIT_CORE, 0)):
         resource.setrlimit(res, (value, value))
-    if uid is not None and not _world_readable(sys.base_prefix) and (
-            os.uname().machine not in _SYS_CAPSET):
-        uid = None  # cannot keep read access to the interpreter's files: stay as we are
-    if uid is not None:
-        resource.setrlimit(resource.RLIMIT_NPROC, (cfg["max_processes"], cfg["max_processes"]))
-        os.setgroups([])
-        os.setresgid(uid, uid, uid)
-        keep_read = not _world_readable(sys.base_prefix)
-        if keep_read:
-            _LIBC.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0)
-        os.setresuid(uid, uid, uid)
-        if keep_read:
-            _keep_only_cap(CAP_DAC_READ_SEARCH)
-    _LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-
-
-def _world_readable(path: str) -> bool:
-    """Whether an unprivileged uid can read the interpreter's own files."""
-    path = os.path.realpath(path)
-    while True:
-        mode = os.stat(path).st_mode
-        if not mode & 0o005 == 0o005:
-            return False
-        parent = os.path.dirname(path)
-        if parent == path:
-            return True
-        path = parent
-
-
-def _keep_only_cap(cap: int) -> None:
-    """After the uid change: keep one capability (effective and permitted), drop the rest."""
-    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
-    data = (ctypes.c_uint32 * 6)(1 << cap, 1 << cap, 0, 0, 0, 0)
-    if _LIBC.syscall(_SYS_CAPSET[os.uname().machine], header, data) != 0:
-        os._exit(4)
+    conf.drop_privileges(uid, cfg["max_processes"])
 
 
 def _setup_streams(sock_fd: int) -> int:
@@ -333,9 +325,9 @@ def _exit(code=None):
     raise SystemExit(code)
 
 
-def worker_main(cfg: dict, req: dict, sock_fd: int, zygote_pid: int) -> None:
+def worker_main(cfg: dict, conf, req: dict, sock_fd: int, zygote_pid: int | None) -> None:
     """Set the worker up, say ready, then run cells until the session ends."""
-    _setup_process(cfg, req, zygote_pid)
+    _setup_process(cfg, conf, req, zygote_pid)
     out_fd = _setup_streams(sock_fd)
     sock = socket.socket(fileno=sock_fd)
     cell = _Cell(out_fd, cfg["max_output_chars"])

@@ -9,8 +9,10 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -62,6 +64,7 @@ class CgroupTree:
         return cls(root)
 
     def new_group(self, max_processes: int) -> str:
+        """A fresh group allowing max_processes; its path (the zygote gets its name)."""
         group = self.root / f"w{next(self._ids)}"
         group.mkdir()
         (group / "pids.max").write_text(str(max_processes))
@@ -105,13 +108,48 @@ class CgroupTree:
 class Worker:
     """The pool's handle on one worker process (a session's interpreter)."""
 
-    def __init__(self, pid: int, sock: socket.socket, workdir: str, group: str | None):
-        self.pid = pid
+    def __init__(self, pid: int, sock: socket.socket, workdir: str, group: str | None,
+                 lifeline: int | None = None):
+        self.pid = pid  # in the pool's pid namespace (the worker's own view may differ)
         self.sock = sock
-        self.workdir = workdir
+        self.workdir = workdir  # on the host; the session sees it as its cwd
         self.group = group
+        self.lifeline = lifeline  # closing it ends the session's pid namespace
         self.seq = 0
         self.dead = False
+        self._kill_lock = threading.Lock()
+
+    def read_ready(self, deadline: float):
+        """The worker's first message; sets ``pid`` from the kernel's SCM_CREDENTIALS, which
+        translates it into our pid namespace (the worker's own getpid() may say 2). The socket
+        has SO_PASSCRED on since before the fork (Zygote.fork); it is turned off here."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN | select.POLLHUP | select.POLLERR)
+        if not poller.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+            return None
+        creds = struct.calcsize("3i")
+        head, anc, _, _ = self.sock.recvmsg(_HEADER.size, socket.CMSG_SPACE(creds))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 0)
+        for level, kind, data in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                self.pid = struct.unpack("3i", data[:creds])[0]
+        if not head:
+            raise EOFError("worker closed its end")
+        rest = self._read(deadline, _HEADER.size - len(head)) if len(head) < _HEADER.size else b""
+        (size,) = _HEADER.unpack(head + (rest or b""))
+        body = self._read(max(deadline, time.monotonic() + 5.0), min(size, 1 << 16))
+        if body is None or len(body) != size:
+            raise EOFError("ready message cut short")
+        return json.loads(body)
+
+    def pids(self) -> list[int]:
+        """Every live process of the session (its cgroup), or just the worker without one."""
+        if self.group is not None:
+            try:
+                return [int(p) for p in (Path(self.group) / "cgroup.procs").read_text().split()]
+            except (OSError, ValueError):
+                return []
+        return [self.pid] if self.pid > 1 else []
 
     def read_msg(self, deadline: float, max_bytes: int):
         """The next message, None if the deadline passed; EOFError if the worker is gone."""
@@ -177,8 +215,17 @@ class Worker:
             pass
 
     def kill(self) -> None:
-        """SIGKILL the worker, its process group and (when there is one) its cgroup."""
-        self.dead = True
+        """End the session: its pid namespace, its process group and (if any) its cgroup.
+
+        Idempotent and thread-safe: the pool's cleanup and a thread waiting for this worker to
+        start may both call it (a second close of the lifeline could hit a reused fd)."""
+        with self._kill_lock:
+            if self.dead:
+                return
+            self.dead = True
+        if self.lifeline is not None:  # the namespace's init exits; the kernel kills the rest
+            os.close(self.lifeline)
+            self.lifeline = None
         if self.group is not None:  # exact: only this session's live processes are listed
             CgroupTree.kill_group(self.group)
         elif self.pid > 1:  # never -1 or 0: kill(-1) would signal every process we may
@@ -191,26 +238,51 @@ class Worker:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-class Zygote:
-    """The warm parent: a fresh interpreter that preloads the modules and forks workers."""
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+               "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+LOCALE_VARS = ("LANG", "LC_ALL", "LC_CTYPE")
 
-    def __init__(self, config: SandboxConfig):
+
+def session_env(config: SandboxConfig) -> dict[str, str]:
+    """The environment sessions start from: an allow-list, never the trainer's environment.
+
+    PATH (the interpreter's bin and the system's), the locale, the BLAS thread counts and the
+    variables sandbox.env names (copied when the trainer has them); the worker adds HOME,
+    TMPDIR and PWD.
+    """
+    env = {"PATH": os.pathsep.join([os.path.dirname(sys.executable), "/usr/local/bin",
+                                    "/usr/bin", "/bin"]),
+           "PYTHONHASHSEED": "0"}
+    for var in LOCALE_VARS:
+        if var in os.environ:
+            env[var] = os.environ[var]
+    env.setdefault("LANG", "C.UTF-8")
+    for var in THREAD_VARS:
+        env[var] = str(config.blas_threads)
+    for var in config.env:
+        if var in os.environ:
+            env[var] = os.environ[var]
+    return env
+
+
+class Zygote:
+    """The warm parent: a fresh interpreter that confines itself, preloads and forks workers."""
+
+    def __init__(self, config: SandboxConfig, pool_root: str, view_root: str | None,
+                 cgroup_root: str | None):
         self.config = config
-        self.notes: list[str] = []
+        self.report: dict = {}
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-        threads = str(config.blas_threads)
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                    "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS"):
-            env[var] = threads
-        env["PYTHONHASHSEED"] = "0"
         cfg = {k: getattr(config, k) for k in ("no_network", "preload", "memory_mb",
                                                 "max_file_mb", "max_open_files",
-                                                "max_processes", "max_output_chars")}
+                                                "max_processes", "max_output_chars",
+                                                "drop_privileges", "tmp_mb")}
+        cfg.update(pool_root=pool_root, view_root=view_root, cgroup_root=cgroup_root,
+                   read_only_paths=[os.path.abspath(p) for p in config.read_only_paths])
         self.proc = subprocess.Popen(
             [sys.executable, "-I", CHILD_SCRIPT, json.dumps(cfg), str(child.fileno())],
-            pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, env=env,
-            start_new_session=True)
+            pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, env=session_env(config),
+            cwd="/", start_new_session=True)
         child.close()
         self.ctl = parent
         self._ready = False
@@ -233,27 +305,35 @@ class Zygote:
             raise SandboxError(f"the sandbox zygote died while starting ({exc})") from None
         if msg["errors"]:
             self.close()
+            hint = ("; if it needs files outside the interpreter, site-packages and /usr, add "
+                    "their directory to sandbox.read_only_paths"
+                    if msg["confinement"]["view"] else "")
             raise ValueError(f"sandbox.preload={self.config.preload!r}: cannot import "
-                             f"{'; '.join(msg['errors'])}; fix or remove the module")
-        self.notes = msg["notes"]
+                             f"{'; '.join(msg['errors'])}; fix or remove the module{hint}")
+        self.report = msg
         self._ready = True
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def fork(self, request: dict) -> socket.socket:
-        """Ask for one worker; returns the pool's end of its socket."""
+    def fork(self, request: dict) -> tuple[socket.socket, int]:
+        """Ask for one worker; returns the pool's end of its socket and of its lifeline."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # before the worker can exist: its ready message must carry its credentials
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        life_r, life_w = os.pipe()
         try:
             data = json.dumps(request).encode()
             self.ctl.sendall(_HEADER.pack(len(data)))
-            socket.send_fds(self.ctl, [data], [theirs.fileno()])
+            socket.send_fds(self.ctl, [data], [theirs.fileno(), life_r])
         except OSError:
             ours.close()
+            os.close(life_w)
             raise
         finally:
             theirs.close()
-        return ours
+            os.close(life_r)
+        return ours, life_w
 
     def close(self) -> None:
         self.ctl.close()

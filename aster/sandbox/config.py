@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 
@@ -20,9 +21,19 @@ class SandboxConfig:
     accepted. max_file_mb: the largest file a session may write (its output buffer included).
     max_open_files / max_processes: per session (processes via a pids cgroup where one can be
     created, else RLIMIT_NPROC under a per-session uid). drop_privileges: when the pool runs as
-    root, each session runs under its own unprivileged uid (uid_base + n). no_network: put the
-    sessions in an empty network namespace where the machine allows. work_dir: where the
-    private per-session directories are made (default: the system temp dir).
+    root, each session runs under its own unprivileged uid (uid_base + n); off, sessions run as
+    uid 0 (still without capabilities). no_network: put the sessions in an empty network
+    namespace where the machine allows. work_dir: where the private per-session directories
+    are made (default: the system temp dir).
+
+    Confinement (as root; ``SandboxPool.enforcement`` says what is in force): env: names of
+    the trainer's environment variables a session may see, on top of the allow-list (PATH,
+    HOME, LANG, TMPDIR, thread counts); nothing else of the trainer's environment reaches it.
+    read_only_paths: host directories a session sees read-only at their own path, beside the
+    interpreter, site-packages and /usr. tmp_mb: size of each session's private /tmp (a
+    RAM-backed tmpfs). require_confinement: refuse to start (a one-line error) unless every
+    protection is in force: own filesystem view, pid namespace, uid, no capabilities, no
+    network, a pids cgroup, the environment allow-list.
     """
 
     timeout_s: float = 10.0
@@ -43,12 +54,16 @@ class SandboxConfig:
     no_network: bool = True
     work_dir: str | None = None
     preload: list[str] = field(default_factory=_default_preload)
+    env: list[str] = field(default_factory=list)
+    read_only_paths: list[str] = field(default_factory=list)
+    tmp_mb: int = 64
+    require_confinement: bool = False
 
     def __post_init__(self):
         positive = ("timeout_s", "grace_s", "acquire_timeout_s", "start_timeout_s")
         for key in positive:
             _check(key, getattr(self, key), (int, float), lambda v: v > 0, "a number > 0")
-        at_least_one = ("max_sessions", "memory_mb", "max_file_mb", "blas_threads")
+        at_least_one = ("max_sessions", "memory_mb", "max_file_mb", "blas_threads", "tmp_mb")
         for key in at_least_one:
             _check(key, getattr(self, key), int, lambda v: v >= 1, "an integer >= 1")
         _check("spare_workers", self.spare_workers, int, lambda v: v >= 0, "an integer >= 0")
@@ -59,7 +74,7 @@ class SandboxConfig:
         _check("max_processes", self.max_processes, int, lambda v: v >= 1, "an integer >= 1")
         _check("uid_base", self.uid_base, int, lambda v: 1000 <= v < 2**31 - 2**20,
                "an integer in [1000, 2**31 - 2**20)")
-        for key in ("drop_privileges", "no_network"):
+        for key in ("drop_privileges", "no_network", "require_confinement"):
             _check(key, getattr(self, key), bool, lambda v: True, "true or false")
         if self.work_dir is not None and not isinstance(self.work_dir, str):
             raise ValueError(f"sandbox.work_dir={self.work_dir!r} must be a path or null")
@@ -67,6 +82,15 @@ class SandboxConfig:
                 isinstance(m, str) and m.replace(".", "").replace("_", "").isalnum()
                 for m in self.preload):
             raise ValueError(f"sandbox.preload={self.preload!r} must be a list of module names")
+        if not isinstance(self.env, list) or not all(
+                isinstance(v, str) and v.isidentifier() and v.isascii() for v in self.env):
+            raise ValueError(f"sandbox.env={self.env!r} must be a list of environment variable "
+                             "names (e.g. [SYMPY_GROUND_TYPES])")
+        if not isinstance(self.read_only_paths, list) or not all(
+                isinstance(p, str) and os.path.isabs(p) and os.path.normpath(p) != "/"
+                for p in self.read_only_paths):
+            raise ValueError(f"sandbox.read_only_paths={self.read_only_paths!r} must be a list "
+                             "of absolute directory paths (not /)")
 
 
 def _check(key: str, value, types, ok, what: str) -> None:

@@ -8,7 +8,7 @@ import itertools
 import logging
 import os
 import shutil
-import sys
+import subprocess
 import tempfile
 import threading
 import time
@@ -16,13 +16,14 @@ import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
-from aster.sandbox._child import _world_readable
 from aster.sandbox._procs import CgroupTree, Worker, Zygote, send_msg
+from aster.sandbox._report import Protection, protections
 from aster.sandbox.config import SandboxConfig
 from aster.sandbox.result import (
     ExecResult,
     SandboxBusyError,
     SandboxClosedError,
+    SandboxConfinementError,
     SandboxError,
 )
 
@@ -38,54 +39,74 @@ class SandboxPool:
 
     def __init__(self, config: SandboxConfig | None = None):
         self.config = config if config is not None else SandboxConfig()
+        for path in self.config.read_only_paths:
+            if not os.path.isdir(path):
+                raise ValueError(f"sandbox.read_only_paths: {path!r} is not a directory; fix "
+                                 "or remove it")
         self._closed = False
+        self._cwd = os.getcwd()  # the trainer's: it must not be inside the sessions' view
         self._lock = threading.Lock()  # zygote use, spares, live set
         self._wake = threading.Condition(self._lock)
         self._slots = threading.BoundedSemaphore(self.config.max_sessions)
         self._spares: deque[Worker] = deque()
         self._live: set[Worker] = set()
+        self._starting: set[Worker] = set()  # asked of the zygote, not ready yet
         self._root = tempfile.mkdtemp(prefix="aster-sandbox-", dir=self.config.work_dir)
         os.chmod(self._root, 0o711)  # sessions under other uids must reach their own dirs
+        self._is_root = os.geteuid() == 0
+        # the empty directory the zygote mounts its view on (in its own mount namespace)
+        self._view = tempfile.mkdtemp(prefix="aster-sandbox-view-") if self._is_root else None
         self._cgroups = CgroupTree.create()
         self._uids = itertools.count()
-        self._is_root = os.geteuid() == 0
-        self._zygote = Zygote(self.config)
+        self._zygote = self._new_zygote()
         self._executor = ThreadPoolExecutor(max_workers=self.config.max_sessions,
                                             thread_name_prefix="aster-sandbox")
         self._finalizer = weakref.finalize(self, SandboxPool._cleanup, self._zygote,
-                                           self._spares, self._live, self._cgroups, self._root)
+                                           self._spares, self._live, self._starting,
+                                           self._cgroups, [self._root, self._view])
         self._filler = threading.Thread(target=self._fill_spares, name="aster-sandbox-spares",
                                         daemon=True)
+        if self.config.require_confinement:
+            self._require_confinement()
         self._filler.start()
 
     # ------------------------------------------------------------------ public
 
     @property
-    def enforcement(self) -> list[str]:
-        """What isolation is actually in force on this machine, one line per limit."""
+    def protections(self) -> dict[str, Protection]:
+        """Each kind of confinement (environment, network, filesystem, processes,
+        capabilities, uid, process_limit): whether it is in force here, and what it means."""
         with self._lock:
             self._zygote.wait_ready()
-            notes = list(self._zygote.notes)
+            ready = self._zygote.report
+        return protections(self.config, ready, self._cgroups is not None, self._cwd)
+
+    @property
+    def missing(self) -> list[str]:
+        """The names of the protections that are NOT in force on this machine."""
+        return [name for name, p in self.protections.items() if not p.in_force]
+
+    @property
+    def enforcement(self) -> list[str]:
+        """What isolation is actually in force on this machine, one line per kind; the
+        protections that are not say ``NOT in force`` and why."""
         cfg = self.config
-        if self._cgroups is not None:
-            notes.append(f"processes: pids cgroup, at most {cfg.max_processes} per session; "
-                         "every process of a session is killed with it")
-        else:
-            notes.append("processes: process group kill only (no pids cgroup here)"
-                         + ("; RLIMIT_NPROC per session uid" if self._uid_enabled else ""))
-        if self._uid_enabled:
-            notes.append(f"privileges: each session runs as its own uid >= {cfg.uid_base}, "
-                         "no new privileges; files outside world-writable dirs are read-only")
-            if not _world_readable(sys.base_prefix):
-                notes.append("privileges: the interpreter's files are not world-readable, so "
-                             "sessions keep CAP_DAC_READ_SEARCH (they can read any file)")
-        else:
-            notes.append("privileges: sessions run as the pool's uid (drop_privileges off or "
-                         "not root): code can signal processes of that uid")
+        notes = [p.line() for p in self.protections.values()]
         notes.append(f"memory: RLIMIT_AS/RLIMIT_DATA {cfg.memory_mb} MB; files: "
                      f"{cfg.max_file_mb} MB each, {cfg.max_open_files} open; "
                      f"BLAS threads {cfg.blas_threads}")
         return notes
+
+    def log_confinement(self, logger: logging.Logger) -> None:
+        """One log line: which protections this run lacks (a warning), or that it has all."""
+        found = self.protections
+        missing = [p.line() for p in found.values() if not p.in_force]
+        if missing:
+            logger.warning("sandbox: this run lacks %d of %d protections: %s (set "
+                           "sandbox.require_confinement=true to refuse to run without them)",
+                           len(missing), len(found), " | ".join(missing))
+        else:
+            logger.info("sandbox: fully confined (%s)", ", ".join(found))
 
     @contextlib.contextmanager
     def session(self):
@@ -126,7 +147,8 @@ class SandboxPool:
                 return
             self._closed = True
             self._wake.notify_all()
-        self._filler.join(timeout=10)
+        if self._filler.ident is not None:  # started
+            self._filler.join(timeout=10)
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._finalizer()
 
@@ -140,7 +162,28 @@ class SandboxPool:
 
     @property
     def _uid_enabled(self) -> bool:
-        return self._is_root and self.config.drop_privileges
+        """Whether each session runs under a uid of its own."""
+        with self._lock:
+            self._zygote.wait_ready()
+            return self._zygote.report["confinement"]["uid_mode"] in ("own", "keep_read")
+
+    def _new_zygote(self) -> Zygote:
+        cgroup_root = str(self._cgroups.root) if self._cgroups is not None else None
+        return Zygote(self.config, self._root, self._view, cgroup_root)
+
+    def _require_confinement(self) -> None:
+        """sandbox.require_confinement: a one-line error unless every protection holds."""
+        try:
+            missing = [p.line() for p in self.protections.values() if not p.in_force]
+        except BaseException:
+            self.close()
+            raise
+        if missing:
+            self.close()
+            raise SandboxConfinementError(
+                "sandbox.require_confinement=true but this machine cannot confine the sandbox: "
+                + " | ".join(missing) + " (run as root on Linux with cgroups, or set "
+                "sandbox.require_confinement=false to accept it)")
 
     def _check_open(self) -> None:
         if self._closed:
@@ -156,8 +199,26 @@ class SandboxPool:
                     worker = candidate
                     break
                 candidate.kill()
-            if worker is None:
-                worker = self._spawn_locked()
+            if worker is not None:
+                self._live.add(worker)
+                self._wake.notify_all()
+                return worker
+            worker = self._request_locked()
+            zygote = self._zygote
+        try:
+            self._await_ready(worker)
+        except SandboxError:
+            with self._lock:
+                if zygote is self._zygote and zygote.alive():
+                    raise
+                # the zygote died with our request in flight: once more, from a new zygote
+                worker = self._request_locked()
+            self._await_ready(worker)
+        with self._lock:
+            self._starting.discard(worker)
+            if self._closed:
+                worker.kill()
+                self._check_open()
             self._live.add(worker)
             self._wake.notify_all()
         return worker
@@ -168,36 +229,58 @@ class SandboxPool:
         except (EOFError, OSError, ValueError):
             return False
 
-    def _spawn_locked(self) -> Worker:
-        """Fork one worker through the zygote (restarting the zygote if it died)."""
-        self._zygote.wait_ready()
-        if not self._zygote.alive():
-            log.warning("sandbox zygote died; starting a new one")
-            self._zygote.close()
-            self._zygote = Zygote(self.config)
-            self._finalizer.detach()
-            self._finalizer = weakref.finalize(self, SandboxPool._cleanup, self._zygote,
-                                               self._spares, self._live, self._cgroups,
-                                               self._root)
-            self._zygote.wait_ready()
+    def _request_locked(self) -> Worker:
+        """Ask the zygote for one worker (restarting it if it died); `_await_ready` (without
+        the lock, so that taking a spare meanwhile does not wait) finishes the start."""
+        self._live_zygote_locked()
         n = next(self._uids)
-        workdir = os.path.join(self._root, f"s{n}")
+        name = f"s{n}"
         group = None
-        if self._cgroups is not None:
-            group = self._cgroups.new_group(self.config.max_processes)
-        uid = self.config.uid_base + n % (1 << 20) if self._uid_enabled else None
-        sock = self._zygote.fork({"dir": workdir, "cgroup": group, "uid": uid})
-        worker = Worker(-1, sock, workdir, group)
+        if self._cgroups is not None:  # + the pid namespace's init, where there is one
+            pidns = self._zygote.report["confinement"]["pidns"]
+            group = self._cgroups.new_group(self.config.max_processes + int(pidns))
+        uid = (self.config.uid_base + n % (1 << 20)
+               if self._is_root and self.config.drop_privileges else None)
+        request = {"dir": name, "uid": uid, "cgroup": group and os.path.basename(group)}
         try:
-            msg = worker.read_msg(time.monotonic() + self.config.start_timeout_s, 1 << 16)
+            sock, lifeline = self._zygote.fork(request)
+        except OSError:  # killed, and exiting now: poll() did not know yet
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._zygote.proc.wait(timeout=5)
+            self._live_zygote_locked()
+            sock, lifeline = self._zygote.fork(request)
+        worker = Worker(-1, sock, os.path.join(self._root, name), group, lifeline)
+        self._starting.add(worker)  # the pool's cleanup kills it if it closes meanwhile
+        return worker
+
+    def _live_zygote_locked(self) -> None:
+        self._zygote.wait_ready()
+        if self._zygote.alive():
+            return
+        log.warning("sandbox zygote died; starting a new one")
+        self._zygote.close()
+        self._zygote = self._new_zygote()
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, SandboxPool._cleanup, self._zygote,
+                                           self._spares, self._live, self._starting,
+                                           self._cgroups, [self._root, self._view])
+        self._zygote.wait_ready()
+
+    def _await_ready(self, worker: Worker) -> None:
+        """Wait for the worker's ready message; SandboxError (worker killed) if it fails."""
+        try:
+            msg = worker.read_ready(time.monotonic() + self.config.start_timeout_s)
+            why = f"ready message {msg!r}, pid {worker.pid}"
         except (EOFError, OSError, ValueError) as exc:
-            msg = None
-            log.warning("sandbox worker failed to start: %s", exc)
-        if not isinstance(msg, dict) or not isinstance(msg.get("ready"), int) or msg["ready"] <= 1:
+            msg, why = None, str(exc)
+        if not isinstance(msg, dict) or "ready" not in msg or worker.pid <= 1:
+            with self._lock:
+                self._starting.discard(worker)
+                closed = self._closed
+            if not closed:
+                log.warning("sandbox worker failed to start: %s", why)
             worker.kill()
             raise SandboxError("a sandbox worker failed to start; see the log")
-        worker.pid = msg["ready"]
-        return worker
 
     def _fill_spares(self) -> None:
         """Background: keep config.spare_workers forked and waiting."""
@@ -208,10 +291,26 @@ class SandboxPool:
                 if self._closed:
                     return
                 try:
-                    self._spares.append(self._spawn_locked())
+                    worker = self._request_locked()
                 except (SandboxError, ValueError, OSError) as exc:
                     log.warning("sandbox: could not pre-fork a spare worker: %s", exc)
                     self._wake.wait(timeout=1.0)
+                    continue
+            try:
+                self._await_ready(worker)
+            except SandboxError as exc:
+                with self._lock:
+                    if not self._closed:
+                        log.warning("sandbox: could not pre-fork a spare worker: %s", exc)
+                        self._wake.wait(timeout=1.0)
+                continue
+            with self._lock:
+                self._starting.discard(worker)
+                if self._closed:
+                    worker.kill()
+                    return
+                self._spares.append(worker)
+                self._wake.notify_all()
 
     def _retire(self, worker: Worker) -> None:
         with self._lock:
@@ -224,15 +323,18 @@ class SandboxPool:
         return fresh
 
     @staticmethod
-    def _cleanup(zygote, spares, live, cgroups, root) -> None:
-        for worker in list(spares) + list(live):
+    def _cleanup(zygote, spares, live, starting, cgroups, dirs) -> None:
+        for worker in list(spares) + list(live) + list(starting):
             worker.kill()
         spares.clear()
         live.clear()
+        starting.clear()
         if cgroups is not None:
             cgroups.remove()
         zygote.close()
-        shutil.rmtree(root, ignore_errors=True)
+        for path in dirs:
+            if path is not None:  # the view's mount point is empty on this side
+                shutil.rmtree(path, ignore_errors=True)
 
 
 class Session:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aster.errors import AsterUserError
+
 STATUSES = ("ok", "error", "timeout", "crashed")
 
 
@@ -17,6 +19,11 @@ class SandboxClosedError(SandboxError):
 
 class SandboxBusyError(SandboxError):
     """No session slot became free within sandbox.acquire_timeout_s."""
+
+
+class SandboxConfinementError(SandboxError, AsterUserError):
+    """sandbox.require_confinement is set and this machine cannot confine the sessions fully
+    (the CLI prints it on one line and exits 2)."""
 
 
 @dataclass(frozen=True)

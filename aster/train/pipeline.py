@@ -302,31 +302,38 @@ def run_pipeline(cfg, backend, *, config_name: str | None = None, output_dir: st
     dist = backend.init_distributed(cfg.distributed.timeout_s)
     if cfg.run.deterministic:
         backend.set_deterministic(cfg.run.seed)
-    run_dir = prepare_run_dir(cfg, config_name, output_dir, resume, dist)
-    if dist.is_main:
-        log.info("run directory: %s", run_dir.resolve())
-    writer = MetricsWriter.from_config(run_dir, cfg.logging, is_main=dist.is_main)
-    try:
-        data = load_task_data(cfg, run_dir, dist)
-        base = base_model_dir(cfg, run_dir, dist.is_main, dist, data)
-        with SandboxPool(cfg.sandbox) as pool:
-            for stage in cfg.run.stages:
-                done = read_state(run_dir)["done"]
-                if stage in done:
-                    log.info("%s: already finished, skipped", stage)
-                    continue
-                if stage == "filter":
-                    result = run_filter(cfg, run_dir, data, dist.is_main)
-                elif stage == "eval":
-                    result = write_summary(run_dir, done, dist.is_main)
-                else:
-                    result = _train_stage(stage, cfg, backend, run_dir, base, data, writer, pool)
-                    _warn_held_out_collapse(cfg, done, stage, result)
-                mark_done(run_dir, stage, result, dist.is_main)
-                _barrier(dist)
-    finally:
-        writer.close()
+    # before the run directory: sandbox.require_confinement refuses here, nothing written
+    with SandboxPool(cfg.sandbox) as pool:
+        if dist.is_main:
+            pool.log_confinement(log)
+        run_dir = prepare_run_dir(cfg, config_name, output_dir, resume, dist)
+        if dist.is_main:
+            log.info("run directory: %s", run_dir.resolve())
+        writer = MetricsWriter.from_config(run_dir, cfg.logging, is_main=dist.is_main)
+        try:
+            data = load_task_data(cfg, run_dir, dist)
+            base = base_model_dir(cfg, run_dir, dist.is_main, dist, data)
+            _run_stages(cfg, backend, run_dir, base, data, writer, pool, dist)
+        finally:
+            writer.close()
     return summary_of(read_state(run_dir)["done"])
+
+
+def _run_stages(cfg, backend, run_dir: Path, base, data, writer, pool, dist) -> None:
+    for stage in cfg.run.stages:
+        done = read_state(run_dir)["done"]
+        if stage in done:
+            log.info("%s: already finished, skipped", stage)
+            continue
+        if stage == "filter":
+            result = run_filter(cfg, run_dir, data, dist.is_main)
+        elif stage == "eval":
+            result = write_summary(run_dir, done, dist.is_main)
+        else:
+            result = _train_stage(stage, cfg, backend, run_dir, base, data, writer, pool)
+            _warn_held_out_collapse(cfg, done, stage, result)
+        mark_done(run_dir, stage, result, dist.is_main)
+        _barrier(dist)
 
 
 def _warn_held_out_collapse(cfg, done: dict, stage: str, result: dict) -> None:
