@@ -3,6 +3,7 @@ one test per known trap."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import pytest
@@ -14,9 +15,10 @@ from tests.kernels._inputs import assert_close, make_inputs, run_logprobs, run_r
 
 triton_lp = pytest.importorskip("aster.kernels.triton.logprobs")
 
-# Small tiles so the interpreter exercises many tiles, vocab splits and ragged edges.
+# Small tiles so the interpreter exercises many tiles, vocab splits, ragged edges and a short
+# last launch group.
 SMALL = triton_lp.LogprobBlocks(block_n=16, block_v=32, block_k=16, num_warps=1, num_stages=1,
-                                programs_target=6, dlogits_bytes=1 << 12)
+                                programs_target=6, dlogits_bytes=1 << 12, group_n=2)
 IMPLS = {
     "chunked": functools.partial(chunked.token_logprobs, chunk_tokens=7),
     "triton": functools.partial(triton_lp.token_logprobs, blocks=SMALL),
@@ -162,6 +164,36 @@ def test_int64_offsets():
     expect = (torch.arange(16, dtype=torch.int64) + row_start) * stride
     assert expect.max() > 2**31
     assert torch.equal(out, expect)
+
+
+@pytest.mark.parametrize("num_rows,num_cols,group", [(7, 5, 3), (128, 8, 16), (4, 9, 16)])
+def test_grouped_launch_order(num_rows, num_cols, group):
+    n_prog = num_rows * num_cols
+    out = torch.empty(2 * n_prog, dtype=torch.int32)
+    triton_lp._grouped_pid_probe_kernel[(n_prog,)](out, num_rows, num_cols, GROUP_N=group)
+    pairs = [tuple(p) for p in out.view(-1, 2).tolist()]
+    assert sorted(pairs) == [(r, c) for r in range(num_rows) for c in range(num_cols)]
+    # Any window of consecutive programs as large as one group touches at most two groups of
+    # row blocks: resident programs share hidden rows (the old row-fastest order touched
+    # every row block within num_rows programs).
+    window = min(group, num_rows) * num_cols
+    for start in range(0, n_prog - window + 1):
+        rows = {r for r, _ in pairs[start:start + window]}
+        assert len(rows) <= 2 * group
+        assert max(rows) - min(rows) < 2 * group
+    first = pairs[:min(group, num_rows)]
+    assert [r for r, _ in first] == list(range(min(group, num_rows)))  # rows fastest in a group
+    assert {c for _, c in first} == {0}
+
+
+def test_launch_order_does_not_change_results():
+    inputs = make_inputs(37, 24, 301, seed=9)
+    runs = [run_logprobs(functools.partial(triton_lp.token_logprobs,
+                                           blocks=dataclasses.replace(SMALL, group_n=g)),
+                         *inputs) for g in (1, 2, 64)]  # column-fastest, grouped, row-fastest
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert torch.equal(a, b)
 
 
 def test_dispatch_and_errors(monkeypatch):
