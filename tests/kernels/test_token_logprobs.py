@@ -8,6 +8,7 @@ import functools
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from aster import kernels
 from aster.kernels import chunked
@@ -136,8 +137,6 @@ def test_chunking_does_not_change_results_and_bounds_memory():
                         chunk_tokens=3)
     assert_close(many, one, atol=1e-6, rtol=1e-5, what="chunk 3 vs 40")
 
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     class LargestOutput(TorchDispatchMode):
         largest = 0
 
@@ -153,6 +152,43 @@ def test_chunking_does_not_change_results_and_bounds_memory():
                      chunk_tokens=4)
     # Nothing bigger than one chunk's logits or the weight gradient; never [N, V] = 40 * 97.
     assert LargestOutput.largest <= max(4 * 97, 97 * 8) < 40 * 97
+
+
+class _OpLog(TorchDispatchMode):
+    """Records every aten op with the dtypes and sizes of its tensor inputs and outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        flat = [t for t in (*args, *(kwargs or {}).values(),
+                            *(out if isinstance(out, (tuple, list)) else (out,)))
+                if isinstance(t, torch.Tensor)]
+        self.calls.append((func.overloadpacket.__name__, [(t.dtype, t.numel()) for t in flat]))
+        return out
+
+
+def test_chunked_bf16_backward_stays_in_bf16_without_host_syncs():
+    hidden, weight, labels, g_lp, g_ent = make_inputs(6, 32, 515, dtype=torch.bfloat16, seed=8)
+    h = hidden.clone().requires_grad_(True)
+    w = weight.clone().requires_grad_(True)
+    logp, ent = chunked.token_logprobs(h, w, labels, return_entropy=True, chunk_tokens=2)
+    total = (logp * g_lp).sum() + (ent * g_ent).sum()
+    log = _OpLog()
+    with log:
+        torch.autograd.grad(total, [h, w])
+    names = [name for name, _ in log.calls]
+    # torch.nonzero syncs the host with the device once per vocab slice.
+    assert "nonzero" not in names
+    # Both gradient matmuls take bf16 operands (BLAS accumulates in fp32) ...
+    mms = [tensors for name, tensors in log.calls if name in ("mm", "addmm", "matmul")]
+    assert len(mms) >= 4 and all(dt == torch.bfloat16 for t in mms for dt, _ in t)
+    # ... and nothing fp32 as large as W [V, H] is ever made (no fp32 grad_W or copy of W).
+    big_fp32 = [name for name, tensors in log.calls
+                for dt, n in tensors if dt == torch.float32 and n >= weight.numel()]
+    assert not big_fp32
 
 
 def test_int64_offsets():
