@@ -5,7 +5,8 @@ token_logprobs never holds more than one chunk of logits: the forward walks toke
 logits recomputed, turned into dlogits in place, fed to two matmuls). Peak extra memory is
 O(CHUNK_ELEMENTS + V*H) instead of O(N*V). The backward recomputes the logits (4 lm_head
 matmuls in all instead of 3) because the upstream gradients of logp and entropy are arbitrary
-and unknown at forward time.
+and unknown at forward time; for the GRPO loss, whose gradient is known in closed form,
+aster.kernels.fused_policy_loss (kernels/fused.py) does it in 3.
 """
 
 from __future__ import annotations
