@@ -72,17 +72,19 @@ def _block_v(vocab: int) -> int:
     return min(cap, triton.next_power_of_2(max(vocab, 16)))
 
 
-def _logits(hidden_chunk, weight, out: torch.Tensor | None):
+def _logits(hidden_chunk, weight, buffers: dict):
     """Raw logits [n, V]: fp32 from bf16/fp16 operands where the device's torch.mm takes
-    out_dtype (CUDA, torch >= 2.8), else in the input dtype."""
+    out_dtype (CUDA, torch >= 2.8), else in the input dtype into a reused buffer."""
     if hidden_chunk.dtype in (torch.bfloat16, torch.float16) and hidden_chunk.is_cuda:
         try:
             return torch.mm(hidden_chunk, weight.t(), out_dtype=torch.float32)
         except (TypeError, RuntimeError):
             pass
-    if out is not None:
-        return torch.mm(hidden_chunk, weight.t(), out=out[: hidden_chunk.shape[0]])
-    return hidden_chunk @ weight.t()
+    n = hidden_chunk.shape[0]
+    if "logits" not in buffers or buffers["logits"].shape[0] < n:
+        buffers["logits"] = torch.empty((n, weight.shape[0]), dtype=hidden_chunk.dtype,
+                                        device=hidden_chunk.device)
+    return torch.mm(hidden_chunk, weight.t(), out=buffers["logits"][:n])
 
 
 def _accumulate_w(grad_w, dlogits, hidden_chunk, *, first: bool):
@@ -123,17 +125,18 @@ def fused_policy_loss(hidden, weight, labels, old_logp, adv, mask, *, num_tokens
 
     def run(need_h, need_w):
         h, w = hidden.detach().contiguous(), weight.detach().contiguous()
-        buf = torch.empty((min(chunk, h.shape[0]), w.shape[0]), dtype=h.dtype, device=h.device)
+        buffers: dict = {}
 
         def rows(s, e, want):
-            z = _logits(h[s:e], w, buf)
+            z = _logits(h[s:e], w, buffers)
             dz = z if z.dtype == h.dtype else torch.empty(z.shape, dtype=h.dtype,
                                                           device=z.device)
             logp = torch.empty(e - s, dtype=torch.float32, device=h.device)
             tis = tis_w[s:e] if tis_w is not None else old[s:e]
             _fused_rows_kernel[(e - s,)](
                 z, dz, labels[s:e], old[s:e], adv_f[s:e], valid_i8[s:e], tis, scale, logp,
-                w.shape[0], z.stride(0), dz.stride(0), inv_t, *args, WANT_GRAD=want, **flags)
+                w.shape[0], z.stride(0), dz.stride(0), inv_t, *args, WANT_GRAD=want,
+                num_warps=1 if interpreting() else 8, **flags)
             return logp, (dz if want else None)
 
         logp, grad_h, grad_w = fused.sweep(h, w, chunk, rows, need_h=need_h, need_w=need_w,
