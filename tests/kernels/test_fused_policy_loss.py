@@ -181,3 +181,25 @@ def test_argument_errors():
     with pytest.raises(ValueError, match="temperature"):
         kernels.fused_policy_loss(hidden, weight, labels, old, adv, mask, num_tokens=3,
                                   temperature=0.0, impl="chunked")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("impl", ["chunked", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_on_cuda(impl, dtype):
+    """The compiled Triton row kernel and the CUDA GEMM paths (fp32 logits from bf16
+    operands, fp32 grad_W accumulation through addmm's out_dtype) against the reference."""
+    hidden, weight, labels, old, adv, mask, rollout = make_case(n=300, h=256, v=32003, seed=9,
+                                                                dtype=dtype)
+    want = reference(hidden, weight, labels, old, adv, mask, rollout, clip_c=2.0,
+                     temperature=0.9)
+    fn = functools.partial(IMPLS[impl], chunk_tokens=128)  # three chunks, ragged last
+    on = [t.cuda() for t in (hidden, weight, labels, old, adv, mask, rollout)]
+    got = run(fn, *on, clip_c=2.0, temperature=0.9)
+    got = (got[0].cpu(), {k: v.cpu() for k, v in got[1].items()}, got[2].cpu(), got[3].cpu())
+    if dtype == torch.float32:  # TF32 off in aster's kernels; cuBLAS fp32 GEMMs
+        assert_same(got, want, dict(atol=1e-5, rtol=1e-3), f"{impl} cuda")
+    else:
+        torch.testing.assert_close(got[0], want[0], atol=5e-3, rtol=0)
+        for a, b in zip(got[2:], want[2:]):
+            assert (a - b).abs().max() <= 0.03 * b.abs().max()
