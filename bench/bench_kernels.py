@@ -1,5 +1,9 @@
 """Kernel benchmark: token_logprobs forward+backward per implementation, next to the naive
-materialised-logits path in the same run.
+materialised-logits path in the same run; the GRPO loss on top of it, unfused
+(`IMPL+loss`: token_logprobs then clipped_policy_loss) and fused (`fused-IMPL`:
+fused_policy_loss, one sweep, 3 matmuls); on accelerators also `matmuls3`, the three bare
+lm_head GEMMs (logits, grad_hidden, grad_W) in the vendor BLAS: the floor every row is
+measured against.
 
     python bench/bench_kernels.py --device cpu [--quick] [--json out.json]
 
@@ -35,11 +39,32 @@ def naive_token_logprobs(hidden, weight, labels):
     return torch.log_softmax(logits, dim=-1).gather(1, labels[:, None]).squeeze(1)
 
 
+def _loss_inputs(n: int, device):
+    """old log-probs near a uniform distribution's, advantages of both signs, all unmasked."""
+    gen = torch.Generator().manual_seed(1)
+    old = (-12.0 + torch.randn(n, generator=gen)).to(device)
+    adv = torch.randn(n, generator=gen).to(device)
+    return old, adv, torch.ones(n, dtype=torch.bool, device=device)
+
+
 def _fn(impl: str):
     if impl == "naive":
         return naive_token_logprobs
     from aster import kernels
 
+    if impl.endswith("+loss"):
+        def unfused(h, w, y):
+            old, adv, mask = _loss_inputs(y.shape[0], y.device)
+            logp = kernels.token_logprobs(h, w, y, impl=impl.removesuffix("+loss"))
+            return kernels.clipped_policy_loss(logp, old, adv, mask, num_tokens=y.shape[0],
+                                               impl=impl.removesuffix("+loss"))[0]
+        return unfused
+    if impl.startswith("fused-"):
+        def fused(h, w, y):
+            old, adv, mask = _loss_inputs(y.shape[0], y.device)
+            return kernels.fused_policy_loss(h, w, y, old, adv, mask, num_tokens=y.shape[0],
+                                             impl=impl.removeprefix("fused-"))[0]
+        return fused
     return lambda h, w, y: kernels.token_logprobs(h, w, y, impl=impl)
 
 
@@ -52,6 +77,11 @@ def _inputs(n, h, v, dtype, device):
 
 def _step(fn, hidden, weight, labels):
     hidden.grad = weight.grad = None
+    if fn is None:  # matmuls3: the three lm_head GEMMs alone, no softmax, no autograd
+        with torch.no_grad():
+            logits = hidden @ weight.t()
+            logits @ weight, logits.t() @ hidden
+        return
     fn(hidden, weight, labels).sum().backward()
 
 
@@ -79,7 +109,7 @@ def _measure_cpu(impl, n, h, v, dtype, repeats) -> dict:
 def _measure_device(backend, impl, n, h, v, dtype, repeats) -> dict:
     mod = torch.get_device_module(backend.device_type)
     hidden, weight, labels = _inputs(n, h, v, getattr(torch, dtype), backend.device())
-    fn = _fn(impl)
+    fn = None if impl == "matmuls3" else _fn(impl)
     _step(fn, hidden, weight, labels)  # warm-up: compile, allocate grads
     hidden.grad = weight.grad = None
     mod.synchronize()
@@ -97,13 +127,14 @@ def _measure_device(backend, impl, n, h, v, dtype, repeats) -> dict:
 
 def _plan(backend, quick: bool):
     """(impls, [(N, H, V, dtype)]) for this device."""
-    impls = ["naive", "chunked"]
+    impls = ["naive", "chunked", "chunked+loss", "fused-chunked"]
     if backend.device_type == "cpu":
         shapes = [(512, 256, 151936, "float32")] if quick else \
             [(1024, 512, 151936, "float32"), (*CPU_TARGET, "float32")]
         return impls, shapes
+    impls.insert(0, "matmuls3")
     if backend.capabilities.triton_kernels:
-        impls.append("triton")
+        impls += ["triton", "triton+loss", "fused-triton"]
     shapes = [(4096, 2560, 151936, "bfloat16")] if quick else \
         [(4096, 2560, 151936, "bfloat16"), (16384, 2560, 151936, "bfloat16"),
          (16384, 4096, 151936, "bfloat16")]
@@ -155,7 +186,10 @@ def _notes(backend, rows) -> list[str]:
     notes = ["memory: " + ("peak RSS of a fresh subprocess minus RSS after inputs"
                            if backend.device_type == "cpu" else
                            "max_memory_allocated minus allocated before the call"),
-             "tflops credits 3 lm_head matmuls (2*N*H*V each); chunked/triton run 4"]
+             "tflops credits 3 lm_head matmuls (2*N*H*V each); chunked/triton (and +loss) run "
+             "4, fused-* and matmuls3 run 3",
+             "IMPL+loss: token_logprobs then clipped_policy_loss; fused-IMPL: "
+             "fused_policy_loss (the same loss and gradients in one sweep)"]
     if backend.device_type == "cpu":
         notes.append("triton is not benchmarked on CPU (the interpreter is for tests only)")
     for row in rows:

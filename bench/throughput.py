@@ -4,6 +4,7 @@
     python bench/throughput.py --device cuda --sections kernels     # one section
     python bench/throughput.py --device cpu --quick --sections e2e  # one full GRPO step
     python bench/throughput.py --compare A.json B.json              # two machines side by side
+    python bench/throughput.py --device cpu --sections trl          # aster vs TRL's GRPOTrainer
 
 Each section lives in bench/bench_<section>.py and exposes `run(backend, quick) -> dict` with
 {"section", "rows": [dict, ...], "notes": [str, ...]}; it measures aster next to a baseline in
@@ -25,8 +26,13 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("kernels", "sandbox", "rollout", "training", "e2e")
+SECTIONS = ("kernels", "sandbox", "rollout", "training", "e2e", "trl")
 RESULTS = HERE / "results"
+
+
+def default_sections() -> list[str]:
+    """Every section, the TRL comparison only where `trl` is installed."""
+    return [s for s in SECTIONS if s != "trl" or importlib.util.find_spec("trl") is not None]
 
 
 def _load_section(name: str):
@@ -173,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "npu"])
     parser.add_argument("--quick", action="store_true",
                         help="small sizes (under 2 minutes on a 2-core CPU); a smoke run")
-    parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help=f"comma-separated subset of {', '.join(SECTIONS)}")
+    parser.add_argument("--sections", default=",".join(default_sections()),
+                        help=f"comma-separated subset of {', '.join(SECTIONS)} (default: all; "
+                        "trl only when the trl package is installed)")
     parser.add_argument("--model", default=None, metavar="CONFIG",
                         help="config for the training sections (default: tiny on CPU, "
                              "qwen3-4b shapes on GPU/NPU)")

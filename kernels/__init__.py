@@ -1,4 +1,5 @@
-"""aster.kernels: fused token log-probs and the token-mean clipped policy loss.
+"""aster.kernels: fused token log-probs, the token-mean clipped policy loss, and both fused
+into one pass (fused_policy_loss).
 
 Each op has one signature and three implementations: ``reference`` (naive, float64, the ground
 truth), ``chunked`` (portable torch, the CPU and NPU default) and ``triton`` (the CUDA default;
@@ -15,8 +16,12 @@ import torch
 IMPLS = ("reference", "chunked", "triton")
 _MODULES = {"reference": "aster.kernels.reference", "chunked": "aster.kernels.chunked",
             "triton": "aster.kernels.triton"}
+# fused_policy_loss lives in its own modules (it builds on both ops of an implementation).
+_FUSED_MODULES = {"reference": "aster.kernels.reference", "chunked": "aster.kernels.fused",
+                  "triton": "aster.kernels.triton.fused_loss"}
 
-__all__ = ["IMPLS", "clipped_policy_loss", "resolve_impl", "token_logprobs"]
+__all__ = ["IMPLS", "clipped_policy_loss", "fused_policy_loss", "resolve_impl",
+           "token_logprobs"]
 
 log = logging.getLogger("aster")
 _ROUTED: set[str] = set()  # reasons already logged (once per process)
@@ -33,9 +38,9 @@ def resolve_impl(impl: str = "auto") -> str:
     return impl
 
 
-def _module(impl: str):
+def _module(impl: str, table: dict = _MODULES):
     # Imported lazily so that `import aster.kernels` never imports triton.
-    return importlib.import_module(_MODULES[resolve_impl(impl)])
+    return importlib.import_module(table[resolve_impl(impl)])
 
 
 def _logprobs_impl(impl: str, dtype: torch.dtype) -> str:
@@ -87,3 +92,27 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: 
     return _module(impl).clipped_policy_loss(
         logp, old_logp, advantages, mask, num_tokens=num_tokens, clip_low=clip_low,
         clip_high=clip_high, clip_c=clip_c, rollout_logp=rollout_logp, tis_cap=tis_cap)
+
+
+def fused_policy_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                      old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *,
+                      num_tokens, clip_low: float = 0.2, clip_high: float = 0.28,
+                      clip_c: float | None = None, temperature: float = 1.0,
+                      rollout_logp: torch.Tensor | None = None, tis_cap: float | None = None,
+                      impl: str = "auto"):
+    """clipped_policy_loss(token_logprobs(hidden, weight, labels), old_logp, adv, mask, ...)
+    in one sweep over the logits, with the gradients w.r.t. hidden and weight made there.
+
+    hidden [N, H], weight [V, H], labels [N]; old_logp, adv, mask (and rollout_logp) [N],
+    aligned with the rows of hidden. The contract of both ops holds (temperature, clip-higher,
+    dual clip ``clip_c``, truncated IS ``tis_cap``, ``num_tokens`` the global unmasked count).
+    Returns (scalar fp32 loss, metrics) with the metrics clipped_policy_loss gives. The loss's
+    gradient depends only on per-token values known in the forward, so the forward computes
+    d loss / d hidden and d loss / d weight with three lm_head matmuls (not four) and the
+    backward only scales them by the upstream gradient. Nothing [N, V] is materialised.
+    Under torch.no_grad() it returns the loss and metrics only.
+    """
+    return _module(impl, _FUSED_MODULES).fused_policy_loss(
+        hidden, weight, labels, old_logp, adv, mask, num_tokens=num_tokens, clip_low=clip_low,
+        clip_high=clip_high, clip_c=clip_c, temperature=temperature, rollout_logp=rollout_logp,
+        tis_cap=tis_cap)

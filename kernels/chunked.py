@@ -5,7 +5,8 @@ token_logprobs never holds more than one chunk of logits: the forward walks toke
 logits recomputed, turned into dlogits in place, fed to two matmuls). Peak extra memory is
 O(CHUNK_ELEMENTS + V*H) instead of O(N*V). The backward recomputes the logits (4 lm_head
 matmuls in all instead of 3) because the upstream gradients of logp and entropy are arbitrary
-and unknown at forward time.
+and unknown at forward time; for the GRPO loss, whose gradient is known in closed form,
+aster.kernels.fused_policy_loss (kernels/fused.py) does it in 3.
 """
 
 from __future__ import annotations
@@ -86,27 +87,27 @@ class _TokenLogprobs(torch.autograd.Function):
         # memory-bound at V=151936) and grad_hidden [N, H] accumulates cheaply.
         step = max(1, CHUNK_ELEMENTS // max(n_tok, 1)) if ctx.chunk_tokens is None \
             else max(1, ctx.chunk_tokens * vocab // max(n_tok, 1))
-        grad_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) \
+        # Both gradient matmuls run in the input dtype (BLAS accumulates bf16 products in
+        # fp32): grad_W is written straight into a [V, H] tensor of weight's dtype, one slice at
+        # a time, so bf16 inputs never get an fp32 copy of W or of hidden. Only grad_hidden,
+        # summed over vocab slices, accumulates in fp32 ([N, H], small next to [V, H]).
+        acc_dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+        grad_h = torch.zeros(hidden.shape, dtype=acc_dtype, device=hidden.device) \
             if need_h else None
-        grad_w = torch.empty(weight.shape, dtype=torch.float32, device=weight.device) \
+        grad_w = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device) \
             if need_w else None
-        inv_t = 1.0 / ctx.temperature
-        hidden_f = hidden.float()
         for v0 in range(0, vocab, step):
             v1 = min(v0 + step, vocab)
             dlogits = _dlogits_slice(hidden, weight[v0:v1], labels - v0, lse, entropy, g_lp,
                                      g_ent, ctx.temperature)
+            dlogits = dlogits.mul_(1.0 / ctx.temperature).to(hidden.dtype)  # d/d(raw logits)
             if need_w:
-                torch.mm(dlogits.t(), hidden_f, out=grad_w[v0:v1])
-            if need_h:  # bf16 weights: this matmul runs in bf16 (fp32 accumulate in BLAS)
-                grad_h.add_((dlogits.to(weight.dtype) @ weight[v0:v1]).float())
+                torch.mm(dlogits.t(), hidden, out=grad_w[v0:v1])
+            if need_h:
+                grad_h.add_(dlogits @ weight[v0:v1])
             del dlogits
-        if need_w:
-            grad_w.mul_(inv_t)
-        if need_h:
-            grad_h.mul_(inv_t)
-        return (None if grad_h is None else grad_h.to(hidden.dtype),
-                None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None)
+        return (None if grad_h is None else grad_h.to(hidden.dtype), grad_w,
+                None, None, None, None)
 
 
 def _dlogits_slice(hidden, weight_slice, local_labels, lse, entropy, g_lp, g_ent, temperature):
@@ -120,9 +121,21 @@ def _dlogits_slice(hidden, weight_slice, local_labels, lse, entropy, g_lp, g_ent
     else:
         dlogits = probs.mul_(g_lp[:, None]).neg_()
     del log_probs
-    rows = torch.nonzero((local_labels >= 0) & (local_labels < weight_slice.shape[0])).view(-1)
-    dlogits[rows, local_labels[rows]] += g_lp[rows]
+    add_onehot_(dlogits, local_labels, g_lp)
     return dlogits
+
+
+def add_onehot_(dlogits: torch.Tensor, local_labels: torch.Tensor, values: torch.Tensor):
+    """dlogits[i, local_labels[i]] += values[i] where the label falls in this slice's columns.
+
+    Shapes only, no torch.nonzero (a host sync per slice on an accelerator): rows whose label
+    lies outside the slice add 0 at a clamped column. gather + scatter_ (one column per row,
+    no duplicates) rather than scatter_add_, which is nondeterministic on CUDA."""
+    width = dlogits.shape[1]
+    in_slice = (local_labels >= 0) & (local_labels < width)
+    col = local_labels.clamp(0, width - 1)[:, None]
+    add = torch.where(in_slice, values, torch.zeros_like(values)).to(dlogits.dtype)[:, None]
+    dlogits.scatter_(1, col, dlogits.gather(1, col) + add)
 
 
 def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,

@@ -55,3 +55,16 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: 
     metrics = loss_metrics(ratio.detach(), log_ratio.detach(), adv, valid, count, clip_low,
                            clip_high, clip_c)
     return loss.to(out_dtype), {k: v.to(out_dtype) for k, v in metrics.items()}
+
+
+def fused_policy_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                      old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *,
+                      num_tokens, clip_low: float = 0.2, clip_high: float = 0.28,
+                      clip_c: float | None = None, temperature: float = 1.0,
+                      rollout_logp: torch.Tensor | None = None, tis_cap: float | None = None):
+    """The definition the fused implementations are tested against: token_logprobs followed by
+    clipped_policy_loss, in float64, differentiated by autograd."""
+    logp = token_logprobs(hidden, weight, labels, temperature=temperature)
+    return clipped_policy_loss(logp, old_logp, adv, mask, num_tokens=num_tokens,
+                               clip_low=clip_low, clip_high=clip_high, clip_c=clip_c,
+                               rollout_logp=rollout_logp, tis_cap=tis_cap)

@@ -3,10 +3,24 @@
 A hand-written decode loop rather than `model.generate`, so that per-request seeds, stop
 tokens and the sampled-token log-prob convention of aster.rollout.engine are exact, and
 finished rows leave the batch (and the cache) at once.
+
+Where the time goes on CPU, and what `generate` does about it:
+- Intra-op threads are per OS thread in torch: a thread keeps the count it had when it first
+  ran a parallel op, and the agent loop calls `generate` from its batcher's worker thread.
+  The engine records the count of the thread that built it (what the trainer was given) and
+  runs every `generate` with it, whatever thread calls.
+- Prefill is most of the work for short responses (a ~470-token tool prompt per row), and a
+  GRPO step sends every prompt G times: identical prompts are prefilled once and their KV
+  cache rows repeated.
+- Requests are left-padded to the longest in their batch. `length_buckets` sorts them by
+  length and starts a new batch where padding would dominate a row (more than `max_padding`
+  of the batch's width); a batch without padding runs without an attention mask (causal
+  SDPA, which on CPU is also the faster prefill kernel).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 
@@ -45,7 +59,8 @@ class HFEngine(Engine):
 
     def __init__(self, model, device=None, dtype: str | torch.dtype = "float32",
                  attn_implementation: str | None = None, max_batch_size: int = 64,
-                 pad_token_id: int | None = None):
+                 pad_token_id: int | None = None, num_threads: int | None = None,
+                 max_padding: float = 0.5):
         if isinstance(model, torch.nn.Module):
             self.model = model
         else:
@@ -57,13 +72,23 @@ class HFEngine(Engine):
         pad = pad_token_id if pad_token_id is not None else self.model.config.pad_token_id
         self.pad_token_id = 0 if pad is None else int(pad)
         self._default_gen = torch.Generator(device="cpu").manual_seed(0)
+        if num_threads is not None and num_threads < 1:
+            raise ValueError(f"num_threads={num_threads!r} must be >= 1")
+        if not 0 <= max_padding < 1:
+            raise ValueError(f"max_padding={max_padding!r} must be in [0, 1)")
+        self.num_threads = num_threads or torch.get_num_threads()
+        self.max_padding = max_padding
 
     def generate(self, prompts, params):
         params = self._per_request(params, len(prompts))
-        outputs: list[GenerationOutput] = []
-        for start in range(0, len(prompts), self.max_batch_size):
-            end = start + self.max_batch_size
-            outputs += self._generate_batch(prompts[start:end], params[start:end])
+        outputs: list[GenerationOutput | None] = [None] * len(prompts)
+        with intra_op_threads(self.num_threads):
+            for batch in length_buckets([len(p) for p in prompts], self.max_batch_size,
+                                        self.max_padding):
+                outs = self._generate_batch([prompts[i] for i in batch],
+                                            [params[i] for i in batch])
+                for i, out in zip(batch, outs):
+                    outputs[i] = out
         return outputs
 
     @torch.no_grad()
@@ -80,20 +105,33 @@ class HFEngine(Engine):
 
     # ---- the decode loop ------------------------------------------------------------------
     def _prefill(self, prompts: list[list[int]]):
+        """Left-padded prefill of the distinct prompts, the cache rows then repeated for
+        duplicates. Returns (last logits, attention mask or None when nothing is padded,
+        last positions, cache), one row per prompt."""
         from transformers import DynamicCache
 
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, prompt in enumerate(prompts):  # left padding: every row ends at the same column
+        unique: dict[tuple, int] = {}
+        row_of = [unique.setdefault(tuple(p), len(unique)) for p in prompts]
+        distinct = list(unique)
+        width = max(len(p) for p in distinct)
+        ids = torch.full((len(distinct), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(distinct), width), dtype=torch.long)
+        for i, prompt in enumerate(distinct):  # left padding: every row ends at one column
             ids[i, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
             mask[i, width - len(prompt):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        padded = any(len(p) < width for p in distinct)
         cache = DynamicCache(config=self.model.config)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1], mask, positions[:, -1:], cache
+        out = self.model(input_ids=ids, attention_mask=mask if padded else None,
+                         position_ids=positions, past_key_values=cache, use_cache=True,
+                         logits_to_keep=1)
+        logits = out.logits[:, -1]
+        if len(distinct) < len(prompts):
+            index = torch.tensor(row_of, device=self.device)
+            cache.batch_select_indices(index)
+            logits, mask, positions = logits[index], mask[index], positions[index]
+        return logits, (mask if padded else None), positions[:, -1:], cache
 
     @torch.no_grad()
     def _generate_batch(self, prompts, params) -> list[GenerationOutput]:
@@ -125,10 +163,12 @@ class HFEngine(Engine):
             if len(keep) < len(rows):
                 index = torch.tensor(keep, device=self.device)
                 cache.batch_select_indices(index)
-                mask, pos = mask[index], pos[index]
+                pos = pos[index]
+                mask = mask[index] if mask is not None else None
                 rows = [rows[b] for b in keep]
             next_ids = torch.tensor([[tokens[i][-1]] for i in rows], device=self.device)
-            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
             pos = pos + 1
             out = self.model(input_ids=next_ids, attention_mask=mask, position_ids=pos,
                              past_key_values=cache, use_cache=True)
@@ -143,3 +183,40 @@ class HFEngine(Engine):
         else:
             token = int(torch.multinomial(logp.exp(), 1, generator=gen))
         return token, float(logp[token])
+
+
+def length_buckets(lengths: list[int], max_rows: int, max_padding: float) -> list[list[int]]:
+    """Request indices in generation batches: longest first, at most `max_rows` each, and no
+    request left-padded by more than `max_padding` of its batch's width (a shorter one starts
+    the next batch). Fewer batches mean fewer decode loops (a decode step costs about as much
+    for 8 rows as for 64 on CPU), so the cut is only where padding would dominate a row."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    width = 0
+    for i in order:
+        if batches and len(batches[-1]) < max_rows and \
+                width - lengths[i] <= max_padding * width:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+            width = lengths[i]
+    return batches
+
+
+@contextlib.contextmanager
+def intra_op_threads(num_threads: int):
+    """Run the block with `num_threads` intra-op threads in the calling thread, then restore.
+
+    torch's thread count is per OS thread once a thread has run a parallel op: a worker thread
+    created before the trainer set its count, or one that ran ops under another setting,
+    keeps its own. torch.set_num_threads also updates the default for new threads; the
+    restore puts that back too."""
+    before = torch.get_num_threads()
+    if before == num_threads:
+        yield
+        return
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -10,6 +10,30 @@ dlogits [N, Vc] (Vc chosen so the slice stays small); the two gradient GEMMs the
 vendor BLAS: grad_W[slice] = dlogits^T @ hidden is written once per slice (no cross-chunk
 accumulation) and grad_hidden accumulates in fp32. Block sizes are arguments so that
 triton-ascend can use smaller tiles; offsets are int64 because N*V passes 2**31 at real sizes.
+
+Launch order (both kernels): a 1-D grid whose program ids are grouped as in Triton's matmul
+tutorial (GROUP_SIZE_M): GROUP_N consecutive row blocks take turns fastest, then the vocab
+axis moves, so the programs resident at one time share a few row blocks of hidden and a few
+vocab tiles of W. Why, for H100 (132 SMs, one 8-warp 128x128 program each, 50 MiB L2,
+3.35 TB/s HBM, 989 TFLOP/s dense bf16) at N=16384, H=2560, V=151936 in bf16:
+
+- one row block of hidden is 128 x 2560 x 2 B = 640 KiB, one vocab tile of W the same; the
+  K loop re-reads both for every (row block, vocab tile) pair. The logits cost
+  2*N*V*H = 12.7 TFLOP = 12.9 ms of tensor-core time, per pass.
+- row blocks fastest (the old order): forward grid 128 row blocks x 8 vocab splits, so the
+  132 resident programs are all 128 row blocks of one split, each sweeping that split's 149
+  tiles: 128 x 640 KiB = 80 MiB of hidden is live against 50 MiB of L2 and streams from HBM
+  once per tile: 128 x 1187 x 640 KiB = 93 GiB = ~30 ms, 2.3x the compute time. The backward
+  dlogits kernel (8192-column slices: 128 x 64 programs) had the same 80 MiB per wave, read
+  64 times per slice: 95 GiB over the 19 slices.
+- grouped, GROUP_N = 16: the resident programs are ~16 row blocks x 8 vocab splits (forward)
+  or 16 row blocks x ~8 tiles (backward): 10 MiB of hidden + 5 MiB of W tiles live, which
+  L2 holds. HBM traffic: hidden once (80 MiB; per slice in the backward, 1.5 GiB), W once
+  per group of 16 row blocks (8 x 742 MiB = 5.8 GiB = 1.9 ms), plus the backward's dlogits
+  writes (N x V x 2 B = 4.6 GiB): both kernels become compute-bound.
+
+The order changes which programs run together, never what a program computes: results are
+bitwise those of the old order.
 """
 
 from __future__ import annotations
@@ -35,11 +59,13 @@ class LogprobBlocks:
     num_stages: int = 3
     programs_target: int = 1024  # aim for this many forward programs (vocab splits fill in)
     dlogits_bytes: int = 256 << 20  # size of one backward dlogits slice
+    group_n: int = 16  # row blocks per launch group (see the module docstring)
 
 
 # The interpreter pays per program, not per element: few wide tiles keep the tests fast.
 INTERPRETER_BLOCKS = LogprobBlocks(block_n=16, block_v=4096, block_k=32, num_warps=1,
-                                   num_stages=1, programs_target=8, dlogits_bytes=1 << 22)
+                                   num_stages=1, programs_target=8, dlogits_bytes=1 << 22,
+                                   group_n=4)
 
 
 def interpreting() -> bool:
@@ -63,6 +89,27 @@ def _offsets_probe_kernel(out_ptr, row_start, stride, BLOCK: tl.constexpr):
     # Test hook: the offsets row_offsets gives for rows row_start .. row_start+BLOCK-1.
     rows = row_start + tl.arange(0, BLOCK)
     tl.store(out_ptr + tl.arange(0, BLOCK), row_offsets(rows, stride))
+
+
+@triton.jit
+def grouped_pid(pid, num_rows, num_cols, GROUP_N: tl.constexpr):
+    """(row block, column) of program `pid` in a num_rows x num_cols launch: GROUP_N row
+    blocks vary fastest, then the column, then the next group (Triton's matmul tutorial's
+    GROUP_SIZE_M), so resident programs share row blocks and columns in L2."""
+    per_group = GROUP_N * num_cols
+    first_row = (pid // per_group) * GROUP_N
+    rows_here = tl.minimum(num_rows - first_row, GROUP_N)  # the last group may be short
+    in_group = pid % per_group
+    return first_row + in_group % rows_here, in_group // rows_here
+
+
+@triton.jit
+def _grouped_pid_probe_kernel(out_ptr, num_rows, num_cols, GROUP_N: tl.constexpr):
+    # Test hook: program pid writes the (row block, column) grouped_pid gives it.
+    pid = tl.program_id(0)
+    row, col = grouped_pid(pid, num_rows, num_cols, GROUP_N)
+    tl.store(out_ptr + 2 * pid, row)
+    tl.store(out_ptr + 2 * pid + 1, col)
 
 
 @triton.jit
@@ -91,9 +138,8 @@ def _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_h, stride_w
 def _logprobs_fwd_kernel(h_ptr, w_ptr, labels_ptr, max_ptr, sum_ptr, pz_ptr, zlab_ptr,
                          N, V, H, stride_h, stride_w, inv_t, v_per_prog, n_splits,
                          BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
-                         PRECISION: tl.constexpr):
-    pid_n = tl.program_id(0)
-    pid_v = tl.program_id(1)
+                         PRECISION: tl.constexpr, GROUP_N: tl.constexpr):
+    pid_n, pid_v = grouped_pid(tl.program_id(0), tl.cdiv(N, BLOCK_N), n_splits, GROUP_N)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     labels = tl.load(labels_ptr + rows, mask=row_ok, other=-1)
@@ -127,10 +173,12 @@ def _logprobs_fwd_kernel(h_ptr, w_ptr, labels_ptr, max_ptr, sum_ptr, pz_ptr, zla
 def _logprobs_bwd_kernel(h_ptr, w_ptr, labels_ptr, lse_ptr, ent_ptr, glp_ptr, gent_ptr,
                          dz_ptr, N, V, H, v_lo, v_hi, stride_h, stride_w, stride_dz, inv_t,
                          HAS_GENT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
-                         BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+                         BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, GROUP_N: tl.constexpr):
     """dlogits for vocab columns [v_lo, v_hi): dz = g_lp*(onehot - p) - g_ent*p*(log p + H)."""
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    local = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+    pid_n, pid_v = grouped_pid(tl.program_id(0), tl.cdiv(N, BLOCK_N),
+                               tl.cdiv(v_hi - v_lo, BLOCK_V), GROUP_N)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    local = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
     cols = v_lo + local
     row_ok = rows < N
     col_ok = cols < v_hi
@@ -174,12 +222,12 @@ def _forward(hidden, weight, labels, inv_t, blocks: LogprobBlocks):
     v_per_prog = triton.cdiv(vocab_tiles, n_splits) * blocks.block_v
     n_splits = triton.cdiv(vocab, v_per_prog)
     parts = torch.empty((4, n_tok, n_splits), dtype=torch.float32, device=hidden.device)
-    _logprobs_fwd_kernel[(row_blocks, n_splits)](
+    _logprobs_fwd_kernel[(row_blocks * n_splits,)](
         hidden, weight, labels, parts[0], parts[1], parts[2], parts[3], n_tok, vocab, hsize,
         hidden.stride(0), weight.stride(0), inv_t, v_per_prog, n_splits,
         BLOCK_N=blocks.block_n, BLOCK_V=blocks.block_v, BLOCK_K=blocks.block_k,
-        PRECISION=_precision(hidden.dtype), num_warps=blocks.num_warps,
-        num_stages=blocks.num_stages)
+        PRECISION=_precision(hidden.dtype), GROUP_N=blocks.group_n,
+        num_warps=blocks.num_warps, num_stages=blocks.num_stages)
     run_max, run_sum, run_pz, z_label = parts
     top = run_max.max(dim=1).values
     scale = torch.exp(run_max - top[:, None])
@@ -202,13 +250,13 @@ def _backward(hidden, weight, labels, lse, entropy, g_lp, g_ent, inv_t, need_h, 
     dz = torch.empty((n_tok, v_chunk), dtype=dz_dtype, device=hidden.device)
     for v_lo in range(0, vocab, v_chunk):
         v_hi = min(v_lo + v_chunk, vocab)
-        grid = (triton.cdiv(n_tok, blocks.block_n), triton.cdiv(v_hi - v_lo, blocks.block_v))
+        grid = (triton.cdiv(n_tok, blocks.block_n) * triton.cdiv(v_hi - v_lo, blocks.block_v),)
         _logprobs_bwd_kernel[grid](
             hidden, weight, labels, lse, entropy, g_lp, g_ent if g_ent is not None else g_lp,
             dz, n_tok, vocab, hsize, v_lo, v_hi, hidden.stride(0), weight.stride(0),
             dz.stride(0), inv_t, HAS_GENT=g_ent is not None, BLOCK_N=blocks.block_n,
             BLOCK_V=blocks.block_v, BLOCK_K=blocks.block_k, PRECISION=_precision(hidden.dtype),
-            num_warps=blocks.num_warps, num_stages=blocks.num_stages)
+            GROUP_N=blocks.group_n, num_warps=blocks.num_warps, num_stages=blocks.num_stages)
         dz_s = dz[:, : v_hi - v_lo]
         if need_w:  # each vocab slice of grad_W is written exactly once
             torch.mm(dz_s.t(), hidden, out=grad_w[v_lo:v_hi])

@@ -17,14 +17,10 @@ _N_PARTS = 2 + len(METRIC_NAMES)  # the loss, METRIC_NAMES in order, MAX_METRIC
 
 
 @triton.jit
-def _token_terms(lp_ptr, old_ptr, adv_ptr, mask_ptr, tis_ptr, offs, n, clip_low, clip_high,
-                 clip_c, HAS_DUAL: tl.constexpr, HAS_TIS: tl.constexpr, CLAMP: tl.constexpr):
-    """Per token: loss, d loss / d logp, ratio, log-ratio, advantage and validity (fp32)."""
-    in_range = offs < n
-    valid = (tl.load(mask_ptr + offs, mask=in_range, other=0) != 0) & in_range
-    lp = tl.load(lp_ptr + offs, mask=valid, other=0.0).to(tl.float32)
-    old = tl.load(old_ptr + offs, mask=valid, other=0.0).to(tl.float32)
-    adv = tl.load(adv_ptr + offs, mask=valid, other=0.0).to(tl.float32)
+def token_loss_terms(lp, old, adv, valid, tis_w, clip_low, clip_high, clip_c,
+                     HAS_DUAL: tl.constexpr, HAS_TIS: tl.constexpr, CLAMP: tl.constexpr):
+    """Per-token loss, d loss / d logp (both 0 where not valid), ratio and log-ratio from fp32
+    values: shared by the loss kernels and the fused log-prob + loss kernel."""
     log_ratio = tl.minimum(tl.maximum(lp - old, -CLAMP), CLAMP)
     ratio = tl.exp(log_ratio)
     clipped = tl.minimum(tl.maximum(ratio, 1.0 - clip_low), 1.0 + clip_high)
@@ -37,11 +33,27 @@ def _token_terms(lp_ptr, old_ptr, adv_ptr, mask_ptr, tis_ptr, offs, n, clip_low,
         live = live & ~dual
     dloss = tl.where(live, -adv * ratio, 0.0)
     if HAS_TIS:
-        tis_w = tl.load(tis_ptr + offs, mask=valid, other=0.0).to(tl.float32)
         loss = loss * tis_w
         dloss = dloss * tis_w
     loss = tl.where(valid, loss, 0.0)
     dloss = tl.where(valid, dloss, 0.0)
+    return loss, dloss, ratio, log_ratio
+
+
+@triton.jit
+def _token_terms(lp_ptr, old_ptr, adv_ptr, mask_ptr, tis_ptr, offs, n, clip_low, clip_high,
+                 clip_c, HAS_DUAL: tl.constexpr, HAS_TIS: tl.constexpr, CLAMP: tl.constexpr):
+    """Per token: loss, d loss / d logp, ratio, log-ratio, advantage and validity (fp32)."""
+    in_range = offs < n
+    valid = (tl.load(mask_ptr + offs, mask=in_range, other=0) != 0) & in_range
+    lp = tl.load(lp_ptr + offs, mask=valid, other=0.0).to(tl.float32)
+    old = tl.load(old_ptr + offs, mask=valid, other=0.0).to(tl.float32)
+    adv = tl.load(adv_ptr + offs, mask=valid, other=0.0).to(tl.float32)
+    tis_w = 1.0
+    if HAS_TIS:
+        tis_w = tl.load(tis_ptr + offs, mask=valid, other=0.0).to(tl.float32)
+    loss, dloss, ratio, log_ratio = token_loss_terms(lp, old, adv, valid, tis_w, clip_low,
+                                                     clip_high, clip_c, HAS_DUAL, HAS_TIS, CLAMP)
     return loss, dloss, ratio, log_ratio, adv, valid
 
 

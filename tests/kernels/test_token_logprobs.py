@@ -3,10 +3,12 @@ one test per known trap."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from aster import kernels
 from aster.kernels import chunked
@@ -21,9 +23,10 @@ from tests.kernels._inputs import (
 
 triton_lp = pytest.importorskip("aster.kernels.triton.logprobs")
 
-# Small tiles so the interpreter exercises many tiles, vocab splits and ragged edges.
+# Small tiles so the interpreter exercises many tiles, vocab splits, ragged edges and a short
+# last launch group.
 SMALL = triton_lp.LogprobBlocks(block_n=16, block_v=32, block_k=16, num_warps=1, num_stages=1,
-                                programs_target=6, dlogits_bytes=1 << 12)
+                                programs_target=6, dlogits_bytes=1 << 12, group_n=2)
 IMPLS = {
     "chunked": functools.partial(chunked.token_logprobs, chunk_tokens=7),
     "triton": functools.partial(triton_lp.token_logprobs, blocks=SMALL),
@@ -142,8 +145,6 @@ def test_chunking_does_not_change_results_and_bounds_memory():
                         chunk_tokens=3)
     assert_close(many, one, atol=1e-6, rtol=1e-5, what="chunk 3 vs 40")
 
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     class LargestOutput(TorchDispatchMode):
         largest = 0
 
@@ -161,6 +162,43 @@ def test_chunking_does_not_change_results_and_bounds_memory():
     assert LargestOutput.largest <= max(4 * 97, 97 * 8) < 40 * 97
 
 
+class _OpLog(TorchDispatchMode):
+    """Records every aten op with the dtypes and sizes of its tensor inputs and outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        flat = [t for t in (*args, *(kwargs or {}).values(),
+                            *(out if isinstance(out, (tuple, list)) else (out,)))
+                if isinstance(t, torch.Tensor)]
+        self.calls.append((func.overloadpacket.__name__, [(t.dtype, t.numel()) for t in flat]))
+        return out
+
+
+def test_chunked_bf16_backward_stays_in_bf16_without_host_syncs():
+    hidden, weight, labels, g_lp, g_ent = make_inputs(6, 32, 515, dtype=torch.bfloat16, seed=8)
+    h = hidden.clone().requires_grad_(True)
+    w = weight.clone().requires_grad_(True)
+    logp, ent = chunked.token_logprobs(h, w, labels, return_entropy=True, chunk_tokens=2)
+    total = (logp * g_lp).sum() + (ent * g_ent).sum()
+    log = _OpLog()
+    with log:
+        torch.autograd.grad(total, [h, w])
+    names = [name for name, _ in log.calls]
+    # torch.nonzero syncs the host with the device once per vocab slice.
+    assert "nonzero" not in names
+    # Both gradient matmuls take bf16 operands (BLAS accumulates in fp32) ...
+    mms = [tensors for name, tensors in log.calls if name in ("mm", "addmm", "matmul")]
+    assert len(mms) >= 4 and all(dt == torch.bfloat16 for t in mms for dt, _ in t)
+    # ... and nothing fp32 as large as W [V, H] is ever made (no fp32 grad_W or copy of W).
+    big_fp32 = [name for name, tensors in log.calls
+                for dt, n in tensors if dt == torch.float32 and n >= weight.numel()]
+    assert not big_fp32
+
+
 def test_int64_offsets():
     # Rows past 2**31 / V: row * V overflows int32. The helper must widen before multiplying.
     stride = 151936
@@ -170,6 +208,36 @@ def test_int64_offsets():
     expect = (torch.arange(16, dtype=torch.int64) + row_start) * stride
     assert expect.max() > 2**31
     assert torch.equal(out.cpu(), expect)
+
+
+@pytest.mark.parametrize("num_rows,num_cols,group", [(7, 5, 3), (128, 8, 16), (4, 9, 16)])
+def test_grouped_launch_order(num_rows, num_cols, group):
+    n_prog = num_rows * num_cols
+    out = torch.empty(2 * n_prog, dtype=torch.int32)
+    triton_lp._grouped_pid_probe_kernel[(n_prog,)](out, num_rows, num_cols, GROUP_N=group)
+    pairs = [tuple(p) for p in out.view(-1, 2).tolist()]
+    assert sorted(pairs) == [(r, c) for r in range(num_rows) for c in range(num_cols)]
+    # Any window of consecutive programs as large as one group touches at most two groups of
+    # row blocks: resident programs share hidden rows (the old row-fastest order touched
+    # every row block within num_rows programs).
+    window = min(group, num_rows) * num_cols
+    for start in range(0, n_prog - window + 1):
+        rows = {r for r, _ in pairs[start:start + window]}
+        assert len(rows) <= 2 * group
+        assert max(rows) - min(rows) < 2 * group
+    first = pairs[:min(group, num_rows)]
+    assert [r for r, _ in first] == list(range(min(group, num_rows)))  # rows fastest in a group
+    assert {c for _, c in first} == {0}
+
+
+def test_launch_order_does_not_change_results():
+    inputs = make_inputs(37, 24, 301, seed=9)
+    runs = [run_logprobs(functools.partial(triton_lp.token_logprobs,
+                                           blocks=dataclasses.replace(SMALL, group_n=g)),
+                         *inputs) for g in (1, 2, 64)]  # column-fastest, grouped, row-fastest
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert torch.equal(a, b)
 
 
 def test_dispatch_and_errors(monkeypatch):
