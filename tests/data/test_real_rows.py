@@ -98,3 +98,17 @@ def test_every_shape_trains_and_a_bad_row_is_skipped(template_tokenizers, name, 
         assert trained.count(tok.eos_token) == sum(
             t["role"] in ("function", "assistant") for t in row["conversations"])
         assert "<|im_start|>" not in trained
+
+
+def test_plain_text_reasoning_that_names_the_tag(tmp_path):
+    """A function turn without think tags whose reasoning names <tool_call>, then bare JSON."""
+    row = {"conversations": [
+        {"role": "user", "content": "q"},
+        {"role": "function", "content": "I answer with a <tool_call> block.\n"
+                                        + json.dumps({"name": "code_interpreter",
+                                                      "arguments": {"code": "print(5)"}})},
+        {"role": "tool", "content": "5\n"}, {"role": "assistant", "content": "\\boxed{5}"}]}
+    (tmp_path / "r.jsonl").write_text(json.dumps(row) + "\n")
+    (ex,) = load_sft(tmp_path / "r.jsonl").examples
+    assert _codes(ex) == [["print(5)"]]
+    assert ex["messages"][1]["content"] == "<think>\nI answer with a <tool_call> block.\n</think>"
