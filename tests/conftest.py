@@ -35,3 +35,33 @@ def pytest_collection_modifyitems(config, items):
             has_npu = _npu_available() if has_npu is None else has_npu
             if not has_npu:
                 item.add_marker(skip_npu)
+
+
+# ---- real Qwen3 checkpoints (the real tokenizer, tiny random weights) ---------------------------
+REAL_TEMPLATES = ("hybrid", "thinking")
+
+
+@pytest.fixture(scope="session")
+def qwen3_dirs(tmp_path_factory) -> dict[str, str]:
+    """{"hybrid": dir, "thinking": dir}: Qwen3ForCausalLM (vocab 151936, hidden 64, one layer)
+    with random weights and the real Qwen3 tokenizer files; the chat template is the real hybrid
+    one (Qwen3-1.7B / Qwen3-4B) or the Qwen3-4B-Thinking-2507 one (tests/qwen3/templates.py)."""
+    from tests.qwen3.model import build_qwen3_dir
+
+    root = tmp_path_factory.mktemp("qwen3")
+    return {name: build_qwen3_dir(root / name, name) for name in REAL_TEMPLATES}
+
+
+@pytest.fixture(scope="session")
+def template_tokenizers(qwen3_dirs, tmp_path_factory) -> dict:
+    """The tokenizers of the three templates every rendering test runs under: the real Qwen3
+    hybrid and Thinking-2507 ones and the tiny default's."""
+    from transformers import AutoTokenizer
+
+    from aster.config import TinyModelConfig
+    from aster.tiny_model import build_tiny_model
+
+    tiny = build_tiny_model(tmp_path_factory.mktemp("tiny_templates"), TinyModelConfig(), seed=0)
+    toks = {name: AutoTokenizer.from_pretrained(path) for name, path in qwen3_dirs.items()}
+    toks["tiny"] = AutoTokenizer.from_pretrained(tiny)
+    return toks

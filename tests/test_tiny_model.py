@@ -9,7 +9,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from aster.config import TinyModelConfig
+from aster.rollout.chat import CODE_INTERPRETER_TOOL
 from aster.tiny_model import SPECIAL_TOKENS, build_tiny_model
+from tests.qwen3.shapes import SHAPES
+from tests.qwen3.templates import hybrid_template
 
 TOOLS = [{"type": "function", "function": {
     "name": "code_interpreter", "description": "Run Python code.",
@@ -63,7 +66,8 @@ def test_chat_template_renders_hermes_tool_format(tiny_dir):
     assert ('<|im_start|>assistant\n<tool_call>\n{"name": "code_interpreter", "arguments": '
             '{"code": "print(2+3)"}}\n</tool_call><|im_end|>\n') in text
     assert "<|im_start|>user\n<tool_response>\n5\n</tool_response><|im_end|>\n" in text
-    assert text.endswith("<|im_start|>assistant\n\\boxed{5}<|im_end|>\n")
+    # real Qwen3: the last turn gets an empty think block when it has no reasoning
+    assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n\\boxed{5}<|im_end|>\n")
     prompt = tok.apply_chat_template(messages[:1], tools=TOOLS, tokenize=False,
                                      add_generation_prompt=True)
     assert prompt.endswith("<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n")
@@ -79,3 +83,20 @@ def test_reasoning_content_renders_as_think(tiny_dir):
          {"role": "assistant", "reasoning_content": "plan", "content": "\\boxed{1}"}],
         tokenize=False)
     assert "<|im_start|>assistant\n<think>\nplan\n</think>\n\n\\boxed{1}<|im_end|>" in text
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_tiny_template_renders_as_the_real_qwen3_template(tiny_dir, shape):
+    """String for string with the real hybrid template of Qwen3's tokenizer_config.json, on
+    every conversation shape the tests use, with and without the generation prompt."""
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    real = AutoTokenizer.from_pretrained(tiny_dir)
+    real.chat_template = hybrid_template()
+    messages = SHAPES[shape]
+    for tools in ([CODE_INTERPRETER_TOOL], None):
+        for gen in (False, True):
+            want = real.apply_chat_template(messages, tools=tools, tokenize=False,
+                                            add_generation_prompt=gen)
+            got = tok.apply_chat_template(messages, tools=tools, tokenize=False,
+                                          add_generation_prompt=gen)
+            assert got == want, (shape, tools is not None, gen)

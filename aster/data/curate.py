@@ -106,11 +106,13 @@ def is_correct(example: dict) -> bool | None:
 
 
 def count_tokens(example: dict, tokenizer=None) -> int:
-    """Tokens of the rendered conversation (the tokenizer's chat template), or ~chars/4."""
+    """Tokens SFT trains the conversation as (aster.train.sft_encoding, the tokenizer's chat
+    template), or ~chars/4 without a tokenizer."""
     if tokenizer is not None:
-        text = tokenizer.apply_chat_template(example["messages"], tools=example.get("tools"),
-                                             tokenize=False)
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        from aster.train.sft_encoding import encode_segments
+
+        segments = encode_segments(tokenizer, example["messages"], example.get("tools"))
+        return sum(len(s.ids) for s in segments)
     chars = sum(len(m["content"]) + sum(len(str(c["function"]["arguments"]))
                                         for c in m.get("tool_calls") or [])
                 for m in example["messages"])

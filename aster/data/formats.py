@@ -9,25 +9,37 @@ assistant / tool; an assistant turn keeps its reasoning in its content as ``<thi
 
 Layouts (detected per file, written back in the layout read):
 - ``sharegpt``: the ASTER_SFT4K / LlamaFactory parquet: ``conversations`` of {role, content}
-  with roles user / function (reasoning + a ``{"name", "arguments"}`` call) / tool / assistant,
-  and ``tools`` as a JSON string (``from``/``value`` with human / gpt / function_call /
-  observation is read as well).
+  with roles user / function (reasoning + a ``{"name", "arguments"}`` call, a list of them, or
+  calls wrapped in ``<tool_call>...</tool_call>``) / tool / assistant, and ``tools`` as a JSON
+  string (``from``/``value`` with human / gpt / function_call / observation is read as well; a
+  turn's ``reasoning_content`` becomes its think block).
 - ``openai``: ``messages`` with ``tool_calls`` whose ``arguments`` are JSON strings, reasoning
   possibly in ``reasoning_content``.
 - ``aster``: ``messages`` in the internal form, one JSON object a line.
+
+In every layout, only the text after an assistant turn's reasoning (its last ``</think>``) holds
+calls: a ``<tool_call>`` the reasoning mentions stays reasoning; ``<tool_call>`` blocks in an
+assistant turn's text become its ``tool_calls``. Empty reasoning (``<think>\n\n</think>``)
+is kept as written: the chat template decides how it renders.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
 from aster.data.io import Skipped, is_bad_line, read_rows, require_columns, write_rows
-from aster.rollout.chat import CODE_INTERPRETER_TOOL, TOOL_NAME  # noqa: F401 (re-exported)
+from aster.rollout.chat import (  # noqa: F401 (CODE_INTERPRETER_TOOL, TOOL_NAME re-exported)
+    CODE_INTERPRETER_TOOL,
+    TOOL_NAME,
+    split_reasoning,
+)
 
 # One tool schema for SFT data, rollouts and eval: the rollout chat module owns it.
 LAYOUTS = ("sharegpt", "openai", "aster")
+_TAGGED_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 _SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "function_call": "function",
                    "observation": "tool", "user": "user", "assistant": "assistant",
                    "function": "function", "tool": "tool", "system": "system"}
@@ -102,20 +114,77 @@ def _normalise_message(msg) -> dict:
     return out
 
 
-def _split_function_turn(content: str) -> tuple[str, list[dict]]:
-    """Reasoning and calls of a sharegpt `function` turn: text then one JSON call (or a list)."""
+def _call_list(value) -> list[dict] | None:
+    calls = value if isinstance(value, list) else [value]
+    if calls and all(isinstance(c, dict) and "name" in c for c in calls):
+        return [_normalise_call(c) for c in calls]
+    return None
+
+
+def _trailing_json_calls(text: str) -> tuple[str, list[dict]] | None:
+    """(text before, calls) when `text` ends with one JSON call or a list of them."""
     decoder = json.JSONDecoder()
-    for start in [i for i, ch in enumerate(content) if ch in "{["]:
+    for start in [i for i, ch in enumerate(text) if ch in "{["]:
         try:
-            value, end = decoder.raw_decode(content, start)
+            value, end = decoder.raw_decode(text, start)
         except json.JSONDecodeError:
             continue
-        if content[end:].strip():
+        if text[end:].strip():
             continue
-        calls = value if isinstance(value, list) else [value]
-        if calls and all(isinstance(c, dict) and "name" in c for c in calls):
-            return content[:start], [_normalise_call(c) for c in calls]
-    raise RowError("a function turn holds no {\"name\", \"arguments\"} call")
+        calls = _call_list(value)
+        if calls:
+            return text[:start], calls
+    return None
+
+
+def _tagged_calls(answer: str) -> tuple[str, list[dict]] | None:
+    """(text outside the blocks, calls) of `<tool_call>{json}</tool_call>` blocks, or None."""
+    bodies = _TAGGED_CALL.findall(answer)
+    if not bodies:
+        return None
+    calls = []
+    for body in bodies:
+        try:
+            value = json.loads(body)
+        except json.JSONDecodeError as exc:
+            raise RowError(f"a <tool_call> block is not JSON ({exc.msg})") from exc
+        found = _call_list(value)
+        if found is None:
+            raise RowError("a <tool_call> block holds no {\"name\", \"arguments\"} call")
+        calls += found
+    return _TAGGED_CALL.sub("", answer).rstrip(), calls
+
+
+def _split_function_turn(content: str) -> tuple[str, list[dict]]:
+    """Reasoning and calls of a sharegpt `function` turn: ``<think>reasoning</think>`` (or plain
+    text) then one JSON call, a list of them, or ``<tool_call>``-wrapped calls. Only the text
+    after the reasoning is searched: a `<tool_call>` the reasoning mentions is not a call."""
+    reasoning, answer = split_reasoning(content)
+    try:
+        found = _tagged_calls(answer)
+    except RowError:
+        # plain-text reasoning that names the tag, then a bare JSON call
+        found = _trailing_json_calls(answer)
+        if found is None:
+            raise
+    found = found or _trailing_json_calls(answer)
+    if found is None:
+        raise RowError("a function turn holds no {\"name\", \"arguments\"} call")
+    text, calls = found
+    return reasoning + text, calls
+
+
+def _inline_calls(message: dict) -> dict:
+    """An assistant message whose text carries `<tool_call>` blocks after its reasoning, with
+    those blocks moved to `tool_calls` (as the chat template renders them back)."""
+    if message["role"] != "assistant" or message.get("tool_calls"):
+        return message
+    reasoning, answer = split_reasoning(message["content"])
+    found = _tagged_calls(answer)
+    if found is None:
+        return message
+    text, calls = found
+    return {**message, "content": (reasoning + text).strip(), "tool_calls": calls}
 
 
 def _from_sharegpt(row: dict) -> dict:
@@ -130,12 +199,17 @@ def _from_sharegpt(row: dict) -> dict:
         content = turn.get("content", turn.get("value"))
         if role is None or not isinstance(content, str):
             raise RowError(f"turn role {turn.get('role', turn.get('from'))!r} unknown or no text")
+        reasoning = turn.get("reasoning_content")
         if role == "function":
-            reasoning, calls = _split_function_turn(content)
-            messages.append({"role": "assistant", "content": with_think(reasoning),
+            text, calls = _split_function_turn(content)
+            if isinstance(reasoning, str) and reasoning.strip() and "</think>" not in text:
+                text = with_think(reasoning, text)
+            messages.append({"role": "assistant", "content": with_think(text),
                              "tool_calls": calls})
-        else:
-            messages.append({"role": role, "content": content})
+            continue
+        if role == "assistant" and isinstance(reasoning, str) and reasoning.strip():
+            content = with_think(reasoning, content)
+        messages.append(_inline_calls({"role": role, "content": content}))
     return {"messages": messages, "tools": _parse_tools(row.get("tools")),
             "answer": _answer_of(row)}
 
@@ -169,7 +243,7 @@ def _from_messages(row: dict) -> dict:
     messages = row.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RowError("`messages` is missing or empty")
-    return {"messages": [_normalise_message(m) for m in messages],
+    return {"messages": [_inline_calls(_normalise_message(m)) for m in messages],
             "tools": _parse_tools(row.get("tools")), "answer": _answer_of(row)}
 
 

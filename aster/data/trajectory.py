@@ -4,10 +4,12 @@ A `aster.rollout.Trajectory` holds the prompt ids and then alternating runs of s
 (loss mask 1: an assistant turn ending in its end-of-turn token, or cut off by the budget) and
 templated tool-turn ids (mask 0: the tool messages and the next generation prompt).
 `TrajectoryConverter.example` decodes each sampled run into an assistant message (reasoning
-kept as ``<think>...</think>`` in its content, ``<tool_call>`` blocks parsed into
+kept as ``<think>...</think>`` in its content, ``<tool_call>`` blocks after it parsed into
 ``tool_calls``) and inverts each tool run into its tool messages with the tokenizer's own
-template, so that rendering the messages again gives what the engine saw, up to the template's
-whitespace and its JSON spelling of the calls.
+template (aster.rollout.chat_format). Encoding the messages for SFT (aster.train.sft_encoding)
+gives back the trajectory's ids and loss mask whenever the model spelled its turns the way the
+template renders them (reasoning between ``<think>\n`` and ``\n</think>\n\n``, calls as the
+template's JSON); tests/train/test_round_trip.py checks it under each template.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from __future__ import annotations
 import re
 
 from aster.data.formats import CODE_INTERPRETER_TOOL, make_call
-from aster.rollout.chat import ToolTurnFormat, apply_template, parse_tool_calls
+from aster.rollout.chat import parse_tool_calls, split_reasoning
+from aster.rollout.chat_format import chat_format
 from aster.rollout.loop import stop_token_ids
 
 _CALL_BLOCK = re.compile(r"\s*<tool_call>.*?(?:</tool_call>|$)", re.DOTALL)
@@ -50,28 +53,19 @@ class TrajectoryConverter:
     def __init__(self, tokenizer, tools=None):
         self.tokenizer = tokenizer
         self.tools = tools or [CODE_INTERPRETER_TOOL]
-        self.format = ToolTurnFormat(tokenizer, tools)
+        self.format = chat_format(tokenizer, self.tools)
         self.stops = set(stop_token_ids(tokenizer))
         self._patterns: dict[int, re.Pattern] = {}
-        probe = apply_template(tokenizer, [{"role": "user", "content": "1"}], tools=tools,
-                               add_generation_prompt=True)
-        self.opens_think = probe.rstrip().endswith("<think>")  # sampled text starts inside
+        self.opens_think = self.format.opens_think  # sampled text starts inside <think>
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
-    def _pattern(self, n: int) -> re.Pattern:
-        """A regex matching the template's tool turn for n outputs, one group per output."""
-        if n not in self._patterns:
-            markers = [f"\x00OUT{i}\x00" for i in range(n)]
-            text = self.format.render(markers)
-            parts = re.split("\x00OUT\\d+\x00", text)
-            self._patterns[n] = re.compile("(.*?)".join(re.escape(p) for p in parts), re.DOTALL)
-        return self._patterns[n]
-
     def tool_outputs(self, text: str, n: int) -> list[str]:
         """The n tool outputs inside a decoded tool turn."""
-        match = self._pattern(n).fullmatch(text)
+        if n not in self._patterns:
+            self._patterns[n] = self.format.tool_pattern(n)
+        match = self._patterns[n].fullmatch(text)
         if match is None:
             raise ConversionError(f"a tool turn does not match the chat template's tool turn "
                                   f"for {n} outputs")
@@ -92,7 +86,9 @@ class TrajectoryConverter:
             raise ConversionError(f"malformed tool call ({bad[0]})")
         if not calls:
             raise ConversionError("a tool turn follows an assistant turn without calls")
-        return {"role": "assistant", "content": _CALL_BLOCK.sub("", text).strip(),
+        reasoning, answer = split_reasoning(text)
+        content = (reasoning + _CALL_BLOCK.sub("", answer).rstrip()).strip()
+        return {"role": "assistant", "content": content,
                 "tool_calls": [make_call(c.code) for c in calls]}
 
     def example(self, traj, messages: list[dict], answer: str | None = None) -> dict:

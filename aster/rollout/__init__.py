@@ -9,19 +9,20 @@ from aster.rollout.agent import FINISH_REASONS, Trajectory
 from aster.rollout.chat import (
     CODE_INTERPRETER_TOOL,
     ToolCall,
-    ToolTurnFormat,
     encode_prompt,
     parse_tool_calls,
     prompt_messages,
 )
+from aster.rollout.chat_format import ChatFormat, ChatTemplateError, chat_format
 from aster.rollout.config import RolloutConfig
 from aster.rollout.engine import Engine, GenerationOutput, SamplingParams, build_engine
 from aster.rollout.loop import AgentLoop, run_rollouts
 from aster.rollout.metrics import rollout_metrics
 
 __all__ = [
-    "CODE_INTERPRETER_TOOL", "FINISH_REASONS", "AgentLoop", "Engine", "GenerationOutput",
-    "HFEngine", "RolloutConfig", "SamplingParams", "ToolCall", "ToolTurnFormat", "Trajectory",
+    "CODE_INTERPRETER_TOOL", "FINISH_REASONS", "AgentLoop", "ChatFormat", "ChatTemplateError",
+    "Engine", "GenerationOutput", "HFEngine", "RolloutConfig", "SamplingParams", "ToolCall",
+    "Trajectory", "chat_format",
     "VLLMAsyncEngine", "VLLMEngine", "build_engine", "encode_prompt", "parse_tool_calls", "prompt_messages",
     "rollout_metrics", "run_rollouts",
 ]

@@ -1,9 +1,8 @@
-"""The Qwen3 / Hermes tool conversation format: prompts, tool-call parsing, tool turns.
+"""The Qwen3 / Hermes tool conversation format: prompts and tool-call parsing.
 
 Everything is rendered with the tokenizer's own chat template, so a real Qwen3 tokenizer and
-the tiny one behave the same. The tool turn appended after a sampled assistant turn is the
-exact text the template would put between that turn's end-of-turn token and the next
-assistant turn (found by rendering a probe conversation with and without tool messages).
+the tiny one behave the same; the pieces of a multi-turn tool conversation (the turn as sampled,
+the tool turn after it) come from aster.rollout.chat_format.
 """
 
 from __future__ import annotations
@@ -90,10 +89,24 @@ def _parse_one(raw: str) -> ToolCall:
     return ToolCall(code=args["code"], raw=raw)
 
 
-def parse_tool_calls(text: str) -> list[ToolCall]:
-    """Every `<tool_call>...</tool_call>` in an assistant turn, parsed (an unclosed last one
-    is parsed up to the end of the text)."""
-    return [_parse_one(m.group(1)) for m in _CALL_RE.finditer(text)]
+def split_reasoning(text: str, in_think: bool = False) -> tuple[str, str]:
+    """(reasoning part, answer part) of an assistant turn: the answer part follows the last
+    `</think>`, as Qwen3 templates split it. `in_think`: the text starts inside a reasoning
+    block the generation prompt opened. A block that never closes is all reasoning."""
+    head, sep, tail = text.rpartition("</think>")
+    if sep:
+        return head + sep, tail
+    if in_think or "<think>" in text:
+        return text, ""
+    return "", text
+
+
+def parse_tool_calls(text: str, in_think: bool = False) -> list[ToolCall]:
+    """Every `<tool_call>...</tool_call>` after an assistant turn's reasoning, parsed (an
+    unclosed last one is parsed up to the end of the text). Calls mentioned inside the
+    reasoning are thoughts, not calls."""
+    _, answer = split_reasoning(text, in_think)
+    return [_parse_one(m.group(1)) for m in _CALL_RE.finditer(answer)]
 
 
 def tool_error_message(error: str) -> str:
@@ -110,40 +123,3 @@ def truncate_middle(text: str, max_chars: int) -> str:
     tail = max_chars - head
     return (f"{text[:head]}\n... [{len(text) - max_chars} characters truncated] ...\n"
             f"{text[len(text) - tail:]}")
-
-
-class ToolTurnFormat:
-    """Renders the tokens that follow a sampled assistant turn ending in an end-of-turn token:
-    the tool turn with one `<tool_response>` per output, then the next generation prompt."""
-
-    def __init__(self, tokenizer, tools=None):
-        self.tokenizer = tokenizer
-        self.tools = tools
-        self.eos_text = tokenizer.eos_token
-        probe = [{"role": "user", "content": "1"}, {"role": "assistant", "content": "2"}]
-        base = apply_template(tokenizer, probe, tools=tools)
-        marker = "\x00TOOL\x00"
-        full = apply_template(tokenizer, [*probe, {"role": "tool", "content": marker}],
-                              tools=tools, add_generation_prompt=True)
-        if not full.startswith(base) or base.rfind(self.eos_text) < 0:
-            raise ValueError("the tokenizer's chat template does not render tool messages as "
-                             "an append-only turn after the assistant's end-of-turn token")
-        # What the template puts after the assistant's end-of-turn token (e.g. "\n").
-        self.after_eos = base[base.rfind(self.eos_text) + len(self.eos_text):]
-        self._single = full[len(base):]
-
-    def render(self, outputs: list[str]) -> str:
-        """The text of the tool turn for `outputs` (one tool message each)."""
-        probe = [{"role": "user", "content": "1"}, {"role": "assistant", "content": "2"}]
-        if len(outputs) == 1:
-            before, after = self._single.split("\x00TOOL\x00")
-            return self.after_eos + before + outputs[0] + after
-        base = apply_template(self.tokenizer, probe, tools=self.tools)
-        tools_msgs = [{"role": "tool", "content": out} for out in outputs]
-        full = apply_template(self.tokenizer, [*probe, *tools_msgs], tools=self.tools,
-                              add_generation_prompt=True)
-        return self.after_eos + full[len(base):]
-
-    def encode(self, outputs: list[str]) -> list[int]:
-        """Token ids of render(outputs) (special tokens in it become single ids)."""
-        return self.tokenizer.encode(self.render(outputs), add_special_tokens=False)

@@ -18,12 +18,11 @@ from aster.rollout.agent import (
     union_seconds,
 )
 from aster.rollout.chat import (
-    ToolTurnFormat,
-    encode_prompt,
     parse_tool_calls,
     tool_error_message,
     truncate_middle,
 )
+from aster.rollout.chat_format import chat_format
 from aster.rollout.engine import Engine, SamplingParams
 
 log = logging.getLogger("aster")
@@ -48,7 +47,7 @@ class AgentLoop:
         self.max_batch = max_batch or cfg.max_concurrency
         self.gather_s = gather_s
         self.seed = seed
-        self.format = ToolTurnFormat(tokenizer)
+        self.format = chat_format(tokenizer)
         self.stops = stop_token_ids(tokenizer)
         self.stats: dict = {}
 
@@ -93,7 +92,7 @@ class AgentLoop:
     async def _trajectory(self, number: int, job) -> Trajectory:
         prompt_index, sample_index, messages, truth = job
         async with self._limit, contextlib.AsyncExitStack() as stack:
-            traj = Trajectory(prompt_ids=encode_prompt(self.tokenizer, messages),
+            traj = Trajectory(prompt_ids=self.format.prompt_ids(messages),
                               ground_truth=truth, prompt_index=prompt_index,
                               sample_index=sample_index)
             start = time.perf_counter()
@@ -135,7 +134,7 @@ class AgentLoop:
             if out.finish_reason == "length":
                 traj.finish_reason = "length"
                 return
-            calls = parse_tool_calls(traj.final_text)
+            calls = parse_tool_calls(traj.final_text, in_think=self.format.opens_think)
             if not calls:
                 traj.finish_reason = "answer" if extract_answer(traj.final_text) else "no_tool_call"
                 return
@@ -150,7 +149,7 @@ class AgentLoop:
             if parse_streak >= cfg.max_parse_errors:
                 traj.finish_reason = "tool_parse_error"
                 return
-            tool_ids = self.format.encode(outputs)
+            tool_ids = self.format.tool_ids(outputs)
             if len(traj.response_ids) + len(tool_ids) >= cfg.max_response_tokens:
                 traj.finish_reason = "length"
                 return

@@ -118,8 +118,14 @@ def _rendered_corpus(examples: list[dict]) -> list[str]:
     from aster.tiny_model import train_tokenizer
 
     tok = train_tokenizer(300, ["x"])
-    return [tok.apply_chat_template(e["messages"], tools=e.get("tools") or None, tokenize=False)
-            for e in examples]
+    texts = []
+    for e in examples:
+        try:
+            texts.append(tok.apply_chat_template(e["messages"], tools=e.get("tools") or None,
+                                                 tokenize=False))
+        except Exception:  # noqa: BLE001 - a row SFT will skip and report; no corpus text
+            continue
+    return texts
 
 
 def make_context(cfg, backend, model_dir: str, run_dir: Path, writer) -> TrainContext:
@@ -148,11 +154,29 @@ def input_model_for(stage: str, cfg, run_dir: Path, base: str) -> str:
 
 
 # ---- data -------------------------------------------------------------------------------------
+def needed_data(cfg) -> set[str]:
+    """Which of "sft", "rl", "eval" the run's stages read: `aster sft` needs only the SFT file,
+    `aster rl` only the prompts (the eval sets only when it evaluates), and the tiny model's
+    tokenizer corpus takes the synthetic SFT conversations when they are at hand anyway."""
+    stages = set(cfg.run.stages)
+    need = set()
+    if "sft" in stages or (not cfg.model.path and cfg.data.sft_path == "synthetic"):
+        need.add("sft")
+    if stages & {"rl_stage1", "rl_stage2", "filter"}:
+        need.add("rl")
+    if "eval" in stages:
+        need.add("eval")
+    return need
+
+
 def load_task_data(cfg, run_dir: Path, dist) -> dict:
-    """{"sft": trajectories, "rl": prompts, "eval": {name: prompts}}; the synthetic task is
-    generated once (rank 0, by running the sandbox) and cached in the run directory."""
+    """{"sft": trajectories, "rl": prompts, "eval": {name: prompts}}, each only when a stage of
+    the run reads it (empty otherwise); the synthetic task is generated once (rank 0, by
+    running the sandbox) and cached in the run directory."""
+    need = needed_data(cfg)
+    paths = {"sft": [cfg.data.sft_path], "rl": [cfg.data.rl_path], "eval": cfg.data.eval_paths}
+    uses_synthetic = any("synthetic" in paths[k] for k in need)
     cache = run_dir / "data" / "synthetic.json"
-    uses_synthetic = "synthetic" in (cfg.data.sft_path, cfg.data.rl_path, *cfg.data.eval_paths)
     synthetic = None
     if uses_synthetic:
         if dist.is_main and not cache.is_file():
@@ -164,10 +188,11 @@ def load_task_data(cfg, run_dir: Path, dist) -> dict:
                                                  "eval": data.eval}))
         _barrier(dist)
         synthetic = json.loads(cache.read_text())
-    return {"sft": _sft_examples(cfg, synthetic), "rl": _prompts(cfg.data.rl_path, cfg, synthetic,
-                                                                  "rl"),
+    return {"sft": _sft_examples(cfg, synthetic) if "sft" in need else [],
+            "rl": _prompts(cfg.data.rl_path, cfg, synthetic, "rl") if "rl" in need else [],
             "eval": {Path(p).stem if p != "synthetic" else "synthetic":
-                     _prompts(p, cfg, synthetic, "eval") for p in cfg.data.eval_paths}}
+                     _prompts(p, cfg, synthetic, "eval") for p in cfg.data.eval_paths}
+            if "eval" in need else {}}
 
 
 def _sft_examples(cfg, synthetic) -> list[dict]:
@@ -209,8 +234,7 @@ def run_sft_stage(ctx, data) -> None:
     if not encoded:
         from aster.data.io import DataError
 
-        raise DataError(f"every SFT sample is longer than sft.cutoff_len={ctx.cfg.sft.cutoff_len}"
-                        " tokens; raise it")
+        raise DataError("no SFT trajectory to train on; check data.sft_path")
     run_sft(ctx, encoded, dropped)
 
 
@@ -361,11 +385,17 @@ def check_inputs(cfg) -> None:
                              "leave it empty for the tiny model")
     from aster.data.io import DataError
 
-    for key in ("sft_path", "rl_path"):
+    need = needed_data(cfg)
+    keys = [k for k, part in (("sft_path", "sft"), ("rl_path", "rl")) if part in need]
+    for key in keys:
         value = getattr(cfg.data, key)
         if value != "synthetic" and not Path(value).is_file():
             raise DataError(f"data.{key}={value!r}: no such file; give a parquet/jsonl file "
                             "or 'synthetic'")
+    for i, value in enumerate(cfg.data.eval_paths if "eval" in need else []):
+        if value != "synthetic" and not Path(value).is_file():
+            raise DataError(f"data.eval_paths[{i}]={value!r}: no such file; give a parquet/"
+                            "jsonl file or 'synthetic' (or run without the eval stage)")
 
 
 def summary_of(done: dict) -> dict:

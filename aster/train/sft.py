@@ -1,78 +1,25 @@
-"""Cold-start SFT: multi-turn tool conversations rendered with the model's chat template, loss
-on assistant tokens only (reasoning, calls, answers); prompts and tool outputs masked; samples
-over the cutoff dropped and counted, never truncated."""
+"""Cold-start SFT: multi-turn tool conversations encoded as the model generates them
+(aster.train.sft_encoding), loss on assistant tokens only (reasoning, calls, answers); prompts
+and tool outputs masked; samples over the cutoff dropped and counted, never truncated."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
-from dataclasses import dataclass
 
 import torch
 
 from aster.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from aster.train.common import build_optimizer, build_scheduler, build_updater
+from aster.train.sft_encoding import (  # noqa: F401 (the trainer's public encoding API)
+    Encoded,
+    encode_conversation,
+    encode_dataset,
+    encode_segments,
+)
 
 log = logging.getLogger("aster")
-
-
-@dataclass
-class Encoded:
-    """One tokenised conversation: ids and the 0/1 loss mask over them (1 = assistant)."""
-
-    ids: list[int]
-    mask: list[int]
-
-
-def _render(tokenizer, messages, tools, generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False,
-                                         add_generation_prompt=generation_prompt)
-
-
-def assistant_spans(tokenizer, messages: list[dict], tools=None) -> tuple[str, list[tuple]]:
-    """The rendered text and the character spans of every assistant turn (its header excluded,
-    its end-of-turn token included), found by rendering growing prefixes."""
-    full = _render(tokenizer, messages, tools, False)
-    spans = []
-    for i, msg in enumerate(messages):
-        if msg["role"] != "assistant":
-            continue
-        start = _render(tokenizer, messages[:i], tools, True)
-        end = _render(tokenizer, messages[:i + 1], tools, False)
-        if not (full.startswith(start) and full.startswith(end)):
-            raise ValueError("the chat template does not render conversations prefix by prefix")
-        stop = end.rfind(tokenizer.eos_token, len(start)) if tokenizer.eos_token else -1
-        # the separator the template puts after the end-of-turn token is not learnt: a
-        # rollout never samples it (the agent loop appends it with the tool turn, mask 0)
-        spans.append((len(start), stop + len(tokenizer.eos_token) if stop >= 0 else len(end)))
-    return full, spans
-
-
-def encode_conversation(tokenizer, messages: list[dict], tools=None) -> Encoded:
-    """Token ids of the rendered conversation and the mask of assistant tokens."""
-    text, spans = assistant_spans(tokenizer, messages, tools)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    mask = []
-    for a, b in enc["offset_mapping"]:
-        inside = any(s <= a and b <= e and b > a for s, e in spans)
-        mask.append(int(inside))
-    return Encoded(list(enc["input_ids"]), mask)
-
-
-def encode_dataset(tokenizer, examples: list[dict], cutoff_len: int) -> tuple[list[Encoded], int]:
-    """Encode every example; those longer than cutoff_len are dropped and counted."""
-    kept, dropped = [], 0
-    for ex in examples:
-        enc = encode_conversation(tokenizer, ex["messages"], ex.get("tools"))
-        if len(enc.ids) > cutoff_len or not any(enc.mask):
-            dropped += 1
-            continue
-        kept.append(enc)
-    if dropped:
-        log.warning("sft: dropped %d of %d samples over sft.cutoff_len=%d (not truncated)",
-                    dropped, len(examples), cutoff_len)
-    return kept, dropped
 
 
 def collate_padded(batch: list[Encoded], pad_id: int, device) -> dict:

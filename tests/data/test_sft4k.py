@@ -122,7 +122,8 @@ def test_sft_loss_mask_is_exactly_the_function_and_assistant_turns(tmp_path, tin
             body = "\n".join('<tool_call>\n{"name": "code_interpreter", "arguments": '
                              + json.dumps(c["arguments"], ensure_ascii=False) + "}\n</tool_call>"
                              for c in calls)
-            expected.append(f"{think}</think>\n{body}{tok.eos_token}")
+            # as real Qwen3 renders it: a blank line between the reasoning and the call
+            expected.append(f"{think}</think>\n\n{body}{tok.eos_token}")
     assert trained == expected
     masked = tok.decode([i for i, m in zip(enc.ids, enc.mask) if not m])
     for turn in row["conversations"]:

@@ -23,6 +23,7 @@ from aster.data.synth_engine import EngineTeacher
 from aster.data.trajectory import TrajectoryConverter
 from aster.rollout import HFEngine, RolloutConfig, run_rollouts
 from aster.rollout.chat import apply_template, encode_prompt, prompt_messages
+from aster.train.sft import encode_conversation
 from tests.data.conftest import TAUGHT
 from tests.rollout.conftest import ScriptedEngine
 
@@ -85,11 +86,15 @@ def test_engine_synth_parquet_resumes_and_matches_the_engine(teacher_dir, tmp_pa
         assert row["conversations"][1]["content"].startswith("<think>\nmultiply first\n</think>")
         stats = trajectory_stats(example)
         assert stats.tool_calls == row["tool_calls"] == 2 and stats.use == "causal"
-        # token-in/token-out: the written conversation renders to exactly the engine's tokens
-        rendered = apply_template(tok, example["messages"], tools=example["tools"])
-        assert rendered.endswith(tok.eos_token + "\n")
-        view = _engine_view(crashing.seen + engine.seen, tok, raw["problem"])
-        assert tok.encode(rendered[:-1], add_special_tokens=False) == view
+        # token-in/token-out: the written conversation encodes for SFT to exactly the engine's
+        # tokens, the sampled ones trained and nothing else
+        enc = encode_conversation(tok, example["messages"], example["tools"])
+        seen = [(p, o) for p, o in crashing.seen + engine.seen]
+        view = _engine_view(seen, tok, raw["problem"])
+        assert enc.ids == view
+        sampled = {len(p) + k for p, o in seen if view[:len(p) + len(o)] == p + o
+                   for k in range(len(o))}
+        assert {k for k, m in enumerate(enc.mask) if m} == sampled
 
     again = RecordingEngine(teacher_dir, tok)
     counts = synthesize(PROMPTS, out, CFG, EngineTeacher(CFG, again, tok, pool), progress=False)

@@ -101,9 +101,9 @@ class ToolInjectingEngine(Engine):
 def check_trajectories(trajs, model, tokenizer, temperature: float = 1.0) -> dict:
     """Structure of tool trajectories from ToolInjectingEngine (lengths, masks, tool turns) and
     the engine's sampled-token log-probs vs the trainer's recompute over the whole context."""
-    from aster.rollout.chat import ToolTurnFormat
+    from aster.rollout.chat_format import chat_format
 
-    tool_prefix = ToolTurnFormat(tokenizer).encode(["X"])[:2]
+    tool_prefix = chat_format(tokenizer).tool_ids(["X"])[:2]
     diffs, problems = [], []
     for n, t in enumerate(trajs):
         spans = _zero_spans(t.loss_mask)

@@ -10,8 +10,8 @@ from aster.rollout import (
     FINISH_REASONS,
     HFEngine,
     RolloutConfig,
-    ToolTurnFormat,
     Trajectory,
+    chat_format,
     rollout_metrics,
     run_rollouts,
 )
@@ -45,7 +45,8 @@ def _run(tokenizer, pool, turns, cfg=None, prompts=(PROBLEM,), stats=None, **kw)
 def test_token_in_token_out_matches_the_template(tokenizer, pool):
     turns = ["<think>\nLet me compute.\n</think>\n\n" + _call("x = 17 * 23\nprint(x)"),
              _call("print(x + 5)"),
-             "So the answer is \\boxed{396}."]
+             # a Qwen3 template renders a last turn without reasoning with an empty think block
+             "<think>\n\n</think>\n\nSo the answer is \\boxed{396}."]
     (traj,), engine = _run(tokenizer, pool, turns)
     assert traj.finish_reason == "answer" and traj.reward == 1.0 and traj.answer == "396"
     assert traj.num_tool_calls == 2 and traj.tool_errors == 0 and traj.num_turns == 3
@@ -67,9 +68,9 @@ def test_token_in_token_out_matches_the_template(tokenizer, pool):
     assert sampled == want
     assert all(lp == (-0.5 if m else 0.0) for lp, m in zip(traj.rollout_logprobs, traj.loss_mask))
     # every tool span is the template's tool turn for that output
-    fmt = ToolTurnFormat(tokenizer)
+    fmt = chat_format(tokenizer)
     tool_ids = [i for i, m in zip(traj.response_ids, traj.loss_mask) if not m]
-    assert tool_ids == fmt.encode(["391\n"]) + fmt.encode(["396\n"])
+    assert tool_ids == fmt.tool_ids(["391\n"]) + fmt.tool_ids(["396\n"])
     # the engine saw prompt + everything so far at each turn (never re-tokenised)
     for call in engine.calls:
         assert call == (traj.prompt_ids + traj.response_ids)[:len(call)]

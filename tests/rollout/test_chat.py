@@ -7,7 +7,6 @@ import json
 from aster.rollout.chat import (
     ANSWER_INSTRUCTION,
     CODE_INTERPRETER_TOOL,
-    ToolTurnFormat,
     apply_template,
     encode_prompt,
     parse_tool_calls,
@@ -15,6 +14,7 @@ from aster.rollout.chat import (
     tool_error_message,
     truncate_middle,
 )
+from aster.rollout.chat_format import ChatFormat
 
 
 def _call(code, name="code_interpreter"):
@@ -63,8 +63,11 @@ def test_parse_errors_are_reported_not_dropped():
 
 
 def test_tool_turn_matches_the_template(tokenizer):
-    fmt = ToolTurnFormat(tokenizer)
-    base = [*prompt_messages("q"), {"role": "assistant", "content": "a"}]
+    fmt = ChatFormat(tokenizer)
+    turn = {"role": "assistant", "content": "<think>\nplan\n</think>",
+            "tool_calls": [{"type": "function", "function": {
+                "name": "code_interpreter", "arguments": {"code": "print(5)"}}}]}
+    base = [*prompt_messages("q"), turn]
     for outputs in (["5"], ["1\n2", "Traceback: boom"]):
         full = apply_template(tokenizer, [*base, *({"role": "tool", "content": o}
                                                    for o in outputs)],
@@ -72,10 +75,11 @@ def test_tool_turn_matches_the_template(tokenizer):
         head = apply_template(tokenizer, base)
         # sampled text ends at the end-of-turn token; the tool turn supplies the rest
         sampled_end = head[:head.rfind(tokenizer.eos_token) + len(tokenizer.eos_token)]
-        assert sampled_end + fmt.render(outputs) == full
-        assert fmt.render(outputs).startswith("\n<|im_start|>user\n<tool_response>\n")
-        assert fmt.render(outputs).endswith("</tool_response><|im_end|>\n<|im_start|>assistant\n")
-        assert tokenizer.decode(fmt.encode(outputs)) == fmt.render(outputs)
+        assert sampled_end + fmt.tool_text(outputs) == full
+        assert fmt.tool_text(outputs).startswith("\n<|im_start|>user\n<tool_response>\n")
+        assert fmt.tool_text(outputs).endswith(
+            "</tool_response><|im_end|>\n<|im_start|>assistant\n")
+        assert tokenizer.decode(fmt.tool_ids(outputs)) == fmt.tool_text(outputs)
 
 
 def test_truncate_middle_keeps_head_and_tail():

@@ -46,7 +46,10 @@ def conversations(n):
             {"role": "assistant", "content": "<think>\nuse python\n</think>",
              "tool_calls": [make_call(f"x = {a}*{b}\nprint(x)")]},
             {"role": "tool", "content": str(a * b)},
-            {"role": "assistant", "content": f"\\boxed{{{a * b}}}"}],
+            # reasoning in the last turn too, as real rows have it (with an empty think block
+            # here, one q_proj element whose gradient sits near AdamW's eps moved 1.2e-4 apart
+            # under ZeRO-3: reduction order amplified by g / (|g| + eps), not a wrong gradient)
+            {"role": "assistant", "content": f"<think>\nso\n</think>\n\n\\boxed{{{a * b}}}"}],
             "tools": [CODE_INTERPRETER_TOOL]})
     return out
 
