@@ -151,7 +151,8 @@ def grpo_step_quantities(dtype: torch.dtype, device: torch.device) -> dict[str, 
     prompts, responses, masks = _fixed_batch()
     mb = build_micro_batch(prompts, responses, masks, device=device)
     policy = PolicyForward(model)
-    adv = group_advantages([1.0, 0.0, 0.0, 0.0], group_size=4).adv
+    # the population std: the convention the goldens in tests/parity/golden were recorded with
+    adv = group_advantages([1.0, 0.0, 0.0, 0.0], group_size=4, std="population").adv
     with torch.no_grad():
         # old log-probs shifted by a fixed pattern so ratios leave 1 and both clips engage
         shift = (torch.arange(mb.num_tokens, device=device) % 5 - 2).to(torch.float32) * 0.15

@@ -17,6 +17,7 @@ from aster.metrics import MetricsWriter
 from aster.train.checkpoint import write_text_atomic
 from aster.train.common import TrainContext, load_policy
 from aster.train.parallel import apply_parallelism
+from aster.train.rollouts import SharedEngine
 
 log = logging.getLogger("aster")
 
@@ -124,12 +125,15 @@ def _rendered_corpus(examples: list[dict]) -> list[str]:
 
 def make_context(cfg, backend, model_dir: str, run_dir: Path, writer) -> TrainContext:
     """Load the policy from `model_dir`, wrap it for parallelism; the trainers' context."""
+    from aster.train.precision import compute_dtype
+
     torch.manual_seed(cfg.run.seed)
+    dtype = compute_dtype(cfg.model.dtype, backend)
     model, tokenizer = load_policy(model_dir, cfg.model, backend)
-    policy, strategy = apply_parallelism(PolicyForward(model, backend.kernel_impl), backend,
-                                         cfg.distributed)
-    log.debug("policy from %s, parallelism %s", model_dir, strategy)
-    return TrainContext(cfg, backend, policy, model, tokenizer, run_dir, writer)
+    policy, strategy = apply_parallelism(PolicyForward(model, backend.kernel_impl, dtype),
+                                         backend, cfg.distributed, dtype)
+    log.debug("policy from %s, parallelism %s, compute dtype %s", model_dir, strategy, dtype)
+    return TrainContext(cfg, backend, policy, model, tokenizer, run_dir, writer, dtype)
 
 
 def stage_model_dir(run_dir: Path, stage: str) -> Path:
@@ -260,43 +264,56 @@ def evaluate_stage(ctx, engine, data, stage: str) -> dict:
     return {"accuracy": summary["accuracy"], "tool_calls_mean": summary["tool_calls_mean"]}
 
 
-def _train_stage(stage, cfg, backend, run_dir, base, data, writer, pool) -> dict:
-    """Run one training stage (resuming it), save its model, evaluate it when eval is on."""
+def _train_stage(stage, cfg, backend, run_dir, base, data, writer, pool, engines) -> dict:
+    """Run one training stage (resuming it), save its model, evaluate it when eval is on.
+    `engines` holds the run's one rollout engine: asleep while this stage's model loads and
+    trains, woken (after the training allocator's cache is freed) when weights go in."""
     from aster.train.common import save_hf_model
-    from aster.train.rollouts import make_engine, push_weights
+    from aster.train.rollouts import push_weights
 
     model_in = input_model_for(stage, cfg, run_dir, base)
+    engines.idle()
     ctx = make_context(cfg, backend, model_in, run_dir, writer)
     ctx.pool = pool
-    engine = None
-    if stage == "sft":
-        run_sft_stage(ctx, data)
-    else:
-        engine = make_engine(ctx, model_in)
-        run_rl(ctx, engine, stage, data, run_dir)
-    out = save_hf_model(ctx.hf_model, ctx.tokenizer, stage_model_dir(run_dir, stage),
-                        ctx.dist.is_main)
-    _barrier(ctx.dist)
-    log.info("%s done; model saved to %s", stage, out)
-    if "eval" not in cfg.run.stages:
-        if engine is not None:
-            engine.close()
-        return {}
-    if engine is None:
-        engine = make_engine(ctx, str(out))
     try:
+        if stage == "sft":
+            run_sft_stage(ctx, data)
+        else:
+            run_rl(ctx, engines.get(ctx, model_in), stage, data, run_dir)
+        out = save_hf_model(ctx.hf_model, ctx.tokenizer, stage_model_dir(run_dir, stage),
+                            ctx.dist.is_main, dtype=ctx.compute_dtype)
+        _barrier(ctx.dist)
+        log.info("%s done; model saved to %s", stage, out)
+        if "eval" not in cfg.run.stages:
+            return {}
+        engine = engines.get(ctx, str(out))
         push_weights(ctx, engine)
         return evaluate_stage(ctx, engine, data, stage)
     finally:
-        engine.close()
+        release(ctx)
+
+
+def release(ctx) -> None:
+    """Drop a finished stage's model, optimizer and engine state, and return the training
+    allocator's cached memory, before the next stage loads its own."""
+    import gc
+
+    ctx.policy = ctx.hf_model = ctx.updater = None
+    gc.collect()
+    ctx.backend.empty_cache()
 
 
 def run_pipeline(cfg, backend, *, config_name: str | None = None, output_dir: str | None = None,
                  resume: bool = False) -> dict:
     """The whole recipe in one run directory; returns the summary dict."""
+    from aster.backend import DistInfo
     from aster.sandbox import SandboxPool
+    from aster.train.world import check_world_size
 
     check_inputs(cfg)
+    # before the process group and any model: a world size the batches cannot split would
+    # hang the first collective instead
+    check_world_size(cfg, DistInfo.from_env().world_size)
     dist = backend.init_distributed(cfg.distributed.timeout_s)
     if cfg.run.deterministic:
         backend.set_deterministic(cfg.run.seed)
@@ -305,6 +322,7 @@ def run_pipeline(cfg, backend, *, config_name: str | None = None, output_dir: st
         log.info("run directory: %s", run_dir.resolve())
     writer = MetricsWriter(run_dir, is_main=dist.is_main, tensorboard=cfg.logging.tensorboard,
                            log_every=cfg.logging.log_every)
+    engines = SharedEngine()
     try:
         data = load_task_data(cfg, run_dir, dist)
         base = base_model_dir(cfg, run_dir, dist.is_main, dist, data)
@@ -319,11 +337,13 @@ def run_pipeline(cfg, backend, *, config_name: str | None = None, output_dir: st
                 elif stage == "eval":
                     result = write_summary(run_dir, done, dist.is_main)
                 else:
-                    result = _train_stage(stage, cfg, backend, run_dir, base, data, writer, pool)
+                    result = _train_stage(stage, cfg, backend, run_dir, base, data, writer, pool,
+                                          engines)
                     _warn_held_out_collapse(cfg, done, stage, result)
                 mark_done(run_dir, stage, result, dist.is_main)
                 _barrier(dist)
     finally:
+        engines.close()
         writer.close()
     return summary_of(read_state(run_dir)["done"])
 
@@ -348,7 +368,10 @@ def check_inputs(cfg) -> None:
                              "config.json); point it at a Hugging Face model directory or "
                              "leave it empty for the tiny model")
     from aster.data.io import DataError
+    from aster.train.precision import check_training_dtype
 
+    if any(stage in TRAIN_STAGES for stage in cfg.run.stages):
+        check_training_dtype(cfg.model.dtype)
     for key in ("sft_path", "rl_path"):
         value = getattr(cfg.data, key)
         if value != "synthetic" and not Path(value).is_file():

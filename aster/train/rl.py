@@ -137,7 +137,8 @@ def rl_step(ctx, engine, prompts, stage: str, stage_cfg, step: int,
                                                stage_cfg.max_response_tokens, seed)
     t_roll = time.perf_counter()
     rewards = [float(t.reward) for t in trajs]
-    adv = group_advantages(rewards, rl.group_size, std_norm=rl.adv_std_norm, eps=rl.adv_eps)
+    adv = group_advantages(rewards, rl.group_size, std_norm=rl.adv_std_norm, eps=rl.adv_eps,
+                           std=rl.adv_std)
     adv_tokens = token_advantages(adv.adv, [t.loss_mask for t in trajs])
     temperature = ctx.cfg.rollout.temperature or 1.0
     if rl.old_logp == "recompute":

@@ -19,7 +19,7 @@ from aster.algo import (
 
 
 def test_group_advantages_normalise_and_count_flat_groups():
-    out = group_advantages([1, 0, 1, 0, 1, 1, 1, 1], group_size=4)
+    out = group_advantages([1, 0, 1, 0, 1, 1, 1, 1], group_size=4, std="population")
     assert out.num_groups == 2 and out.num_zero_groups == 1
     assert torch.allclose(out.adv[:4], torch.tensor([1.0, -1.0, 1.0, -1.0]), atol=1e-5)
     assert torch.equal(out.adv[4:], torch.zeros(4))
