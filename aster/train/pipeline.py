@@ -75,6 +75,25 @@ def _broadcast(value, dist):
     return box[0]
 
 
+def on_main(dist, fn, what: str) -> None:
+    """Run `fn` on rank 0 alone (it builds what every rank then reads) and continue together.
+    Rank 0's error reaches every rank, so all of them stop with the same one line instead of
+    the others waiting at a barrier until the process group times out."""
+    failure = None
+    if dist.is_main:
+        try:
+            fn()
+        except Exception as exc:  # shared below, re-raised on every rank
+            failure = exc
+    shared = failure if failure is None or isinstance(failure, AsterUserError) else \
+        RuntimeError(f"rank 0 failed while {what}: {type(failure).__name__}: {failure}")
+    shared = _broadcast(shared, dist)
+    if failure is not None:
+        raise failure
+    if shared is not None:
+        raise shared
+
+
 def _barrier(dist):
     if dist.world_size > 1:
         import torch.distributed as tdist
@@ -100,14 +119,18 @@ def base_model_dir(cfg, run_dir: Path, is_main: bool, dist, data: dict | None = 
     if cfg.model.path:
         return cfg.model.path
     out = run_dir / "base_model"
-    if is_main and not (out / "config.json").is_file():
+
+    def build():
+        if (out / "config.json").is_file():
+            return
         from aster.tiny_model import build_tiny_model, default_corpus
 
         tmp = run_dir / "base_model.tmp"
         corpus = default_corpus() + _rendered_corpus(data["sft"] if data else [])
         build_tiny_model(tmp, cfg.model.tiny, seed=cfg.run.seed, corpus=corpus)
         tmp.rename(out)
-    _barrier(dist)
+
+    on_main(dist, build, "building the tiny model")
     return str(out)
 
 
@@ -157,14 +180,17 @@ def load_task_data(cfg, run_dir: Path, dist) -> dict:
     uses_synthetic = "synthetic" in (cfg.data.sft_path, cfg.data.rl_path, *cfg.data.eval_paths)
     synthetic = None
     if uses_synthetic:
-        if dist.is_main and not cache.is_file():
+        def build():
+            if cache.is_file():
+                return
             from aster.data.synthetic import build_synthetic
 
             data = build_synthetic(cfg.data.synthetic, cfg.sandbox)
             cache.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(cache, json.dumps({"sft": data.sft, "rl": data.rl,
                                                  "eval": data.eval}))
-        _barrier(dist)
+
+        on_main(dist, build, "generating the synthetic task")
         synthetic = json.loads(cache.read_text())
     return {"sft": _sft_examples(cfg, synthetic), "rl": _prompts(cfg.data.rl_path, cfg, synthetic,
                                                                   "rl"),
