@@ -35,6 +35,8 @@ def nccl_backend():
     spec = backend.process_group_backend()
     assert spec == "cpu:gloo,cuda:nccl"
     backend.set_device()
+    if dist.is_initialized():  # a group an earlier test left behind (tests run one at a time)
+        dist.destroy_process_group()
     dist.init_process_group(spec, store=dist.HashStore(), rank=0, world_size=1)
     yield backend
     dist.destroy_process_group()
