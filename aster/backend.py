@@ -77,6 +77,14 @@ class DistInfo:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    @classmethod
+    def from_env(cls) -> DistInfo:
+        """What torchrun / accelerate launch put in the environment (one process without it);
+        known before any process group exists, so start-up checks can use it."""
+        return cls(rank=int(os.environ.get("RANK", "0")),
+                   local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+                   world_size=int(os.environ.get("WORLD_SIZE", "1")))
+
 
 class Backend(ABC):
     """One object per device kind. Subclasses fill the class attributes and the hooks."""
@@ -131,15 +139,27 @@ class Backend(ABC):
 
         import torch.distributed as dist
 
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.dist = DistInfo(rank=rank, local_rank=local_rank, world_size=world_size)
+        self.dist = DistInfo.from_env()
         self.set_device()
-        if world_size > 1 and not dist.is_initialized():
-            dist.init_process_group(backend=self.dist_backend, rank=rank, world_size=world_size,
+        if self.dist.world_size > 1 and not dist.is_initialized():
+            dist.init_process_group(backend=self.process_group_backend(), rank=self.dist.rank,
+                                    world_size=self.dist.world_size,
                                     timeout=datetime.timedelta(seconds=timeout_s))
         return self.dist
+
+    def process_group_backend(self) -> str:
+        """The `backend` string for init_process_group: the collective alone when it serves
+        CPU tensors too (gloo), else ``cpu:gloo,<device>:<collective>`` (``cpu:gloo,cuda:nccl``,
+        ``cpu:gloo,npu:hccl``). NCCL and HCCL serve device tensors only, and the trainer
+        all-reduces CPU counters and gathers Python objects; with the pair every tensor finds
+        its backend. The devices a collective serves are torch's own record (torch_npu
+        registers hccl for "npu"), so a plug-in collective is handled the same way."""
+        import torch.distributed as dist
+
+        served = dist.Backend.backend_capability.get(self.dist_backend.lower(), ["cpu"])
+        if "cpu" in served:
+            return self.dist_backend
+        return ",".join(["cpu:gloo", *(f"{device}:{self.dist_backend}" for device in served)])
 
     def set_device(self) -> None:
         """Bind this process to its local device (no-op on CPU)."""
@@ -153,7 +173,8 @@ class Backend(ABC):
 
         if not (dist.is_available() and dist.is_initialized()):
             return tensor
-        if self.capabilities.native_avg_all_reduce:
+        # CPU tensors go to gloo (see process_group_backend), which has no AVG
+        if self.capabilities.native_avg_all_reduce and tensor.device.type != "cpu":
             dist.all_reduce(tensor, op=dist.ReduceOp.AVG, group=group)
         else:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)

@@ -105,13 +105,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def setup_logging(verbose: bool) -> None:
-    """Console logging; under torchrun only rank 0 logs below ERROR (every rank loads the same
-    data and would repeat each warning once per rank)."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    if os.environ.get("RANK", "0") not in ("", "0"):
-        logging.getLogger("aster").setLevel(logging.ERROR)
+    """Rank 0 logs (INFO, DEBUG with -v); under a launcher the other ranks log errors only,
+    so an 8-rank job prints each step line once. A failing rank's one-line error is printed
+    by main() on every rank."""
+    rank = int(os.environ.get("RANK", "0"))
+    level = logging.DEBUG if verbose else logging.INFO
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    if rank != 0:
+        level, fmt = logging.ERROR, f"%(asctime)s %(levelname)s %(name)s [rank {rank}]: %(message)s"
+        _quiet_libraries()
+    logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S")
+
+
+def _quiet_libraries() -> None:
+    """transformers' own handler and progress bars (weight loading) on the other ranks."""
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is not None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 def check_device(args: argparse.Namespace) -> None:

@@ -83,7 +83,10 @@ class ModelConfig:
     """The policy model: a Hugging Face directory or hub name, or the tiny in-process one."""
 
     path: str | None = None  # None: build the tiny model (model.tiny) into the run directory
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 where supported
+    # the compute dtype (auto: bf16 where supported, fp32 on CPU): forward/backward, the rollout
+    # engine's weights and the saved models; master weights and optimizer state are always fp32
+    # (aster.train.precision). float16 serves eval only (training needs loss scaling).
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     attn_implementation: str = "auto"  # auto: the backend's choice
     gradient_checkpointing: bool = False
     fused_ops: bool = False  # vendor fused RMSNorm/RoPE/SwiGLU (Ascend)

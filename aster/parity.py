@@ -148,7 +148,9 @@ def sft_step_quantities(dtype: torch.dtype, device: torch.device) -> dict[str, f
 # batches, old log-probs taken from the stored rollout (rl.old_logp=rollout), AdamW lr 1e-3.
 GRPO_STEP = ["rl.group_size=4", "rl.prompts_per_step=1", "rl.mini_batch_prompts=1",
              "rl.micro_batch_size=2", "rl.ppo_epochs=1", "rl.old_logp=rollout", "rl.lr=1e-3",
-             "rl.weight_decay=0", "rl.loss=grpo", "rollout.temperature=1.0"]
+             "rl.weight_decay=0", "rl.loss=grpo", "rollout.temperature=1.0",
+             # the population std: the convention the goldens in tests/parity/golden hold
+             "rl.adv_std=population"]
 
 
 class _PadOnly:

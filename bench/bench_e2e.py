@@ -38,16 +38,19 @@ QWEN3_4B = dict(hidden_size=2560, num_layers=36, num_heads=32, num_kv_heads=8, h
 
 
 class FullLogitsPolicy(torch.nn.Module):
-    """The baseline policy: PolicyForward's signature, computed the usual way (full logits)."""
+    """The baseline policy: PolicyForward's signature, computed the usual way (full logits,
+    under autocast to the compute dtype like a transformers Trainer with bf16=True)."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, compute_dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.model = model
+        self.model, self.compute_dtype = model, compute_dtype
 
     def forward(self, input_ids, attention_mask, rows, cols, labels, *, temperature=1.0,
                 return_entropy=False, position_ids=None):
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                            position_ids=position_ids, use_cache=False).logits.float()
+        with torch.autocast(input_ids.device.type, dtype=self.compute_dtype,
+                            enabled=self.compute_dtype != torch.float32):
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                                position_ids=position_ids, use_cache=False).logits.float()
         logp_all = torch.log_softmax(logits / temperature, dim=-1)[rows, cols]
         logp = logp_all.gather(-1, labels[:, None]).squeeze(-1)
         if not return_entropy:
@@ -132,7 +135,8 @@ def _steps(ctx, engine_for, prompts, cfg, backend) -> list[tuple[str, dict]]:
     ctx.updater = build_updater(ctx, optimizer, scheduler, cfg.rl.max_grad_norm)
     push_weights(ctx, engine_for(0))
     policies = [("warm-up", ctx.policy), ("grpo step, aster kernels", ctx.policy),
-                ("grpo step, baseline (full logits)", FullLogitsPolicy(ctx.hf_model))]
+                ("grpo step, baseline (full logits)",
+                 FullLogitsPolicy(ctx.hf_model, ctx.compute_dtype))]
     out = []
     for step, (label, policy) in enumerate(policies):
         ctx.policy = policy
@@ -143,7 +147,7 @@ def _steps(ctx, engine_for, prompts, cfg, backend) -> list[tuple[str, dict]]:
         metrics["tokens"] = round(metrics["tokens_per_s"] * (metrics["time_rollout_s"]
                                                              + metrics["time_train_s"]))
         out.append((label, metrics))
-    ctx.policy = PolicyForward(ctx.hf_model, backend.kernel_impl)
+    ctx.policy = PolicyForward(ctx.hf_model, backend.kernel_impl, ctx.compute_dtype)
     return out[1:]
 
 
@@ -175,7 +179,7 @@ def run(backend, quick: bool) -> dict:
             results = _steps(ctx, engine_for, prompts, cfg, backend)
     finally:
         engine.close()
-    peak = backend.peak_flops(next(ctx.hf_model.parameters()).dtype)
+    peak = backend.peak_flops(ctx.compute_dtype)
     rows = [_row(label, m, n_params, peak) for label, m in results]
     rows[0]["speedup_vs_baseline"] = rows[1]["step_s"] / rows[0]["step_s"]
     rows[0]["train_speedup_vs_baseline"] = (rows[1]["old_logp_s"] + rows[1]["update_s"]) / \

@@ -17,10 +17,21 @@ class GroupAdvantages:
     num_zero_groups: int  # groups whose rewards were all equal (zero advantage)
 
 
-def group_advantages(rewards, group_size: int, *, std_norm: bool = True,
-                     eps: float = 1e-6) -> GroupAdvantages:
+ADV_STDS = ("sample", "population")
+
+
+def group_advantages(rewards, group_size: int, *, std_norm: bool = True, eps: float = 1e-6,
+                     std: str = "sample") -> GroupAdvantages:
     """(r - mean) / (std + eps) within each consecutive group of `group_size` rewards
-    (r - mean when std_norm is false). Groups with all-equal rewards get exactly zero."""
+    (r - mean when std_norm is false). Groups with all-equal rewards get exactly zero (so does
+    every group of one).
+
+    `std`: "sample" divides by the Bessel-corrected std (n - 1), as verl's
+    compute_grpo_outcome_advantage (torch.std) and TRL's GRPOTrainer (Tensor.std) do;
+    "population" by the n-normalised one (sqrt((G-1)/G) smaller, so advantages are
+    sqrt(G/(G-1)) larger: 1.069x at G=8)."""
+    if std not in ADV_STDS:
+        raise ValueError(f"std={std!r} must be one of {', '.join(ADV_STDS)}")
     r = torch.as_tensor(rewards, dtype=torch.float32).reshape(-1)
     if group_size < 1 or r.numel() % group_size:
         raise ValueError(f"{r.numel()} rewards do not split into groups of {group_size}")
@@ -28,8 +39,11 @@ def group_advantages(rewards, group_size: int, *, std_norm: bool = True,
     mean = groups.mean(dim=1, keepdim=True)
     centred = groups - mean
     if std_norm:
-        # unbiased=False: a group of 1 has std 0 instead of nan
-        centred = centred / (groups.std(dim=1, keepdim=True, unbiased=False) + eps)
+        # a group of one has no sample std (0/0 is nan); it is flat and zeroed below anyway,
+        # so it takes the n-normalised std (0) and the division stays finite
+        correction = 1 if std == "sample" and group_size > 1 else 0
+        sd = groups.std(dim=1, keepdim=True, correction=correction)
+        centred = centred / (sd + eps)
     flat = (groups == groups[:, :1]).all(dim=1)
     centred = torch.where(flat[:, None], torch.zeros_like(centred), centred)
     return GroupAdvantages(adv=centred.reshape(-1), num_groups=groups.shape[0],

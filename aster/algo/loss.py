@@ -17,20 +17,32 @@ class PolicyForward(nn.Module):
 
     The lm_head matmul runs inside this module's forward, so sharding wrappers (FSDP2) have
     the head's weight gathered when the kernel reads it; [N, V] logits are never built.
+
+    `compute_dtype` (None: the parameters' own) is the mixed-precision compute dtype: where the
+    parameters are wider (fp32 masters under none / ddp) the body runs under torch.autocast;
+    FSDP2's MixedPrecisionPolicy and DeepSpeed's bf16 mode already hand the forward parameters
+    in it. Either way the kernel gets hidden states and lm_head weight in `compute_dtype` and
+    returns fp32 log-probs.
     """
 
-    def __init__(self, model: nn.Module, kernel_impl: str = "auto"):
+    def __init__(self, model: nn.Module, kernel_impl: str = "auto",
+                 compute_dtype: torch.dtype | None = None):
         super().__init__()
         self.model = model
         self.kernel_impl = kernel_impl
+        self.compute_dtype = compute_dtype
 
     def forward(self, input_ids, attention_mask, rows, cols, labels, *, temperature=1.0,
                 return_entropy=False, position_ids=None):
-        out = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                    position_ids=position_ids, use_cache=False)
-        hidden = out.last_hidden_state[rows, cols]
         weight = self.model.get_output_embeddings().weight
-        return kernels.token_logprobs(hidden, weight.to(hidden.dtype), labels,
+        dtype = self.compute_dtype or weight.dtype
+        autocast = torch.autocast(input_ids.device.type, dtype=dtype,
+                                  enabled=weight.dtype != dtype)
+        with autocast:
+            out = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                        position_ids=position_ids, use_cache=False)
+        hidden = out.last_hidden_state[rows, cols]
+        return kernels.token_logprobs(hidden.to(dtype), weight.to(dtype), labels,
                                       temperature=temperature, return_entropy=return_entropy,
                                       impl=self.kernel_impl)
 

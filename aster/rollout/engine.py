@@ -68,6 +68,7 @@ class Engine(ABC):
 
     name: str = ""
     supports_sleep: bool = False  # sleep()/wake() free and restore the KV cache
+    asleep: bool = False  # between sleep() and wake()
     sleep_note: str = "this engine has no sleep mode"  # why not, when supports_sleep is False
     continuous_batching: bool = False
 

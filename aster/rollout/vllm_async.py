@@ -50,8 +50,8 @@ class VLLMAsyncEngine(Engine):
             self._stop_loop()
             raise
         self.supports_sleep = bool(enable_sleep_mode)
-        self._asleep = False
         self.push_path: str | None = None
+        self.asleep = False
 
     @staticmethod
     async def _start(args: dict):
@@ -103,16 +103,16 @@ class VLLMAsyncEngine(Engine):
     def sleep(self) -> None:
         if not self.supports_sleep:
             super().sleep()
-        if not self._asleep:
+        if not self.asleep:
             self._call(self.llm.sleep(level=1))
-            self._asleep = True
+            self.asleep = True
 
     def wake(self) -> None:
         if not self.supports_sleep:
             super().wake()
-        if self._asleep:
+        if self.asleep:
             self._call(self.llm.wake_up())
-            self._asleep = False
+            self.asleep = False
 
     def close(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None

@@ -173,8 +173,8 @@ class VLLMEngine(Engine):
             raise
         self.executor = args.get("distributed_executor_backend") or "uni"
         self.supports_sleep = bool(enable_sleep_mode)
-        self._asleep = False
         self.push_path: str | None = None  # which worker path loads weights (first push)
+        self.asleep = False
 
     def _run(self, fn, *args, **kwargs):
         """Call `fn` on the engine's own thread and wait for it."""
@@ -207,16 +207,16 @@ class VLLMEngine(Engine):
     def sleep(self) -> None:
         if not self.supports_sleep:
             super().sleep()
-        if not self._asleep:
+        if not self.asleep:
             self._run(self.llm.sleep, level=1)
-            self._asleep = True
+            self.asleep = True
 
     def wake(self) -> None:
         if not self.supports_sleep:
             super().wake()
-        if self._asleep:
+        if self.asleep:
             self._run(self.llm.wake_up)
-            self._asleep = False
+            self.asleep = False
 
     def close(self) -> None:
         """Shut the engine down now (not at garbage collection), keeping the trainer's group."""

@@ -23,31 +23,24 @@ class ModelPathError(AsterUserError):
     """model.path does not point at a loadable model directory."""
 
 
-def resolve_dtype(name: str, backend) -> torch.dtype:
-    """`auto` is bf16 where the backend supports it, else fp32."""
-    if name == "auto":
-        bf16_ok = backend.capabilities.bf16 and backend.device_type != "cpu"
-        return torch.bfloat16 if bf16_ok else torch.float32
-    dtype = getattr(torch, name)
-    if not backend.supports_dtype(dtype):
-        raise AsterUserError(f"model.dtype={name} is not supported on --device {backend.name}; "
-                             "use model.dtype=float32")
-    return dtype
-
-
 def load_policy(path: str, model_cfg, backend):
-    """(model in train mode on the backend's device, tokenizer) from a model directory."""
+    """(model in train mode on the backend's device, tokenizer) from a model directory. The
+    parameters are fp32 masters whatever model.dtype says: model.dtype is the compute dtype
+    (aster.train.precision)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from aster.train.precision import MASTER_DTYPE, compute_dtype
 
     p = Path(path)
     if not (p / "config.json").is_file():
         raise ModelPathError(f"model.path={path!r} is not a model directory (no config.json); "
                              "point it at a Hugging Face model directory or leave it empty "
                              "for the tiny model")
+    compute_dtype(model_cfg.dtype, backend)  # a dtype the device lacks fails before loading
     attn = model_cfg.attn_implementation
     attn = backend.attn_implementation() if attn == "auto" else attn
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=resolve_dtype(model_cfg.dtype, backend), attn_implementation=attn)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=MASTER_DTYPE,
+                                                 attn_implementation=attn)
     model = backend.prepare_model(model, fused_ops=model_cfg.fused_ops).to(backend.device())
     if model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -144,20 +137,30 @@ def build_updater(ctx, optimizer, scheduler, max_grad_norm: float) -> Updater:
     return Updater(ctx.policy, optimizer, scheduler, max_grad_norm, ctx.dist.world_size)
 
 
-def save_hf_model(model, tokenizer, out_dir: str | Path, is_main: bool = True) -> Path:
-    """An ordinary Hugging Face directory of the (possibly sharded) model; collective."""
+def save_hf_model(model, tokenizer, out_dir: str | Path, is_main: bool = True,
+                  dtype: torch.dtype | None = None) -> Path:
+    """An ordinary Hugging Face directory of the (possibly sharded) model, its weights and
+    config.json's dtype in `dtype` (the compute dtype; None: as trained); collective."""
+    import copy
+    import shutil
+
     from aster.train.parallel import full_state_dict, unwrap
+    from aster.train.precision import cast_state, dtype_name
 
     state = full_state_dict(model)
     out = Path(out_dir)
     if is_main:
         tmp = out.with_name(out.name + ".tmp")
         inner = unwrap(model)
+        if dtype is not None:
+            state = cast_state(state, dtype)
         inner.save_pretrained(tmp, state_dict=state)
+        if dtype is not None:  # save_pretrained records the (fp32) parameters' dtype
+            config = copy.deepcopy(inner.config)
+            config.dtype = dtype_name(dtype)
+            config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if out.exists():
-            import shutil
-
             shutil.rmtree(out)
         tmp.rename(out)
     return out
@@ -167,10 +170,13 @@ class TrainContext:
     """What a trainer needs: config, backend, the policy (wrapped for parallelism), the plain
     Hugging Face model under it, tokenizer, run directory and metrics writer."""
 
-    def __init__(self, cfg, backend, policy, hf_model, tokenizer, run_dir, writer):
+    def __init__(self, cfg, backend, policy, hf_model, tokenizer, run_dir, writer,
+                 compute_dtype: torch.dtype = torch.float32):
         self.cfg, self.backend = cfg, backend
         self.policy, self.hf_model, self.tokenizer = policy, hf_model, tokenizer
         self.run_dir, self.writer = Path(run_dir), writer
+        # model.dtype: the forward/backward's dtype and what the engine and saved models get
+        self.compute_dtype = compute_dtype
         self.updater: Updater | None = None  # the current stage's, set by the trainer
 
     @property

@@ -112,6 +112,8 @@ class RLConfig:
     kl_estimator: str = "low_var_kl"  # k1, k2, k3 / low_var_kl (verl's names)
     entropy_coef: float = 0.0  # > 0: minus entropy_coef * the token-mean entropy
     adv_std_norm: bool = True  # (r - mean) / (std + eps); false: r - mean
+    # sample: the Bessel-corrected group std, as verl and TRL; population: divide by G
+    adv_std: Literal["sample", "population"] = "sample"
     adv_eps: float = 1e-6
     old_logp: Literal["recompute", "rollout"] = "recompute"
     tis_cap: float | None = None  # truncated importance sampling cap; None: off

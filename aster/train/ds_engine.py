@@ -92,6 +92,8 @@ def deepspeed_config(dist_cfg, *, world_size: int, max_grad_norm: float,
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,  # aster's AdamW, the same as under fsdp2
         "zero_force_ds_cpu_optimizer": False,
+        # bf16 mode: the module's parameters in bf16, fp32 master weights and optimizer state
+        # (bf16_master_weights_and_grads and bf16_optimizer_states stay at their false default)
         "bf16": {"enabled": dtype == torch.bfloat16},
         "steps_per_print": 2 ** 31 - 1,  # aster prints its own step line
         "wall_clock_breakdown": False,
@@ -106,7 +108,7 @@ def ensure_process_group(backend) -> None:
 
     os.environ.setdefault("LOCAL_RANK", str(backend.dist.local_rank))
     if not dist.is_initialized():
-        dist.init_process_group(backend.dist_backend, store=dist.HashStore(), rank=0,
+        dist.init_process_group(backend.process_group_backend(), store=dist.HashStore(), rank=0,
                                 world_size=1)
 
 
@@ -123,9 +125,9 @@ class DeepSpeedUpdater(Updater):
         deepspeed = import_deepspeed(ctx.backend)
         ensure_process_group(ctx.backend)
         dist_cfg = ctx.cfg.distributed
-        dtype = next(ctx.policy.parameters()).dtype
+        # the compute dtype: bf16 turns on the engine's bf16 mode over fp32 master partitions
         config = deepspeed_config(dist_cfg, world_size=ctx.dist.world_size,
-                                  max_grad_norm=max_grad_norm, dtype=dtype)
+                                  max_grad_norm=max_grad_norm, dtype=ctx.compute_dtype)
         if dist_cfg.zero_stage == 3:
             # PolicyForward reads the output head's weight outside the head's own forward
             deepspeed.zero.register_external_parameter(ctx.policy, _output_weight(ctx.policy))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from torch import nn
 
 log = logging.getLogger("aster")
@@ -18,8 +19,11 @@ def resolve_strategy(strategy: str, world_size: int) -> str:
     return strategy
 
 
-def apply_parallelism(model: nn.Module, backend, dist_cfg) -> tuple[nn.Module, str]:
-    """Wrap `model` (a single-device module already on backend.device()) for data parallel.
+def apply_parallelism(model: nn.Module, backend, dist_cfg,
+                      compute_dtype: torch.dtype | None = None) -> tuple[nn.Module, str]:
+    """Wrap `model` (a single-device module already on backend.device(), fp32 master
+    parameters) for data parallel, computing in `compute_dtype` (None: the parameters' dtype;
+    see aster.train.precision for what each strategy does with it).
 
     Returns (wrapped model, strategy used). Gradients of every strategy are *averaged* over
     ranks; losses normalised by a global token count must be scaled by world_size first.
@@ -35,28 +39,32 @@ def apply_parallelism(model: nn.Module, backend, dist_cfg) -> tuple[nn.Module, s
         ids = None if device.type == "cpu" else [device.index]
         return DistributedDataParallel(model, device_ids=ids), "ddp"
     if strategy == "fsdp2":
-        return _fsdp2(model, backend, dist_cfg), "fsdp2"
+        return _fsdp2(model, backend, dist_cfg, compute_dtype), "fsdp2"
     if strategy == "deepspeed":
-        return _deepspeed(model, backend), "deepspeed"
+        return _deepspeed(model, backend, compute_dtype), "deepspeed"
     raise ValueError(f"distributed.strategy={strategy!r} is not known")
 
 
-def _deepspeed(model: nn.Module, backend) -> nn.Module:
+def _deepspeed(model: nn.Module, backend, compute_dtype: torch.dtype | None) -> nn.Module:
     """Checks only: the engine needs the optimizer and schedule, so the trainer builds it
-    (aster.train.common.build_updater)."""
+    (aster.train.common.build_updater); its bf16 mode casts the module itself."""
     from aster.train.ds_engine import check_dtype, import_deepspeed
 
     import_deepspeed(backend)
-    check_dtype(next(model.parameters()).dtype)
+    check_dtype(compute_dtype or next(model.parameters()).dtype)
     return model
 
 
-def _fsdp2(model: nn.Module, backend, dist_cfg) -> nn.Module:
+def _fsdp2(model: nn.Module, backend, dist_cfg, compute_dtype: torch.dtype | None) -> nn.Module:
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(backend.device_type, (backend.dist.world_size,))
     kwargs = {"mesh": mesh, "reshard_after_forward": dist_cfg.reshard_after_forward}
+    if compute_dtype is not None and compute_dtype != next(model.parameters()).dtype:
+        # gathered parameters in the compute dtype over fp32 shards; gradients reduced in fp32
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=compute_dtype,
+                                                   reduce_dtype=torch.float32)
     if dist_cfg.cpu_offload:
         kwargs["offload_policy"] = CPUOffloadPolicy()
     for layer in _decoder_layers(model):

@@ -17,6 +17,7 @@ from aster.metrics import MetricsWriter
 from aster.train.checkpoint import write_text_atomic
 from aster.train.common import TrainContext, load_policy
 from aster.train.parallel import apply_parallelism
+from aster.train.rollouts import SharedEngine
 
 log = logging.getLogger("aster")
 
@@ -74,6 +75,25 @@ def _broadcast(value, dist):
     return box[0]
 
 
+def on_main(dist, fn, what: str) -> None:
+    """Run `fn` on rank 0 alone (it builds what every rank then reads) and continue together.
+    Rank 0's error reaches every rank, so all of them stop with the same one line instead of
+    the others waiting at a barrier until the process group times out."""
+    failure = None
+    if dist.is_main:
+        try:
+            fn()
+        except Exception as exc:  # shared below, re-raised on every rank
+            failure = exc
+    shared = failure if failure is None or isinstance(failure, AsterUserError) else \
+        RuntimeError(f"rank 0 failed while {what}: {type(failure).__name__}: {failure}")
+    shared = _broadcast(shared, dist)
+    if failure is not None:
+        raise failure
+    if shared is not None:
+        raise shared
+
+
 def _barrier(dist):
     if dist.world_size > 1:
         import torch.distributed as tdist
@@ -99,14 +119,18 @@ def base_model_dir(cfg, run_dir: Path, is_main: bool, dist, data: dict | None = 
     if cfg.model.path:
         return cfg.model.path
     out = run_dir / "base_model"
-    if is_main and not (out / "config.json").is_file():
+
+    def build():
+        if (out / "config.json").is_file():
+            return
         from aster.tiny_model import build_tiny_model, default_corpus
 
         tmp = run_dir / "base_model.tmp"
         corpus = default_corpus() + _rendered_corpus(data["sft"] if data else [])
         build_tiny_model(tmp, cfg.model.tiny, seed=cfg.run.seed, corpus=corpus)
         tmp.rename(out)
-    _barrier(dist)
+
+    on_main(dist, build, "building the tiny model")
     return str(out)
 
 
@@ -130,12 +154,15 @@ def _rendered_corpus(examples: list[dict]) -> list[str]:
 
 def make_context(cfg, backend, model_dir: str, run_dir: Path, writer) -> TrainContext:
     """Load the policy from `model_dir`, wrap it for parallelism; the trainers' context."""
+    from aster.train.precision import compute_dtype
+
     torch.manual_seed(cfg.run.seed)
+    dtype = compute_dtype(cfg.model.dtype, backend)
     model, tokenizer = load_policy(model_dir, cfg.model, backend)
-    policy, strategy = apply_parallelism(PolicyForward(model, backend.kernel_impl), backend,
-                                         cfg.distributed)
-    log.debug("policy from %s, parallelism %s", model_dir, strategy)
-    ctx = TrainContext(cfg, backend, policy, model, tokenizer, run_dir, writer)
+    policy, strategy = apply_parallelism(PolicyForward(model, backend.kernel_impl, dtype),
+                                         backend, cfg.distributed, dtype)
+    log.debug("policy from %s, parallelism %s, compute dtype %s", model_dir, strategy, dtype)
+    ctx = TrainContext(cfg, backend, policy, model, tokenizer, run_dir, writer, dtype)
     ctx.model_dir = model_dir  # the stage's starting weights (the KL reference policy's)
     return ctx
 
@@ -179,14 +206,17 @@ def load_task_data(cfg, run_dir: Path, dist) -> dict:
     cache = run_dir / "data" / "synthetic.json"
     synthetic = None
     if uses_synthetic:
-        if dist.is_main and not cache.is_file():
+        def build():
+            if cache.is_file():
+                return
             from aster.data.synthetic import build_synthetic
 
             data = build_synthetic(cfg.data.synthetic, cfg.sandbox)
             cache.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(cache, json.dumps({"sft": data.sft, "rl": data.rl,
                                                  "eval": data.eval}))
-        _barrier(dist)
+
+        on_main(dist, build, "generating the synthetic task")
         synthetic = json.loads(cache.read_text())
     return {"sft": _sft_examples(cfg, synthetic) if "sft" in need else [],
             "rl": _prompts(cfg.data.rl_path, cfg, synthetic, "rl") if "rl" in need else [],
@@ -286,43 +316,56 @@ def evaluate_stage(ctx, engine, data, stage: str) -> dict:
     return {"accuracy": summary["accuracy"], "tool_calls_mean": summary["tool_calls_mean"]}
 
 
-def _train_stage(stage, cfg, backend, run_dir, base, data, writer, pool) -> dict:
-    """Run one training stage (resuming it), save its model, evaluate it when eval is on."""
+def _train_stage(stage, cfg, backend, run_dir, base, data, writer, pool, engines) -> dict:
+    """Run one training stage (resuming it), save its model, evaluate it when eval is on.
+    `engines` holds the run's one rollout engine: asleep while this stage's model loads and
+    trains, woken (after the training allocator's cache is freed) when weights go in."""
     from aster.train.common import save_hf_model
-    from aster.train.rollouts import make_engine, push_weights
+    from aster.train.rollouts import push_weights
 
     model_in = input_model_for(stage, cfg, run_dir, base)
+    engines.idle()
     ctx = make_context(cfg, backend, model_in, run_dir, writer)
     ctx.pool = pool
-    engine = None
-    if stage == "sft":
-        run_sft_stage(ctx, data)
-    else:
-        engine = make_engine(ctx, model_in)
-        run_rl(ctx, engine, stage, data, run_dir)
-    out = save_hf_model(ctx.hf_model, ctx.tokenizer, stage_model_dir(run_dir, stage),
-                        ctx.dist.is_main)
-    _barrier(ctx.dist)
-    log.info("%s done; model saved to %s", stage, out)
-    if "eval" not in cfg.run.stages:
-        if engine is not None:
-            engine.close()
-        return {}
-    if engine is None:
-        engine = make_engine(ctx, str(out))
     try:
+        if stage == "sft":
+            run_sft_stage(ctx, data)
+        else:
+            run_rl(ctx, engines.get(ctx, model_in), stage, data, run_dir)
+        out = save_hf_model(ctx.hf_model, ctx.tokenizer, stage_model_dir(run_dir, stage),
+                            ctx.dist.is_main, dtype=ctx.compute_dtype)
+        _barrier(ctx.dist)
+        log.info("%s done; model saved to %s", stage, out)
+        if "eval" not in cfg.run.stages:
+            return {}
+        engine = engines.get(ctx, str(out))
         push_weights(ctx, engine)
         return evaluate_stage(ctx, engine, data, stage)
     finally:
-        engine.close()
+        release(ctx)
+
+
+def release(ctx) -> None:
+    """Drop a finished stage's model, optimizer and engine state, and return the training
+    allocator's cached memory, before the next stage loads its own."""
+    import gc
+
+    ctx.policy = ctx.hf_model = ctx.updater = None
+    gc.collect()
+    ctx.backend.empty_cache()
 
 
 def run_pipeline(cfg, backend, *, config_name: str | None = None, output_dir: str | None = None,
                  resume: bool = False) -> dict:
     """The whole recipe in one run directory; returns the summary dict."""
+    from aster.backend import DistInfo
     from aster.sandbox import SandboxPool
+    from aster.train.world import check_world_size
 
     check_inputs(cfg)
+    # before the process group and any model: a world size the batches cannot split would
+    # hang the first collective instead
+    check_world_size(cfg, DistInfo.from_env().world_size)
     dist = backend.init_distributed(cfg.distributed.timeout_s)
     if cfg.run.deterministic:
         backend.set_deterministic(cfg.run.seed)
@@ -334,16 +377,18 @@ def run_pipeline(cfg, backend, *, config_name: str | None = None, output_dir: st
         if dist.is_main:
             log.info("run directory: %s", run_dir.resolve())
         writer = MetricsWriter.from_config(run_dir, cfg.logging, is_main=dist.is_main)
+        engines = SharedEngine()  # one rollout engine per run, reused by every stage
         try:
             data = load_task_data(cfg, run_dir, dist)
             base = base_model_dir(cfg, run_dir, dist.is_main, dist, data)
-            _run_stages(cfg, backend, run_dir, base, data, writer, pool, dist)
+            _run_stages(cfg, backend, run_dir, base, data, writer, pool, engines, dist)
         finally:
+            engines.close()
             writer.close()
     return summary_of(read_state(run_dir)["done"])
 
 
-def _run_stages(cfg, backend, run_dir: Path, base, data, writer, pool, dist) -> None:
+def _run_stages(cfg, backend, run_dir: Path, base, data, writer, pool, engines, dist) -> None:
     for stage in cfg.run.stages:
         done = read_state(run_dir)["done"]
         if stage in done:
@@ -354,7 +399,8 @@ def _run_stages(cfg, backend, run_dir: Path, base, data, writer, pool, dist) -> 
         elif stage == "eval":
             result = write_summary(run_dir, done, dist.is_main)
         else:
-            result = _train_stage(stage, cfg, backend, run_dir, base, data, writer, pool)
+            result = _train_stage(stage, cfg, backend, run_dir, base, data, writer, pool,
+                                  engines)
             _warn_held_out_collapse(cfg, done, stage, result)
         mark_done(run_dir, stage, result, dist.is_main)
         _barrier(dist)
@@ -384,7 +430,10 @@ def check_inputs(cfg) -> None:
                              "config.json); point it at a Hugging Face model directory or "
                              "leave it empty for the tiny model")
     from aster.data.io import DataError
+    from aster.train.precision import check_training_dtype
 
+    if any(stage in TRAIN_STAGES for stage in cfg.run.stages):
+        check_training_dtype(cfg.model.dtype)
     need = needed_data(cfg)
     keys = [k for k, part in (("sft_path", "sft"), ("rl_path", "rl")) if part in need]
     for key in keys:

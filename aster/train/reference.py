@@ -37,11 +37,14 @@ def build_reference_policy(ctx):
     check_reference_policy(ctx.cfg)
     model, _ = load_policy(ctx.model_dir, ctx.cfg.model, ctx.backend)
     model.requires_grad_(False)
-    model.eval()
-    policy = PolicyForward(model, ctx.backend.kernel_impl)
+    # frozen: no fp32 master is needed, so it is held in the policy's compute dtype (half the
+    # memory in bf16) and its log-probs are computed exactly as the policy's are
+    model.to(ctx.compute_dtype).eval()
+    policy = PolicyForward(model, ctx.backend.kernel_impl, ctx.compute_dtype)
     strategy = resolve_strategy(ctx.cfg.distributed.strategy, ctx.dist.world_size)
     if strategy == "fsdp2" and ctx.dist.world_size > 1:
-        policy, _ = apply_parallelism(policy, ctx.backend, ctx.cfg.distributed)
+        policy, _ = apply_parallelism(policy, ctx.backend, ctx.cfg.distributed,
+                                      ctx.compute_dtype)
     log.info("rl.kl_coef=%s: reference policy loaded from %s (%s)", ctx.cfg.rl.kl_coef,
              ctx.model_dir, strategy)
     return policy.eval()

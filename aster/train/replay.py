@@ -353,7 +353,9 @@ def step_record(ctx, trace: StepTrace, adv, old_lp, upd: dict) -> dict:
     for key in ("sum", "weighted_sum"):
         quantities[f"weights_delta.{key}"] = (after[f"weights_after.{key}"]
                                               - trace.weights_before[f"weights_before.{key}"])
-    dtype = str(next(ctx.hf_model.parameters()).dtype).removeprefix("torch.")
+    from aster.train.precision import dtype_name
+
+    dtype = dtype_name(ctx.compute_dtype)  # the parity tolerances are the compute dtype's
     backend = ctx.backend
     return {"kind": "rl_step", "source": trace.source, "device": backend.name,
             "kernel_impl": backend.kernel_impl, "torch": torch.__version__,

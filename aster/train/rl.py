@@ -194,7 +194,7 @@ def learn_from_rollouts(ctx, trajs, where: str, last_good) -> dict:
     rl = ctx.cfg.rl
     t0 = time.perf_counter()
     adv = group_advantages([float(t.reward) for t in trajs], rl.group_size,
-                           std_norm=rl.adv_std_norm, eps=rl.adv_eps)
+                           std_norm=rl.adv_std_norm, eps=rl.adv_eps, std=rl.adv_std)
     adv_tokens = token_advantages(adv.adv, [t.loss_mask for t in trajs])
     temperature = ctx.cfg.rollout.temperature or 1.0
     if rl.old_logp == "recompute":

@@ -46,10 +46,37 @@ def trajectory_stats(ctx, trajs) -> dict:
 def make_engine(ctx, model_dir: str, max_model_len: int | None = None):
     """The rollout engine the backend names, loaded from `model_dir`."""
     from aster.rollout import build_engine
+    from aster.train.precision import dtype_name
 
-    dtype = str(next(ctx.hf_model.parameters()).dtype).removeprefix("torch.")
-    return build_engine(ctx.backend, model_dir, ctx.cfg.rollout, dtype=dtype,
+    return build_engine(ctx.backend, model_dir, ctx.cfg.rollout,
+                        dtype=dtype_name(ctx.compute_dtype),
                         tokenizer=ctx.tokenizer, max_model_len=max_model_len)
+
+
+class SharedEngine:
+    """The run's one rollout engine, built at its first use (from that stage's model) and
+    reused by every later stage and evaluation, which load their weights into it. vLLM's
+    sleep mode serves one engine per process (a second one asserts), and building an engine
+    per stage would also pay its start-up each time."""
+
+    def __init__(self):
+        self.engine = None
+
+    def get(self, ctx, model_dir: str):
+        """The engine, built now from `model_dir` if this is its first use."""
+        if self.engine is None:
+            self.engine = make_engine(ctx, model_dir)
+        return self.engine
+
+    def idle(self) -> None:
+        """Between uses (a stage's model loading and training come next): asleep if it can."""
+        if self.engine is not None and not self.engine.asleep:
+            sleep_engine(self.engine)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
 
 
 _AWAKE_LOGGED: weakref.WeakSet = weakref.WeakSet()  # engines whose no-sleep reason was logged
@@ -67,16 +94,28 @@ def sleep_engine(engine) -> bool:
     return False
 
 
-def push_weights(ctx, engine) -> None:
-    """Wake the engine if asleep, then copy the trained weights into it (gathered in full first
-    when sharded)."""
+def engine_weights(ctx) -> dict:
+    """The trained weights as the engine takes them: in full (sharded ones gathered; a
+    collective when sharded) and in the compute dtype (the masters are fp32)."""
+    from aster.rollout.engine import state_dict_of
     from aster.train.ds_engine import is_partitioned
     from aster.train.parallel import full_state_dict
+    from aster.train.precision import cast_state
 
-    weights = ctx.hf_model
     if ctx.dist.world_size > 1 or is_partitioned(ctx.hf_model):  # ZeRO-3 even on one rank
         weights = full_state_dict(ctx.hf_model, cpu_offload=False)
+    else:
+        weights = state_dict_of(ctx.hf_model)
+    return cast_state(weights, ctx.compute_dtype)
+
+
+def push_weights(ctx, engine) -> None:
+    """Wake the engine if asleep, then copy the trained weights into it. The training
+    allocator's cached blocks are released first, so the waking engine can take the memory
+    (its KV cache and weights come back into the space the update used)."""
+    weights = engine_weights(ctx)
     if engine.supports_sleep:
+        ctx.backend.empty_cache()
         engine.wake()  # a no-op when awake (the first push of a stage, eval)
     engine.load_weights(weights)
 

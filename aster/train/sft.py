@@ -74,12 +74,16 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 def _step_batch(data: list[Encoded], step: int, cfg, seed: int, rank: int, world: int):
-    """This rank's sequences of global step `step` (the data position is the step itself)."""
+    """This rank's sequences of global step `step` (the data position is the step itself).
+    Every step holds exactly sft.global_batch_size sequences: the last step of an epoch wraps
+    around to the epoch's first ones, so every rank gets the same share (global_batch_size /
+    world, checked at start-up by aster.train.world) and runs the same micro batches."""
     per_epoch = math.ceil(len(data) / cfg.global_batch_size)
     epoch, idx = divmod(step, per_epoch)
     order = _epoch_order(len(data), seed, epoch)
-    chosen = order[idx * cfg.global_batch_size:(idx + 1) * cfg.global_batch_size]
-    mine = chosen[rank * len(chosen) // world:(rank + 1) * len(chosen) // world]
+    gbs = cfg.global_batch_size
+    chosen = [order[(idx * gbs + i) % len(order)] for i in range(gbs)]
+    mine = chosen[rank * gbs // world:(rank + 1) * gbs // world]
     return epoch, [data[i] for i in mine]
 
 

@@ -22,7 +22,7 @@ from aster.algo import (
 
 
 def test_group_advantages_normalise_and_count_flat_groups():
-    out = group_advantages([1, 0, 1, 0, 1, 1, 1, 1], group_size=4)
+    out = group_advantages([1, 0, 1, 0, 1, 1, 1, 1], group_size=4, std="population")
     assert out.num_groups == 2 and out.num_zero_groups == 1
     assert torch.allclose(out.adv[:4], torch.tensor([1.0, -1.0, 1.0, -1.0]), atol=1e-5)
     assert torch.equal(out.adv[4:], torch.zeros(4))
@@ -112,3 +112,32 @@ def test_loss_does_not_depend_on_micro_batch_split(loss):
     split, g_split = loss_over([[0], [1]])
     assert whole == pytest.approx(split, abs=1e-6)
     assert torch.allclose(g_whole, g_split, atol=1e-6)
+
+
+def test_group_advantages_default_to_the_sample_std_as_verl_and_trl():
+    """verl's compute_grpo_outcome_advantage divides by torch.std and TRL's GRPOTrainer by
+    Tensor.std(dim=1): both Bessel-corrected. At G=8 the population std makes advantages
+    sqrt(8/7) = 1.069x larger."""
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0])
+    expected = (rewards - rewards.mean()) / (rewards.std() + 1e-6)  # torch's default: n - 1
+    assert torch.allclose(group_advantages(rewards, 8).adv, expected, atol=1e-6)
+    population = group_advantages(rewards, 8, std="population").adv
+    assert torch.allclose(population / expected, torch.full((8,), (8 / 7) ** 0.5), atol=1e-5)
+
+
+def test_group_of_one_has_zero_advantage_under_either_std():
+    for std in ("sample", "population"):
+        out = group_advantages([1.0, 0.0, 1.0], 1, std=std)
+        assert torch.equal(out.adv, torch.zeros(3)) and out.num_zero_groups == 3
+    with pytest.raises(ValueError, match="std='bessel'"):
+        group_advantages([1.0, 0.0], 2, std="bessel")
+
+
+def test_adv_std_is_a_config_key():
+    from aster.config import load_config
+    from aster.errors import ConfigError
+
+    assert load_config().rl.adv_std == "sample"
+    assert load_config(None, ["rl.adv_std=population"]).rl.adv_std == "population"
+    with pytest.raises(ConfigError, match="rl.adv_std"):
+        load_config(None, ["rl.adv_std=bessel"])

@@ -14,7 +14,9 @@ checkpoint round trip on every rank: RNG draws after save_checkpoint equal the d
 load_checkpoint, and the weights are unchanged (rank<R>.json). Then, from the base model again,
 one GRPO policy update on fixed trajectories (<strategy>/rl/: result.json, weights.pt), and the
 same with gspo, a KL penalty and an entropy bonus (<strategy>/rl-kl/); under
-DeepSpeed, the NaN guard (<strategy>/nan-loss/, nan-grad/: rank<R>.json).
+DeepSpeed, the NaN guard (<strategy>/nan-loss/, nan-grad/: rank<R>.json). Last, 10 SFT steps
+at lr 1e-6 in bf16 compute (<strategy>/bf16/: the fp32 masters), against the same steps in fp32
+in one process (reference/fp32/).
 """
 
 import contextlib
@@ -182,6 +184,47 @@ def run_nan(strategy, backend, rank, out, model_dir, kind):
          "checkpoints": [c.name for c in list_checkpoints(ctx.ckpt_dir("sft"))]}))
 
 
+# 10 AdamW steps at RL's lr 1e-6 (8 conversations, global batch 4, 5 epochs)
+PRECISION = ["sft.lr=1e-6", "sft.epochs=5", "sft.global_batch_size=4", "sft.warmup_ratio=0",
+             "checkpoint.keep_last=1"]
+
+
+def master_weights(ctx) -> dict:
+    """The fp32 master weights the optimizer steps, in full (collective): the parameters
+    under none / ddp / fsdp2, DeepSpeed's fp32 partitions under its bf16 mode."""
+    from aster.train.ds_engine import is_engine
+    from aster.train.parallel import full_state_dict
+
+    if not is_engine(ctx.policy):
+        return {k: v.clone() for k, v in full_state_dict(ctx.policy).items()}
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    return {name: safe_get_full_fp32_param(p).detach().cpu()
+            for name, p in ctx.policy.module.named_parameters()}
+
+
+def run_precision(strategy, backend, rank, out, model_dir, dtype="bfloat16"):
+    """PRECISION's 10 steps with model.dtype=`dtype`; rank 0 writes the masters (masters.pt)
+    and what the module computed in (compute.json)."""
+    from aster.config import load_config
+    from aster.metrics import MetricsWriter
+    from aster.train.parallel import unwrap
+    from aster.train.pipeline import make_context
+    from aster.train.sft import encode_dataset, run_sft
+
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(None, [*overrides(strategy, out), *PRECISION, f"model.dtype={dtype}"])
+    ctx = make_context(cfg, backend, model_dir, out,
+                       MetricsWriter(out, is_main=rank == 0, tensorboard=False))
+    data, _ = encode_dataset(ctx.tokenizer, conversations(8), 1024)
+    run_sft(ctx, data)
+    masters = master_weights(ctx)
+    module_dtypes = sorted({str(p.dtype) for p in unwrap(ctx.policy).parameters()})
+    if rank == 0:
+        torch.save(masters, out / "masters.pt")
+        (out / "compute.json").write_text(json.dumps({"module_dtypes": module_dtypes}))
+
+
 def draws() -> list[float]:
     return [torch.rand(()).item(), random.random(), float(np.random.rand())]
 
@@ -242,6 +285,7 @@ def rank_main(rank, world, port, out_dir, model_dir, strategies):
         run_rl(strategy, backend, rank, world, Path(out_dir) / strategy / "rl", model_dir)
         run_rl(strategy, backend, rank, world, Path(out_dir) / strategy / "rl-kl", model_dir,
                RL_KL)
+        run_precision(strategy, backend, rank, Path(out_dir) / strategy / "bf16", model_dir)
         if strategy.startswith("deepspeed"):
             for kind in ("loss", "grad"):
                 run_nan(strategy, backend, rank, Path(out_dir) / strategy / f"nan-{kind}",
@@ -262,6 +306,7 @@ def main(port, out_dir, model_dir, strategies):
     run_one("none", backend, 0, Path(out_dir) / "reference", model_dir)
     run_rl("none", backend, 0, 1, Path(out_dir) / "reference" / "rl", model_dir)
     run_rl("none", backend, 0, 1, Path(out_dir) / "reference" / "rl-kl", model_dir, RL_KL)
+    run_precision("none", backend, 0, Path(out_dir) / "reference" / "fp32", model_dir, "float32")
     print(f"reference: {time.perf_counter() - t0:.1f}s", flush=True)
     if any(s.startswith("deepspeed") for s in strategies):
         from aster.train.ds_engine import import_deepspeed

@@ -64,3 +64,46 @@ def test_two_ranks_agree_on_a_fresh_then_reused_run_dir(tmp_path):
     assert fresh == run_dir and resumed == run_dir
     assert reused.startswith("error: ") and "--resume" in reused
     assert results[1] == results[0]
+
+
+def _on_main_worker(rank: int, port: int, out) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    from aster.backend import select_backend
+    from aster.data.io import DataError
+    from aster.train import pipeline
+
+    info = select_backend("cpu").init_distributed(timeout_s=600)
+    built = []
+    pipeline.on_main(info, lambda: built.append(rank), "building")
+
+    def bad_input():
+        raise DataError("data.sft_path='x.parquet': no usable rows; give another file")
+
+    t0 = time.perf_counter()
+    try:
+        pipeline.on_main(info, bad_input, "generating the synthetic task")
+        outcome = "no error"
+    except DataError as exc:
+        outcome = f"{type(exc).__name__}: {exc}"
+    out.put((rank, built, outcome, time.perf_counter() - t0))
+    dist.destroy_process_group()
+
+
+def test_rank_0_work_fails_on_every_rank_with_its_one_line(tmp_path):
+    """What rank 0 builds alone (the synthetic task, the tiny model) and fails on stops every
+    rank with the same one-line error at once; before, the other ranks waited at a barrier for
+    the process group's timeout (distributed.timeout_s, 30 min by default)."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_on_main_worker, args=(r, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = {rank: rest for rank, *rest in (queue.get(timeout=120) for _ in procs)}
+    for p in procs:
+        p.join(timeout=60)
+    assert results[0][0] == [0] and results[1][0] == []  # rank 0 alone built
+    expected = "DataError: data.sft_path='x.parquet': no usable rows; give another file"
+    assert results[0][1] == results[1][1] == expected
+    assert results[1][2] < 60

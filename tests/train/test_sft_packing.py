@@ -56,7 +56,8 @@ def test_packed_matches_padded(tiny_model_dir):
 
 
 def test_bf16_sft_step_on_cpu(tiny_model_dir, tmp_path):
-    """model.dtype=bfloat16 trains on CPU; its first loss is the fp32 loss within bf16 error."""
+    """model.dtype=bfloat16 trains on CPU (bf16 compute over fp32 master weights); its first
+    loss is the fp32 loss within bf16 error."""
     from aster.metrics import MetricsWriter
     from aster.train.pipeline import make_context
     from aster.train.sft import run_sft
@@ -67,7 +68,8 @@ def test_bf16_sft_step_on_cpu(tiny_model_dir, tmp_path):
     backend = select_backend("cpu", kernel_impl="chunked", engine="hf")
     ctx = make_context(load_config(None, overrides), backend, str(tiny_model_dir), tmp_path,
                        MetricsWriter(tmp_path, tensorboard=False))
-    assert {p.dtype for p in ctx.hf_model.parameters()} == {torch.bfloat16}
+    assert ctx.compute_dtype == torch.bfloat16
+    assert {p.dtype for p in ctx.hf_model.parameters()} == {torch.float32}  # the masters
     before = {k: v.float().clone() for k, v in ctx.hf_model.state_dict().items()}
     data, _ = encode_dataset(ctx.tokenizer, conversations(2), 4096)
     metrics = run_sft(ctx, data)

@@ -1,0 +1,178 @@
+"""The 4-process runner of tests/train/test_world.py, on a stand-in for NCCL.
+
+    python _world_worker.py PORT OUT_DIR MODEL_DIR WORLD
+
+The ranks join a process group whose collective, `ncclish`, is registered the way torch_npu
+registers hccl (`Backend.register_backend(..., devices=[...])`) for a non-CPU device type only;
+it wraps gloo. torch then refuses any CPU tensor that reaches a collective of a group built
+from that name alone ("No backend type associated with device type cpu"), exactly as a group
+built with backend="nccl" does. aster's trainer all-reduces CPU token counts and gathers Python
+objects, so this is the NCCL/HCCL failure on a CPU-only box.
+
+Rank work (FSDP2, the default with more than one rank), every collective family the trainer
+issues: the run-directory broadcast (prepare_run_dir), 2 SFT steps over a global batch of 8
+(run_sft: token counts, FSDP2 gathers and reduce-scatters, checkpoint RNG gathering), a
+checkpoint reload, then one GRPO step of 8 prompts x 2 samples in 2 mini batches (old log-probs,
+policy_update), the rollout metrics (trajectory_stats), the per-prompt records
+(all_gather_object) and the replay record's token quantities. Rank 0 writes result.json and
+weights.pt to OUT_DIR/ranks; the single-process reference (strategy none, the same global
+batches) writes them to OUT_DIR/reference.
+"""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parents[2]))
+
+from tests.train._dist_worker import conversations  # noqa: E402
+
+PROMPTS, GROUP, MINI = 8, 2, 4  # 2 mini batches; on 4 ranks 1 prompt per rank per mini batch
+OVERRIDES = ["sft.epochs=1", "sft.global_batch_size=8", "sft.micro_batch_size=1",
+             "sft.warmup_ratio=0", "sft.lr=1e-2", "logging.tensorboard=false",
+             f"rl.prompts_per_step={PROMPTS}", f"rl.mini_batch_prompts={MINI}",
+             f"rl.group_size={GROUP}", "rl.ppo_epochs=1", "rl.micro_batch_size=1",
+             "rl.lr=1e-2", "checkpoint.keep_last=1"]
+
+
+def register_ncclish() -> None:
+    """`ncclish`: gloo underneath, declared for cuda tensors only (as nccl is)."""
+    from torch.distributed import Backend, ProcessGroupGloo
+
+    Backend.register_backend("ncclish", lambda store, rank, size, timeout: ProcessGroupGloo(
+        store, rank, size, timeout), devices=["cuda"])
+
+
+def ncclish_backend():
+    """The CPU backend with the stand-in as its collective (CPU tensors are all it has)."""
+    from aster.backend import set_current_backend
+    from aster.backends.cpu.backend import CPUBackend
+
+    class NcclishCPUBackend(CPUBackend):
+        dist_backend = "ncclish"
+
+    backend = NcclishCPUBackend(kernel_impl="chunked", engine="hf")
+    set_current_backend(backend)
+    return backend
+
+
+def trajectories(vocab: int) -> list:
+    """PROMPTS x GROUP trajectories, uneven lengths, masked tool tokens, mixed rewards."""
+    from aster.rollout.agent import Trajectory
+
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for p in range(PROMPTS):
+        prompt = torch.randint(3, vocab, (4 + p % 3,), generator=gen).tolist()
+        for g in range(GROUP):
+            n = 5 + (2 * p + 3 * g) % 7
+            out.append(Trajectory(
+                prompt_ids=prompt, reward=float((p + g) % 2 if p % 4 else 1.0),
+                loss_mask=[0 if 2 <= i < 4 else 1 for i in range(n)],
+                response_ids=torch.randint(3, vocab, (n,), generator=gen).tolist(),
+                rollout_logprobs=[0.0] * n, num_tool_calls=p % 3, finish_reason="stop",
+                prompt_index=p, sample_index=g))
+    return out
+
+
+def reference_order(world: int) -> list[int]:
+    """Prompt order for one process that gives the mini batches `world` ranks train on: rank r
+    holds prompts [r*P/W, (r+1)*P/W) and its m-th mini batch takes the m-th slice of them."""
+    per_rank, per_mini = PROMPTS // world, MINI // world
+    return [r * per_rank + m * per_mini + i for m in range(PROMPTS // MINI)
+            for r in range(world) for i in range(per_mini)]
+
+
+def run(backend, rank: int, world: int, out: Path, model_dir: str, prompts: list[int]) -> None:
+    """SFT, checkpoint reload and a GRPO step on this rank's `prompts` (indices into
+    trajectories()); the collectives listed in the module docstring."""
+    from aster.algo import group_advantages, token_advantages
+    from aster.config import load_config
+    from aster.metrics import MetricsWriter, read_metrics
+    from aster.train.checkpoint import latest_checkpoint, load_checkpoint
+    from aster.train.common import build_optimizer, build_scheduler
+    from aster.train.parallel import full_state_dict
+    from aster.train.pipeline import make_context, prepare_run_dir
+    from aster.train.replay import _token_quantities
+    from aster.train.rl import _append_records, old_logprobs, policy_update
+    from aster.train.rollouts import trajectory_stats
+    from aster.train.sft import _resume, encode_dataset, run_sft
+
+    strategy = "none" if world == 1 else "fsdp2"
+    cfg = load_config(None, [*OVERRIDES, f"distributed.strategy={strategy}"])
+    run_dir = prepare_run_dir(cfg, None, str(out), False, backend.dist)
+    ctx = make_context(cfg, backend, model_dir, run_dir,
+                       MetricsWriter(run_dir, is_main=rank == 0, tensorboard=False))
+    data, _ = encode_dataset(ctx.tokenizer, conversations(16), 1024)
+    run_sft(ctx, data)
+    # copies: one process's state dict holds the live parameters, which the RL step moves
+    sft_weights = {k: v.clone() for k, v in full_state_dict(ctx.policy).items()}
+    upd = ctx.updater
+    load_checkpoint(latest_checkpoint(ctx.ckpt_dir("sft")), model=ctx.policy,
+                    optimizer=upd.optimizer, scheduler=upd.scheduler)
+    optimizer = build_optimizer(ctx.policy, cfg.rl.lr, cfg.rl.weight_decay)
+    _resume(ctx, "rl", optimizer, build_scheduler(optimizer, 10, 0, "constant"))
+    everything = trajectories(ctx.hf_model.config.vocab_size)
+    mine = [everything[GROUP * p + g] for p in prompts for g in range(GROUP)]
+    adv = group_advantages([t.reward for t in mine], GROUP)
+    adv_tokens = token_advantages(adv.adv, [t.loss_mask for t in mine])
+    old_lp, _ = old_logprobs(ctx, mine, 1.0, with_entropy=False)
+    stats = policy_update(ctx, mine, adv_tokens, old_lp, "rl", None)
+    stats.update(trajectory_stats(ctx, mine))
+    quantities = _token_quantities(ctx, mine, adv.adv, old_lp)
+    records = [{"prompt": p, "epoch": 0, "step": 1} for p in prompts]
+    _append_records(ctx, run_dir / "rollouts" / "rl.jsonl", records)
+    weights = full_state_dict(ctx.policy)
+    if rank == 0:
+        sft = [m for m in read_metrics(run_dir) if m["stage"] == "sft"]
+        torch.save({"sft": sft_weights, "rl": weights}, out / "weights.pt")
+        (out / "result.json").write_text(json.dumps(
+            {"sft_loss": [m["loss"] for m in sft], "sft_grad_norm": [m["grad_norm"] for m in sft],
+             "rl": stats, "old_logp_sum": quantities["old_logp.sum"],
+             "trained_tokens": quantities["input.trained_tokens"],
+             "records": sorted(json.loads(line)["prompt"] for line in
+                               (run_dir / "rollouts" / "rl.jsonl").read_text().splitlines())}))
+
+
+def rank_main(rank, world, port, out_dir, model_dir):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    backend = ncclish_backend()
+    backend.init_distributed(timeout_s=120)
+    from aster.algo import shard_for_rank
+
+    run(backend, rank, world, Path(out_dir) / "ranks", model_dir,
+        shard_for_rank(list(range(PROMPTS)), rank, world))
+    torch.distributed.destroy_process_group()
+
+
+def main(port, out_dir, model_dir, world):
+    import multiprocessing as mp
+
+    import aster.train.pipeline  # noqa: F401 - the imports the forked ranks inherit
+    from aster.backend import select_backend
+
+    t0 = time.perf_counter()
+    run(select_backend("cpu", kernel_impl="chunked", engine="hf"), 0, 1,
+        Path(out_dir) / "reference", model_dir, reference_order(world))
+    print(f"reference: {time.perf_counter() - t0:.1f}s", flush=True)
+    register_ncclish()
+    ctx = mp.get_context("fork")
+    ranks = [ctx.Process(target=rank_main, args=(r, world, port, out_dir, model_dir))
+             for r in range(world)]
+    for proc in ranks:
+        proc.start()
+    for proc in ranks:
+        proc.join()
+    print(f"ranks: {time.perf_counter() - t0:.1f}s", flush=True)
+    return max(abs(proc.exitcode) for proc in ranks)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main(int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])))
