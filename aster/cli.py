@@ -115,6 +115,10 @@ def setup_logging(verbose: bool) -> None:
         level, fmt = logging.ERROR, f"%(asctime)s %(levelname)s %(name)s [rank {rank}]: %(message)s"
         _quiet_libraries()
     logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S")
+    # basicConfig does nothing when the root logger already has a handler (an embedding
+    # program's, pytest's): aster's own logger carries the rank's level either way
+    if rank != 0:
+        logging.getLogger("aster").setLevel(logging.ERROR)
 
 
 def _quiet_libraries() -> None:

@@ -98,7 +98,7 @@ def run(backend, rank: int, world: int, out: Path, model_dir: str, prompts: list
     from aster.train.parallel import full_state_dict
     from aster.train.pipeline import make_context, prepare_run_dir
     from aster.train.replay import _token_quantities
-    from aster.train.rl import _append_records, old_logprobs, policy_update
+    from aster.train.rl import _append_records, old_logprobs, policy_update, prepare_stage
     from aster.train.rollouts import trajectory_stats
     from aster.train.sft import _resume, encode_dataset, run_sft
 
@@ -116,6 +116,7 @@ def run(backend, rank: int, world: int, out: Path, model_dir: str, prompts: list
                     optimizer=upd.optimizer, scheduler=upd.scheduler)
     optimizer = build_optimizer(ctx.policy, cfg.rl.lr, cfg.rl.weight_decay)
     _resume(ctx, "rl", optimizer, build_scheduler(optimizer, 10, 0, "constant"))
+    prepare_stage(ctx, cfg.rl.stage1)  # the stage's objective (rl.loss) on ctx
     everything = trajectories(ctx.hf_model.config.vocab_size)
     mine = [everything[GROUP * p + g] for p in prompts for g in range(GROUP)]
     adv = group_advantages([t.reward for t in mine], GROUP)
