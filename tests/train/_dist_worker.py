@@ -127,7 +127,12 @@ def run_rl(strategy, backend, rank, world, out, model_dir, extra=()):
     everything = trajectories(ctx.hf_model.config.vocab_size)
     mine = [everything[2 * p + g] for p in shard_for_rank(list(range(4)), rank, world)
             for g in range(2)]
-    adv = group_advantages([t.reward for t in mine], 2)
+    # population std (advantages +-1): the scale these split-invariance checks were calibrated
+    # at. At rl.lr=1e-2 AdamW's near-sign step turns summation-order noise in tiny gradient
+    # elements into 1e-2 weight moves; the sample std's +-0.707 put more elements there and
+    # pushed the 2nd epoch's loss 2e-5 (rel) apart under ddp. The std is per group, computed
+    # the same on every rank: nothing distributed depends on the convention.
+    adv = group_advantages([t.reward for t in mine], 2, std="population")
     adv_tokens = token_advantages(adv.adv, [t.loss_mask for t in mine])
     old_lp, _ = old_logprobs(ctx, mine, 1.0, with_entropy=False)
     ref_lp = old_logprobs(ctx, mine, 1.0, False, policy=ctx.ref_policy)[0] \

@@ -123,8 +123,8 @@ def test_bf16_resume_is_exact(tiny_model_dir, tmp_path, monkeypatch):
     straight, _ = sft_run(tiny_model_dir, tmp_path / "straight", "bfloat16")
     real = MetricsWriter.write
 
-    def killed_after_step_4(self, stage, step, metrics, global_step=None):
-        real(self, stage, step, metrics, global_step)
+    def killed_after_step_4(self, stage, step, metrics, global_step=None, **kwargs):
+        real(self, stage, step, metrics, global_step, **kwargs)
         if step == 4:
             raise KeyboardInterrupt
 
