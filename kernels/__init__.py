@@ -95,24 +95,27 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: 
 
 
 def fused_policy_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                      old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *,
+                      old_logp: torch.Tensor | None, adv: torch.Tensor, mask: torch.Tensor, *,
                       num_tokens, clip_low: float = 0.2, clip_high: float = 0.28,
                       clip_c: float | None = None, temperature: float = 1.0,
                       rollout_logp: torch.Tensor | None = None, tis_cap: float | None = None,
-                      impl: str = "auto"):
+                      return_logp: bool = False, impl: str = "auto"):
     """clipped_policy_loss(token_logprobs(hidden, weight, labels), old_logp, adv, mask, ...)
     in one sweep over the logits, with the gradients w.r.t. hidden and weight made there.
 
     hidden [N, H], weight [V, H], labels [N]; old_logp, adv, mask (and rollout_logp) [N],
     aligned with the rows of hidden. The contract of both ops holds (temperature, clip-higher,
     dual clip ``clip_c``, truncated IS ``tis_cap``, ``num_tokens`` the global unmasked count).
-    Returns (scalar fp32 loss, metrics) with the metrics clipped_policy_loss gives. The loss's
-    gradient depends only on per-token values known in the forward, so the forward computes
-    d loss / d hidden and d loss / d weight with three lm_head matmuls (not four) and the
-    backward only scales them by the upstream gradient. Nothing [N, V] is materialised.
-    Under torch.no_grad() it returns the loss and metrics only.
+    ``old_logp=None`` is on-policy: the old log-probs are the sweep's own, detached (the ratio
+    is exactly 1, the truncated-IS weight min(pi / pi_rollout, cap)), for a step whose only
+    update runs on fresh rollouts. Returns (scalar fp32 loss, metrics) with the metrics
+    clipped_policy_loss gives, plus the detached fp32 log-probs [N] with ``return_logp``. The
+    loss's gradient depends only on per-token values known in the forward, so the forward
+    computes d loss / d hidden and d loss / d weight with three lm_head matmuls (not four) and
+    the backward only scales them by the upstream gradient. Nothing [N, V] is materialised.
+    Under torch.no_grad() no gradient is made.
     """
     return _module(impl, _FUSED_MODULES).fused_policy_loss(
         hidden, weight, labels, old_logp, adv, mask, num_tokens=num_tokens, clip_low=clip_low,
         clip_high=clip_high, clip_c=clip_c, temperature=temperature, rollout_logp=rollout_logp,
-        tis_cap=tis_cap)
+        tis_cap=tis_cap, return_logp=return_logp)

@@ -47,14 +47,31 @@ def check_fused_args(hidden, weight, labels, old_logp, adv, mask, num_tokens, cl
 
 
 def loss_inputs(old_logp, adv, mask, rollout_logp, tis_cap, device):
-    """fp32 old log-probs, advantages, validity and the truncated-IS weight (None when off)."""
-    old, adv = old_logp.detach().float(), adv.detach().float()
+    """fp32 old log-probs, advantages, validity and the truncated-IS weight (None when off).
+    On-policy (old_logp None) both old and the weight are None: they come from the sweep's
+    own log-probs (`on_policy_terms`)."""
+    adv = adv.detach().float()
+    if old_logp is None:
+        return None, adv, mask.detach().bool(), None
+    old = old_logp.detach().float()
     tis_w = None
     if tis_cap is not None:
         tis_log = torch.clamp(old - rollout_logp.detach().float(), -LOG_RATIO_CLAMP,
                               LOG_RATIO_CLAMP)
         tis_w = torch.clamp(torch.exp(tis_log), max=tis_cap)
     return old, adv, mask.detach().bool(), tis_w
+
+
+def on_policy_terms(logp, rollout_logp, tis_cap):
+    """(old, truncated-IS weight or None) when the old policy is the current one: old is logp
+    itself (so the ratio is exactly 1 and its gradient d ratio / d logp is 1) and the weight
+    min(pi / pi_rollout, cap) uses it."""
+    old = logp.detach().float()
+    if tis_cap is None:
+        return old, None
+    return old, torch.clamp(torch.exp(torch.clamp(old - rollout_logp.detach().float(),
+                                                  -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)),
+                            max=tis_cap)
 
 
 def chunk_rows(num_tokens: int, vocab: int, chunk_tokens: int | None) -> int:
@@ -110,38 +127,43 @@ def accumulate_grad_w(grad_w: torch.Tensor, dlogits: torch.Tensor, hidden_chunk:
 
 
 class FusedLoss(torch.autograd.Function):
-    """loss (and detached metrics) from a sweep that already computed the gradients: the
-    backward only scales them by the upstream gradient of the loss."""
+    """loss (and detached metrics and log-probs) from a sweep that already computed the
+    gradients: the backward only scales them by the upstream gradient of the loss."""
 
     @staticmethod
     def forward(ctx, hidden, weight, run):
-        loss, metrics, grad_h, grad_w = run(ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        loss, metrics, grad_h, grad_w, logp = run(ctx.needs_input_grad[0],
+                                                  ctx.needs_input_grad[1])
         ctx.save_for_backward(grad_h, grad_w)
-        ctx.mark_non_differentiable(metrics)
-        return loss, metrics
+        ctx.mark_non_differentiable(metrics, logp)
+        return loss, metrics, logp
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_metrics):
+    def backward(ctx, grad_loss, _grad_metrics, _grad_logp):
         grad_h, grad_w = ctx.saved_tensors
         return (None if grad_h is None else grad_h * grad_loss.to(grad_h.dtype),
                 None if grad_w is None else grad_w * grad_loss.to(grad_w.dtype), None)
 
 
-def apply(hidden, weight, run) -> tuple[torch.Tensor, dict]:
-    """Run `run(need_h, need_w) -> (loss, metric vector, grad_h, grad_w)` as a differentiable
-    loss of (hidden, weight); under torch.no_grad (or frozen inputs) no gradient is made."""
+def apply(hidden, weight, run, return_logp: bool = False):
+    """Run `run(need_h, need_w) -> (loss, metric vector, grad_h, grad_w, logp)` as a
+    differentiable loss of (hidden, weight); under torch.no_grad (or frozen inputs) no gradient
+    is made. Returns (loss, metrics), and the detached fp32 logp with `return_logp`."""
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        loss, metrics = FusedLoss.apply(hidden, weight, run)
+        loss, metrics, logp = FusedLoss.apply(hidden, weight, run)
     else:
-        loss, metrics, _, _ = run(False, False)
-    return loss, {name: metrics[i] for i, name in enumerate(METRIC_NAMES)}
+        loss, metrics, _, _, logp = run(False, False)
+    metrics = {name: metrics[i] for i, name in enumerate(METRIC_NAMES)}
+    return (loss, metrics, logp) if return_logp else (loss, metrics)
 
 
 def _torch_rows(hidden, weight, labels, old, adv, valid, tis_w, count, opts):
-    """rows_fn for the chunked implementation: plain torch on an fp32 [n, V] logits chunk."""
+    """rows_fn for the chunked implementation: plain torch on an fp32 [n, V] logits chunk.
+    `old` None: on-policy (old log-probs and the IS weight from the chunk's own logp)."""
     from aster.kernels.chunked import _chunk_logits, _loss_terms, add_onehot_
 
     inv_t = 1.0 / opts["temperature"]
+    rollout = opts["rollout_logp"]
 
     def rows(s, e, want_grad):
         logits = _chunk_logits(hidden[s:e], weight, opts["temperature"])
@@ -150,8 +172,13 @@ def _torch_rows(hidden, weight, labels, old, adv, valid, tis_w, count, opts):
         logp = logits.gather(1, lab[:, None]).squeeze(1) - lse
         if not want_grad:
             return logp, None
-        tis = tis_w[s:e] if tis_w is not None else torch.ones((), device=logp.device)
-        _, _, _, dloss = _loss_terms(logp, old[s:e], adv[s:e], valid[s:e], opts["clip_low"],
+        if old is None:
+            old_c, tis = on_policy_terms(logp, None if rollout is None else rollout[s:e],
+                                         opts["tis_cap"])
+        else:
+            old_c, tis = old[s:e], (tis_w[s:e] if tis_w is not None else None)
+        tis = tis if tis is not None else torch.ones((), device=logp.device)
+        _, _, _, dloss = _loss_terms(logp, old_c, adv[s:e], valid[s:e], opts["clip_low"],
                                      opts["clip_high"], opts["clip_c"], tis)
         coef = dloss / count * inv_t  # d loss / d raw logit = g / T * (onehot - p)
         dlogits = logits.sub_(lse[:, None]).exp_().mul_(-coef[:, None])  # in place: -g p / T
@@ -175,7 +202,7 @@ def _torch_loss(logp, old, adv, valid, tis_w, count, opts) -> tuple[torch.Tensor
 def fused_policy_loss(hidden, weight, labels, old_logp, adv, mask, *, num_tokens,
                       clip_low: float = 0.2, clip_high: float = 0.28, clip_c: float | None = None,
                       temperature: float = 1.0, rollout_logp=None, tis_cap: float | None = None,
-                      chunk_tokens: int | None = None):
+                      return_logp: bool = False, chunk_tokens: int | None = None):
     """Chunked fused loss; see aster.kernels.fused_policy_loss. `chunk_tokens` overrides the
     rows per chunk (default FUSED_CHUNK_ELEMENTS // V)."""
     check_fused_args(hidden, weight, labels, old_logp, adv, mask, num_tokens, clip_low,
@@ -184,7 +211,8 @@ def fused_policy_loss(hidden, weight, labels, old_logp, adv, mask, *, num_tokens
                                            hidden.device)
     count = token_count(num_tokens, hidden.device)
     opts = dict(clip_low=float(clip_low), clip_high=float(clip_high), clip_c=clip_c,
-                temperature=float(temperature))
+                temperature=float(temperature), tis_cap=tis_cap,
+                rollout_logp=None if rollout_logp is None else rollout_logp.detach().float())
     labels = labels.long()
     chunk = chunk_rows(hidden.shape[0], weight.shape[0], chunk_tokens)
 
@@ -192,7 +220,9 @@ def fused_policy_loss(hidden, weight, labels, old_logp, adv, mask, *, num_tokens
         h, w = hidden.detach(), weight.detach()
         rows = _torch_rows(h, w, labels, old, adv_f, valid, tis_w, count, opts)
         logp, grad_h, grad_w = sweep(h, w, chunk, rows, need_h=need_h, need_w=need_w)
-        loss, metrics = _torch_loss(logp, old, adv_f, valid, tis_w, count, opts)
-        return loss, metrics, grad_h, grad_w
+        old_all, tis_all = (old, tis_w) if old is not None else \
+            on_policy_terms(logp, opts["rollout_logp"], tis_cap)
+        loss, metrics = _torch_loss(logp, old_all, adv_f, valid, tis_all, count, opts)
+        return loss, metrics, grad_h, grad_w, logp
 
-    return apply(hidden, weight, run)
+    return apply(hidden, weight, run, return_logp)

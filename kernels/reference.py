@@ -58,13 +58,17 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: 
 
 
 def fused_policy_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                      old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *,
+                      old_logp: torch.Tensor | None, adv: torch.Tensor, mask: torch.Tensor, *,
                       num_tokens, clip_low: float = 0.2, clip_high: float = 0.28,
                       clip_c: float | None = None, temperature: float = 1.0,
-                      rollout_logp: torch.Tensor | None = None, tis_cap: float | None = None):
+                      rollout_logp: torch.Tensor | None = None, tis_cap: float | None = None,
+                      return_logp: bool = False):
     """The definition the fused implementations are tested against: token_logprobs followed by
-    clipped_policy_loss, in float64, differentiated by autograd."""
+    clipped_policy_loss, in float64, differentiated by autograd (old_logp None: the current
+    log-probs, detached)."""
     logp = token_logprobs(hidden, weight, labels, temperature=temperature)
-    return clipped_policy_loss(logp, old_logp, adv, mask, num_tokens=num_tokens,
-                               clip_low=clip_low, clip_high=clip_high, clip_c=clip_c,
-                               rollout_logp=rollout_logp, tis_cap=tis_cap)
+    old = logp.detach() if old_logp is None else old_logp
+    loss, metrics = clipped_policy_loss(logp, old, adv, mask, num_tokens=num_tokens,
+                                        clip_low=clip_low, clip_high=clip_high, clip_c=clip_c,
+                                        rollout_logp=rollout_logp, tis_cap=tis_cap)
+    return (loss, metrics, logp.detach()) if return_logp else (loss, metrics)

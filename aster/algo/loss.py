@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from aster import kernels
+from aster.algo.packing import build_rows
 
 
 class PolicyForward(nn.Module):
@@ -33,7 +34,11 @@ class PolicyForward(nn.Module):
         self.compute_dtype = compute_dtype
 
     def forward(self, input_ids, attention_mask, rows, cols, labels, *, temperature=1.0,
-                return_entropy=False, position_ids=None):
+                return_entropy=False, position_ids=None, head=None):
+        """log p(labels) at (rows, cols) (and the entropy there with `return_entropy`); with
+        `head`, head(hidden [N, H], lm_head weight [V, H], labels) instead: a loss that reads
+        the hidden states itself (the fused GRPO loss), run here so that the head's weight is
+        the gathered one under sharding wrappers."""
         weight = self.model.get_output_embeddings().weight
         dtype = self.compute_dtype or weight.dtype
         autocast = torch.autocast(input_ids.device.type, dtype=dtype,
@@ -41,51 +46,53 @@ class PolicyForward(nn.Module):
         with autocast:
             out = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask,
                                         position_ids=position_ids, use_cache=False)
-        hidden = out.last_hidden_state[rows, cols]
-        return kernels.token_logprobs(hidden.to(dtype), weight.to(dtype), labels,
+        hidden = out.last_hidden_state[rows, cols].to(dtype)
+        if head is not None:
+            return head(hidden, weight.to(dtype), labels)
+        return kernels.token_logprobs(hidden, weight.to(dtype), labels,
                                       temperature=temperature, return_entropy=return_entropy,
                                       impl=self.kernel_impl)
 
 
 @dataclass
 class MicroBatch:
-    """Padded token ids plus the flat (row, col) positions whose next token is trained on."""
+    """A forward's token rows (packed or padded, aster.algo.packing) plus the flat trained
+    response positions, with each one's trajectory and index within its response."""
 
-    input_ids: torch.Tensor  # [B, T]
-    attention_mask: torch.Tensor  # [B, T]
+    input_ids: torch.Tensor  # [B, T]; packed: [1, T]
+    attention_mask: torch.Tensor | None  # [B, T]; None when packed
     rows: torch.Tensor  # [N]
     cols: torch.Tensor  # [N]  position whose hidden state predicts labels[i]
     labels: torch.Tensor  # [N]
     traj_of_token: torch.Tensor  # [N] index (within the micro batch) of each token's trajectory
     resp_index: torch.Tensor  # [N] index of each token within its response
+    position_ids: torch.Tensor | None = None  # [1, T] restarting per trajectory when packed
 
     @property
     def num_tokens(self) -> int:
         return int(self.labels.numel())
 
+    @property
+    def forward_tokens(self) -> int:
+        """Token positions the forward computes (padding included)."""
+        return int(self.input_ids.numel())
+
 
 def build_micro_batch(prompts: list, responses: list, loss_masks: list, pad_id: int = 0,
-                      device=None) -> MicroBatch:
-    """Right-padded ids of prompt+response rows and the loss-masked response positions."""
+                      device=None, *, packed: bool = False) -> MicroBatch:
+    """prompt+response rows, right-padded or packed (aster.algo.packing), and the loss-masked
+    response positions. No trajectories: one pad token and nothing trained (an empty micro
+    batch that still joins the collectives)."""
     seqs = [list(p) + list(r) for p, r in zip(prompts, responses)]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    rows, cols, labels, owner, resp_idx = [], [], [], [], []
-    for b, (seq, prompt, mask) in enumerate(zip(seqs, prompts, loss_masks)):
-        ids[b, :len(seq)] = torch.tensor(seq, dtype=torch.long)
-        attn[b, :len(seq)] = 1
-        m = torch.as_tensor(mask, dtype=torch.bool)
-        j = torch.nonzero(m).view(-1)
-        rows.append(torch.full_like(j, b))
-        cols.append(j + len(prompt) - 1)
-        labels.append(ids[b, j + len(prompt)])
-        owner.append(torch.full_like(j, b))
-        resp_idx.append(j)
-    cat = (lambda xs: torch.cat(xs).to(device)) if device is not None else torch.cat
-    return MicroBatch(ids.to(device) if device is not None else ids,
-                      attn.to(device) if device is not None else attn,
-                      cat(rows), cat(cols), cat(labels), cat(owner), cat(resp_idx))
+    masks = [[0] * len(p) + [int(m) for m in mask] for p, mask in zip(prompts, loss_masks)]
+    rows = build_rows(seqs, masks, packed=packed, pad_id=pad_id)
+    if device is not None:
+        rows = rows.to(device)
+    starts = torch.tensor([len(p) for p in prompts], dtype=torch.long,
+                          device=rows.seq.device)
+    resp_index = rows.token_index - starts[rows.seq] if len(prompts) else rows.token_index
+    return MicroBatch(rows.input_ids, rows.attention_mask, rows.rows, rows.cols, rows.labels,
+                      rows.seq, resp_index, rows.position_ids)
 
 
 def gather_tokens(per_traj: list, mb: MicroBatch, indices: list[int]) -> torch.Tensor:
@@ -99,10 +106,12 @@ def gather_tokens(per_traj: list, mb: MicroBatch, indices: list[int]) -> torch.T
 
 
 def policy_logprobs(policy: nn.Module, mb: MicroBatch, temperature: float,
-                    return_entropy: bool = False):
-    """log p of the micro batch's trained tokens under `policy` (a PolicyForward)."""
+                    return_entropy: bool = False, head=None):
+    """log p of the micro batch's trained tokens under `policy` (a PolicyForward); with `head`
+    whatever head(hidden, weight, labels) returns (see PolicyForward)."""
     return policy(mb.input_ids, mb.attention_mask, mb.rows, mb.cols, mb.labels,
-                  temperature=temperature, return_entropy=return_entropy)
+                  temperature=temperature, return_entropy=return_entropy,
+                  position_ids=mb.position_ids, head=head)
 
 
 @dataclass

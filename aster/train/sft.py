@@ -10,6 +10,7 @@ import time
 
 import torch
 
+from aster.algo.packing import build_rows, use_packing
 from aster.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from aster.train.common import build_optimizer, build_scheduler, build_updater
 from aster.train.sft_encoding import (  # noqa: F401 (the trainer's public encoding API)
@@ -24,44 +25,21 @@ log = logging.getLogger("aster")
 
 def collate_padded(batch: list[Encoded], pad_id: int, device) -> dict:
     """Right-padded rows with an attention mask; trained positions as flat (row, col, label)."""
-    width = max(len(e.ids) for e in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    for b, e in enumerate(batch):
-        ids[b, :len(e.ids)] = torch.tensor(e.ids)
-        attn[b, :len(e.ids)] = 1
-    rows, cols = _trained_positions([e.mask for e in batch], [0] * len(batch))
-    labels = ids[rows, cols + 1]
-    return {"input_ids": ids.to(device), "attention_mask": attn.to(device), "position_ids": None,
-            "rows": rows.to(device), "cols": cols.to(device), "labels": labels.to(device)}
+    return _as_dict(build_rows([e.ids for e in batch], [e.mask for e in batch], packed=False,
+                               pad_id=pad_id).to(device))
 
 
 def collate_packed(batch: list[Encoded], device) -> dict:
     """All sequences in one row with position ids restarting per sequence (packed attention
     backends split on the position-id resets); no padding, no dense mask."""
-    ids = torch.tensor([t for e in batch for t in e.ids], dtype=torch.long)[None]
-    pos = torch.cat([torch.arange(len(e.ids)) for e in batch])[None]
-    offsets, acc = [], 0
-    for e in batch:
-        offsets.append(acc)
-        acc += len(e.ids)
-    masks = [e.mask for e in batch]
-    _, cols = _trained_positions(masks, offsets)  # one row: columns are global offsets
-    labels = ids[0, cols + 1]
-    return {"input_ids": ids.to(device), "attention_mask": None, "position_ids": pos.to(device),
-            "rows": torch.zeros_like(cols).to(device), "cols": cols.to(device),
-            "labels": labels.to(device)}
+    return _as_dict(build_rows([e.ids for e in batch], [e.mask for e in batch],
+                               packed=True).to(device))
 
 
-def _trained_positions(masks: list[list[int]], offsets: list[int]):
-    """(row, col) of every position whose *next* token is an assistant token."""
-    rows, cols = [], []
-    for b, (mask, off) in enumerate(zip(masks, offsets)):
-        m = torch.tensor(mask[1:], dtype=torch.bool)
-        j = torch.nonzero(m).view(-1)
-        rows.append(torch.full_like(j, b))
-        cols.append(j + off)
-    return torch.cat(rows), torch.cat(cols)
+def _as_dict(rows) -> dict:
+    return {"input_ids": rows.input_ids, "attention_mask": rows.attention_mask,
+            "position_ids": rows.position_ids, "rows": rows.rows, "cols": rows.cols,
+            "labels": rows.labels}
 
 
 def count_trained(batch: list[Encoded]) -> int:
@@ -95,16 +73,6 @@ def sft_micro_loss(policy, batch: dict, num_tokens: float):
     return -logp.sum() / num_tokens
 
 
-def use_packing(cfg, backend) -> bool:
-    """sft.packing: varlen attention where the backend has it; elsewhere the attention
-    implementation (sdpa, eager) gets a block-diagonal causal mask that transformers builds from
-    the position-id resets (correct, with a dense [T, T] mask per pack)."""
-    if cfg.packing and not backend.capabilities.packed_attention:
-        log.info("sft.packing on --device %s: a block-diagonal attention mask per pack (no "
-                 "varlen attention here)", backend.name)
-    return cfg.packing
-
-
 def _collate(chunk, packed: bool, pad_id: int, device) -> dict:
     return collate_packed(chunk, device) if packed else collate_padded(chunk, pad_id, device)
 
@@ -113,7 +81,7 @@ def run_sft(ctx, data: list[Encoded], num_dropped: int = 0) -> dict:
     """Train on encoded conversations; resumes from the stage's last checkpoint. Returns the
     last step's metrics."""
     cfg, dist = ctx.cfg.sft, ctx.dist
-    packed = use_packing(cfg, ctx.backend)
+    packed = use_packing(cfg.packing, ctx.backend, "sft.packing")
     per_epoch = math.ceil(len(data) / cfg.global_batch_size)
     total = per_epoch * cfg.epochs
     optimizer = build_optimizer(ctx.policy, cfg.lr, cfg.weight_decay, cfg.adam_betas)

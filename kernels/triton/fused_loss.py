@@ -29,8 +29,9 @@ from aster.kernels.triton.policy_loss import clipped_policy_loss, token_loss_ter
 @triton.jit
 def _fused_rows_kernel(z_ptr, dz_ptr, labels_ptr, old_ptr, adv_ptr, mask_ptr, tis_ptr,
                        scale_ptr, logp_ptr, V, stride_z, stride_dz, inv_t, clip_low, clip_high,
-                       clip_c, WANT_GRAD: tl.constexpr, HAS_DUAL: tl.constexpr,
-                       HAS_TIS: tl.constexpr, CLAMP: tl.constexpr, BLOCK_V: tl.constexpr):
+                       clip_c, tis_cap, WANT_GRAD: tl.constexpr, HAS_DUAL: tl.constexpr,
+                       HAS_TIS: tl.constexpr, ON_POLICY: tl.constexpr, CLAMP: tl.constexpr,
+                       BLOCK_V: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     z_row = z_ptr + row * stride_z
     label = tl.load(labels_ptr + row)
@@ -49,11 +50,18 @@ def _fused_rows_kernel(z_ptr, dz_ptr, labels_ptr, old_ptr, adv_ptr, mask_ptr, ti
     tl.store(logp_ptr + row, logp)
     if WANT_GRAD:
         valid = tl.load(mask_ptr + row) != 0
-        old = tl.load(old_ptr + row).to(tl.float32)
         adv = tl.load(adv_ptr + row).to(tl.float32)
         tis_w = 1.0
-        if HAS_TIS:
-            tis_w = tl.load(tis_ptr + row).to(tl.float32)
+        if ON_POLICY:  # the old policy is this one: ratio 1; tis_ptr holds rollout log-probs
+            old = logp
+            if HAS_TIS:
+                log_w = tl.minimum(tl.maximum(logp - tl.load(tis_ptr + row).to(tl.float32),
+                                              -CLAMP), CLAMP)
+                tis_w = tl.minimum(tl.exp(log_w), tis_cap)
+        else:
+            old = tl.load(old_ptr + row).to(tl.float32)
+            if HAS_TIS:
+                tis_w = tl.load(tis_ptr + row).to(tl.float32)
         _, dloss, _, _ = token_loss_terms(logp, old, adv, valid, tis_w, clip_low, clip_high,
                                           clip_c, HAS_DUAL, HAS_TIS, CLAMP)
         coef = dloss * tl.load(scale_ptr) * inv_t  # scale = 1 / num_tokens, read on device
@@ -104,23 +112,29 @@ def _accumulate_w(grad_w, dlogits, hidden_chunk, *, first: bool):
 def fused_policy_loss(hidden, weight, labels, old_logp, adv, mask, *, num_tokens,
                       clip_low: float = 0.2, clip_high: float = 0.28, clip_c: float | None = None,
                       temperature: float = 1.0, rollout_logp=None, tis_cap: float | None = None,
-                      chunk_tokens: int | None = None):
+                      return_logp: bool = False, chunk_tokens: int | None = None):
     """Triton fused loss; see aster.kernels.fused_policy_loss."""
     fused.check_fused_args(hidden, weight, labels, old_logp, adv, mask, num_tokens, clip_low,
                            clip_high, clip_c, rollout_logp, tis_cap, temperature)
     _check_device(hidden)
+    on_policy = old_logp is None
     old, adv_f, valid, tis_w = fused.loss_inputs(old_logp, adv, mask, rollout_logp, tis_cap,
                                                  hidden.device)
-    old, adv_f = old.contiguous(), adv_f.contiguous()
+    adv_f = adv_f.contiguous()
+    rollout = None if rollout_logp is None else rollout_logp.detach().float().contiguous()
+    # the kernel's old / IS-weight inputs; on-policy: old unread, the weight from the rollout's
+    old_in = adv_f if on_policy else old.contiguous()
+    tis_in = rollout if on_policy else tis_w
     valid_i8 = valid.to(torch.int8).contiguous()
     count = token_count(num_tokens, hidden.device)
     scale = (1.0 / count).reshape(1)
     labels = labels.contiguous()
     chunk = fused.chunk_rows(hidden.shape[0], weight.shape[0], chunk_tokens)
     block_v = _block_v(weight.shape[0])
-    args = (float(clip_low), float(clip_high), 0.0 if clip_c is None else float(clip_c))
-    flags = dict(HAS_DUAL=clip_c is not None, HAS_TIS=tis_w is not None, CLAMP=LOG_RATIO_CLAMP,
-                 BLOCK_V=block_v)
+    args = (float(clip_low), float(clip_high), 0.0 if clip_c is None else float(clip_c),
+            0.0 if tis_cap is None else float(tis_cap))
+    flags = dict(HAS_DUAL=clip_c is not None, HAS_TIS=tis_cap is not None, ON_POLICY=on_policy,
+                 CLAMP=LOG_RATIO_CLAMP, BLOCK_V=block_v)
     inv_t = 1.0 / float(temperature)
 
     def run(need_h, need_w):
@@ -132,9 +146,9 @@ def fused_policy_loss(hidden, weight, labels, old_logp, adv, mask, *, num_tokens
             dz = z if z.dtype == h.dtype else torch.empty(z.shape, dtype=h.dtype,
                                                           device=z.device)
             logp = torch.empty(e - s, dtype=torch.float32, device=h.device)
-            tis = tis_w[s:e] if tis_w is not None else old[s:e]
+            tis = tis_in[s:e] if tis_in is not None else old_in[s:e]
             _fused_rows_kernel[(e - s,)](
-                z, dz, labels[s:e], old[s:e], adv_f[s:e], valid_i8[s:e], tis, scale, logp,
+                z, dz, labels[s:e], old_in[s:e], adv_f[s:e], valid_i8[s:e], tis, scale, logp,
                 w.shape[0], z.stride(0), dz.stride(0), inv_t, *args, WANT_GRAD=want,
                 num_warps=1 if interpreting() else 8, **flags)
             return logp, (dz if want else None)
@@ -142,10 +156,11 @@ def fused_policy_loss(hidden, weight, labels, old_logp, adv, mask, *, num_tokens
         logp, grad_h, grad_w = fused.sweep(h, w, chunk, rows, need_h=need_h, need_w=need_w,
                                            accumulate_w=_accumulate_w)
         with torch.no_grad():
-            loss, metrics = clipped_policy_loss(logp, old, adv_f, valid, num_tokens=count,
-                                                clip_low=clip_low, clip_high=clip_high,
-                                                clip_c=clip_c, rollout_logp=rollout_logp,
-                                                tis_cap=tis_cap)
-        return loss, torch.stack([metrics[k] for k in fused.METRIC_NAMES]), grad_h, grad_w
+            loss, metrics = clipped_policy_loss(logp, logp if on_policy else old, adv_f, valid,
+                                                num_tokens=count, clip_low=clip_low,
+                                                clip_high=clip_high, clip_c=clip_c,
+                                                rollout_logp=rollout_logp, tis_cap=tis_cap)
+        return (loss, torch.stack([metrics[k] for k in fused.METRIC_NAMES]), grad_h, grad_w,
+                logp)
 
-    return fused.apply(hidden, weight, run)
+    return fused.apply(hidden, weight, run, return_logp)

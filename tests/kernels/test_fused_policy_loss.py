@@ -203,3 +203,34 @@ def test_on_cuda(impl, dtype):
         torch.testing.assert_close(got[0], want[0], atol=5e-3, rtol=0)
         for a, b in zip(got[2:], want[2:]):
             assert (a - b).abs().max() <= 0.03 * b.abs().max()
+
+
+@pytest.mark.parametrize("impl", sorted(IMPLS))
+@pytest.mark.parametrize("opts", [{}, {"rollout_logp": "rollout", "tis_cap": 1.2,
+                                       "temperature": 0.8, "clip_c": 1.6}])
+def test_on_policy_old_logp_none(impl, opts):
+    """old_logp=None (a step whose one update runs on fresh rollouts): the old log-probs are
+    the sweep's own, so the loss, metrics and gradients are the reference's with old = its
+    logp detached (ratio exactly 1; the IS weight min(pi / pi_rollout, cap)); return_logp
+    gives those log-probs."""
+    hidden, weight, labels, _, adv, mask, rollout = make_case(seed=8)
+    kw = {k: (rollout if v == "rollout" else v) for k, v in opts.items()}
+    want_logp = kernels.token_logprobs(hidden.double(), weight.double(), labels,
+                                       temperature=opts.get("temperature", 1.0),
+                                       impl="reference")
+    want = run(kernels.reference.fused_policy_loss, hidden.double(), weight.double(), labels,
+               None, adv.double(), mask, rollout.double(), **opts)
+    assert want[1]["ratio_max"] == 1.0 and want[1]["approx_kl"] == 0.0
+    h = hidden.clone().requires_grad_(True)
+    w = weight.clone().requires_grad_(True)
+    loss, metrics, logp = IMPLS[impl](h, w, labels, None, adv, mask,
+                                      num_tokens=int(mask.sum()), return_logp=True, **kw)
+    gh, gw = torch.autograd.grad(loss * 1.7, [h, w])
+    got = (loss.detach().double(), {k: v.double() for k, v in metrics.items()}, gh.double(),
+           gw.double())
+    assert_same(got, want, FP32, f"{impl} on-policy")
+    assert not logp.requires_grad and logp.dtype == torch.float32
+    torch.testing.assert_close(logp.double(), want_logp, **FP32)
+    if "tis_cap" in opts:  # the weight is on: some tokens capped, some not
+        w_is = torch.exp(want_logp - rollout.double()).clamp(max=1.2)
+        assert (w_is < 1.2).any() and (w_is == 1.2).any()
