@@ -71,7 +71,7 @@ def _config(backend, quick: bool, sizes: dict):
 
     name = os.environ.get("ASTER_BENCH_MODEL") or "tiny"
     overrides = [f"rl.prompts_per_step={sizes['prompts']}", f"rl.group_size={sizes['group']}",
-                 f"rl.mini_batch_prompts={sizes['prompts']}", "rl.micro_batch_size=4",
+                 f"rl.mini_batch_prompts={sizes['prompts']}", "rl.max_tokens_per_micro_batch=4096",
                  "rl.ppo_epochs=1", "rollout.max_concurrency=256",
                  "rollout.engine=" + ("hf" if backend.device_type == "cpu" else "auto"),
                  f"rollout.max_tool_calls={sizes['calls'] + 1}",

@@ -97,6 +97,8 @@ def build_micro_batch(prompts: list, responses: list, loss_masks: list, pad_id: 
 
 def gather_tokens(per_traj: list, mb: MicroBatch, indices: list[int]) -> torch.Tensor:
     """Flat [N] values of per-trajectory token tensors at the micro batch's trained positions."""
+    if not indices:
+        return torch.zeros(0, device=mb.labels.device)
     vals = [torch.as_tensor(per_traj[i], dtype=torch.float32) for i in indices]
     width = max(v.numel() for v in vals)
     padded = torch.zeros((len(vals), width))

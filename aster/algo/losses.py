@@ -15,8 +15,10 @@ each token belongs to; a sequence-level objective needs all of a sequence's toke
 batch.
 
 Plain torch is every objective's portable implementation; `grpo` (the default) dispatches to
-the fused aster.kernels.clipped_policy_loss (chunked / Triton) unless `fused=False`, and the
-tests hold the two equal. The math follows verl's policy-loss registry
+the fused aster.kernels.clipped_policy_loss (chunked / Triton) unless `fused=False`, and its
+`fused_head` runs aster.kernels.fused_policy_loss, which computes log-probs, loss and gradients
+in one sweep over the logits (the update uses it when no KL / entropy term needs the log-probs
+apart); the tests hold all three equal. The math follows verl's policy-loss registry
 (verl/trainer/ppo/core_algos.py: vanilla with dual clip, gspo, cispo, agg_loss, kl_penalty).
 
 A new objective is one dataclass with a `__call__` and one line in LOSSES.
@@ -106,6 +108,14 @@ class PolicyLoss:
                  rollout_logp=None):
         raise NotImplementedError
 
+    def fused_head(self, old_logp, adv, seq_ids, num_tokens, *, num_seqs=None,
+                   rollout_logp=None, temperature=1.0):
+        """A head for PolicyForward (head(hidden, weight, labels) -> (loss, metrics, detached
+        logp)) that computes this objective over a micro batch's trained tokens in the log-prob
+        sweep itself, or None (the default): the objective then runs on token_logprobs' output.
+        `old_logp` None is on-policy (the sweep's own log-probs are the old ones)."""
+        return None
+
 
 @dataclass
 class GRPO(PolicyLoss):
@@ -134,6 +144,24 @@ class GRPO(PolicyLoss):
                                   self.clip_c)
 
 
+    def fused_head(self, old_logp, adv, seq_ids, num_tokens, *, num_seqs=None,
+                   rollout_logp=None, temperature=1.0):
+        """aster.kernels.fused_policy_loss: log-probs, loss and its gradients w.r.t. hidden
+        states and lm_head weight in one sweep (3 lm_head matmuls instead of 4)."""
+        if not self.fused:
+            return None
+
+        def head(hidden, weight, labels):
+            return kernels.fused_policy_loss(
+                hidden, weight, labels, old_logp, adv, torch.ones_like(labels, dtype=torch.bool),
+                num_tokens=num_tokens, clip_low=self.clip_low, clip_high=self.clip_high,
+                clip_c=self.clip_c, temperature=temperature,
+                rollout_logp=rollout_logp if self.tis_cap is not None else None,
+                tis_cap=self.tis_cap, return_logp=True, impl=self.kernel_impl)
+
+        return head
+
+
 @dataclass
 class DrGRPO(GRPO):
     """Dr. GRPO (Liu et al. 2025, arXiv 2503.20783): GRPO's per-token loss summed and divided
@@ -152,9 +180,27 @@ class DrGRPO(GRPO):
         # metrics stay per token
         loss, metrics = super().__call__(logp, old_logp, adv, mask, seq_ids, num_tokens,
                                          rollout_logp=rollout_logp)
-        scale = max(float(num_tokens), 1.0) / (max(float(num_seqs), 1.0)
-                                               * self.max_response_tokens)
-        return loss * scale, metrics
+        return loss * self._scale(num_tokens, num_seqs), metrics
+
+    def _scale(self, num_tokens, num_seqs) -> float:
+        return max(float(num_tokens), 1.0) / (max(float(num_seqs), 1.0)
+                                              * self.max_response_tokens)
+
+    def fused_head(self, old_logp, adv, seq_ids, num_tokens, *, num_seqs=None,
+                   rollout_logp=None, temperature=1.0):
+        head = super().fused_head(old_logp, adv, seq_ids, num_tokens, rollout_logp=rollout_logp,
+                                  temperature=temperature)
+        if head is None:
+            return None
+        if num_seqs is None:
+            raise ValueError("dr_grpo needs num_seqs, the mini batch's global sequence count")
+        scale = self._scale(num_tokens, num_seqs)
+
+        def scaled(hidden, weight, labels):
+            loss, metrics, logp = head(hidden, weight, labels)
+            return loss * scale, metrics, logp
+
+        return scaled
 
 
 @dataclass

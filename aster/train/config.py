@@ -96,7 +96,13 @@ class RLConfig:
     group_size: int = 8  # G samples per prompt
     mini_batch_prompts: int = 64  # 128 / 64 = 2 updates per step
     ppo_epochs: int = 1
-    micro_batch_size: int = 4  # trajectories per forward
+    # micro batches by token budget: prompt + response tokens per forward (per rank), whole
+    # trajectories packed until the next would pass it (one longer than the budget runs alone).
+    # The public reproduction's ppo_max_token_len_per_gpu: 4 x (2048 + 16384) in stage 1,
+    # 2 x (2048 + 30720) = 65536 in stage 2
+    max_tokens_per_micro_batch: int = 65536
+    # packed rows (no padding; position ids restart per trajectory); false: right-padded rows
+    packing: bool = True
     lr: float = 1e-6
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -115,7 +121,10 @@ class RLConfig:
     # sample: the Bessel-corrected group std, as verl and TRL; population: divide by G
     adv_std: Literal["sample", "population"] = "sample"
     adv_eps: float = 1e-6
-    old_logp: Literal["recompute", "rollout"] = "recompute"
+    # old log-probs: recompute (a no-grad forward before the updates), rollout (the engine's),
+    # auto (recompute, except when a step makes exactly one optimizer update on its fresh
+    # rollouts: then the old policy is the current one and the update's forward gives them)
+    old_logp: Literal["auto", "recompute", "rollout"] = "auto"
     tis_cap: float | None = None  # truncated importance sampling cap; None: off
     stage1: RLStageConfig = field(default_factory=lambda: RLStageConfig(max_response_tokens=16384))
     stage2: RLStageConfig = field(default_factory=lambda: RLStageConfig(
@@ -131,8 +140,8 @@ class RLConfig:
             raise ValueError(f"rl.dump_rollouts_dir={self.dump_rollouts_dir!r} and "
                              f"rl.replay_rollouts_dir={self.replay_rollouts_dir!r}: set one")
         _positive("rl", self, "prompts_per_step", "group_size", "mini_batch_prompts",
-                  "ppo_epochs", "micro_batch_size", "lr", "max_grad_norm", "clip_c", "tis_cap",
-                  "adv_eps")
+                  "ppo_epochs", "max_tokens_per_micro_batch", "lr", "max_grad_norm", "clip_c",
+                  "tis_cap", "adv_eps")
         _at_least("rl", self, 0, "weight_decay", "warmup_steps", "kl_coef", "entropy_coef")
         from aster.algo.losses import KL_ESTIMATORS, LOSSES
 

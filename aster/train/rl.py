@@ -1,15 +1,14 @@
-"""GRPO: one step is rollouts -> rewards -> group advantages -> old (and reference) log-probs ->
-ppo_epochs x mini batches x micro batches of the objective rl.loss names (aster.algo.losses;
-normalised by the mini batch's global counts) -> optimizer step -> weights pushed to the
-rollout engine. A stage is a sequence of such steps over a prompt set; `aster train` runs
+"""GRPO: one step is rollouts -> rewards -> group advantages -> the balanced plan (trajectories
+to ranks and token-budget micro batches, aster.train.rl_batches) -> old (and reference)
+log-probs -> ppo_epochs x mini batches x micro batches of the objective rl.loss names
+(aster.algo.losses; normalised by the mini batch's global counts) -> optimizer step -> weights
+pushed to the rollout engine. A stage is a sequence of such steps over a prompt set; `aster train` runs
 stage 1, the all-correct filter, then stage 2."""
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import math
 import time
 import zlib
 
@@ -17,22 +16,20 @@ import torch
 
 from aster.algo import (
     Penalties,
-    build_micro_batch,
     build_objective,
     gather_tokens,
     group_advantages,
     micro_batch_loss,
     mini_batch_counts,
-    mini_batches,
     policy_logprobs,
     shard_for_rank,
-    split_indices,
-    token_advantages,
 )
+from aster.algo.packing import use_packing
 from aster.metrics import CollapseMonitor
 from aster.train.checkpoint import save_checkpoint
 from aster.train.common import build_optimizer, build_scheduler
 from aster.train.replay import finish_step, step_rollouts
+from aster.train.rl_batches import micro_batches, plan_step, to_origin
 from aster.train.rollouts import push_weights, trajectory_stats
 from aster.train.sft import _resume
 
@@ -63,6 +60,7 @@ def prepare_stage(ctx, stage_cfg) -> None:
     ctx.objective = build_objective(rl, kernel_impl=ctx.backend.kernel_impl,
                                     max_response_tokens=stage_cfg.max_response_tokens)
     ctx.penalties = Penalties.from_config(rl)
+    use_packing(rl.packing, ctx.backend, "rl.packing")  # logs what the attention does
     ctx.ref_policy = None
     if rl.kl_coef:
         from aster.train.reference import build_reference_policy
@@ -70,91 +68,116 @@ def prepare_stage(ctx, stage_cfg) -> None:
         ctx.ref_policy = build_reference_policy(ctx)
 
 
-def micro_batches(ctx, trajs, indices: list[int]) -> list:
-    """The micro batches over trajectories `indices`, in order, as (their indices, build)
-    pairs; build() makes the MicroBatch (padded ids on the device) when its turn comes. The
-    one place micro batches are formed: rl.micro_batch_size whole trajectories each (a
-    sequence-level objective needs each trajectory's tokens in one micro batch)."""
-    chunks = split_indices(len(indices), ctx.cfg.rl.micro_batch_size)
-    return [(idx, functools.partial(_micro, ctx, trajs, idx))
-            for idx in ([indices[c] for c in chunk] for chunk in chunks)]
-
-
-def _micro(ctx, trajs, idx):
-    pad = ctx.tokenizer.pad_token_id or 0
-    return build_micro_batch([trajs[i].prompt_ids for i in idx],
-                             [trajs[i].response_ids for i in idx],
-                             [trajs[i].loss_mask for i in idx], pad, ctx.backend.device())
-
-
-def old_logprobs(ctx, trajs, temperature: float, with_entropy: bool, policy=None):
-    """Per-trajectory log-probs of the trained tokens under `policy` (default: the current
-    policy; ctx.ref_policy for the KL penalty), no grad, and the mean entropy over them."""
+def old_logprobs(ctx, plan, temperature: float, with_entropy: bool, policy=None):
+    """{key: [response_len] log-probs of the trained tokens (0 where masked)} of this rank's
+    planned trajectories under `policy` (default: the current policy; ctx.ref_policy for the
+    KL penalty), no grad, over the plan's micro batches; and with `with_entropy` the mean
+    entropy over every rank's trained tokens (a collective), else None."""
     policy = ctx.policy if policy is None else policy
-    out, ent_sum, n = [None] * len(trajs), 0.0, 0
+    out: dict = {}
+    ent = torch.zeros(2, dtype=torch.float64)
     with torch.no_grad():
-        for idx, build in micro_batches(ctx, trajs, list(range(len(trajs)))):
-            mb = build()
-            res = policy_logprobs(policy, mb, temperature, return_entropy=with_entropy)
-            logp, ent = res if with_entropy else (res, None)
-            for k, i in enumerate(idx):
-                out[i] = _scatter(logp, mb, k, len(trajs[i].loss_mask))
-            if ent is not None:
-                ent_sum, n = ent_sum + float(ent.sum()), n + ent.numel()
-    return out, (ent_sum / n if n else None)
+        for mini in plan.minis:
+            for keys, build in micro_batches(ctx, plan, mini):
+                mb = build()
+                res = policy_logprobs(policy, mb, temperature, return_entropy=with_entropy)
+                logp, entropy = res if with_entropy else (res, None)
+                _store(out, logp, mb, keys, plan)
+                if entropy is not None:
+                    ent += torch.tensor([float(entropy.double().sum()), entropy.numel()],
+                                        dtype=torch.float64)
+    if not with_entropy:
+        return out, None
+    ent = ctx.all_reduce_sum(ent)
+    return out, (float(ent[0] / ent[1]) if ent[1] else None)
 
 
-def _scatter(flat, mb, k, width):
-    """Trajectory k's trained-token values as a [response_len] tensor (0 where masked)."""
-    vals = torch.zeros(width)
-    sel = (mb.traj_of_token == k).cpu()
-    vals[mb.resp_index.cpu()[sel]] = flat.detach().float().cpu()[sel]
-    return vals
+def trajectory_logprobs(ctx, trajs, temperature: float, policy=None) -> list:
+    """Per-trajectory log-probs of this rank's `trajs` (in their order) under `policy`,
+    computed on the balanced plan (a collective: every rank calls it with its trajectories)."""
+    plan = plan_step(ctx, trajs, torch.zeros(len(trajs)))
+    logp, _ = old_logprobs(ctx, plan, temperature, False, policy=policy)
+    return to_origin(ctx, plan, logp)
 
 
-def policy_update(ctx, trajs, adv_tokens, old_lp, where, last_good, ref_lp=None):
-    """ppo_epochs x mini batches x micro batches of ctx.objective (+ ctx.penalties); one
-    optimizer step per mini batch through ctx.updater (the stage's optimizer and schedule under
-    the parallel strategy, built by `_resume`). `ref_lp`: the reference policy's per-trajectory
-    log-probs (rl.kl_coef > 0). Returns the loss, grad norm and every metric the objective
-    reports, averaged over the updates (`*_max` metrics: the maximum)."""
+def _store(out: dict, flat, mb, keys, plan) -> None:
+    """Each trajectory's trained-token values of a micro batch as a [response_len] tensor (0
+    where masked) under its key. The flat tokens come in trajectory order."""
+    flat = flat.detach().float().cpu()
+    counts = torch.bincount(mb.traj_of_token.cpu(), minlength=len(keys)).tolist()
+    index = mb.resp_index.cpu()
+    start = 0
+    for key, count in zip(keys, counts):
+        vals = torch.zeros(len(plan.samples[key].loss_mask))
+        vals[index[start:start + count]] = flat[start:start + count]
+        out[key] = vals
+        start += count
+
+
+def policy_update(ctx, plan, old_lp, where, last_good, ref_lp=None):
+    """ppo_epochs x the plan's mini batches x their micro batches of ctx.objective
+    (+ ctx.penalties); one optimizer step per mini batch through ctx.updater (the stage's
+    optimizer and schedule under the parallel strategy, built by `_resume`). `old_lp`: the old
+    policy's log-probs by key, or None on-policy (exactly one update: the update's own
+    log-probs, detached, are the old ones). `ref_lp`: the reference policy's (rl.kl_coef > 0).
+    Returns (the loss, grad norm and every metric the objective reports, averaged over the
+    updates, `*_max` the maximum; the log-probs the first epoch computed, by key, when
+    on-policy, else None)."""
     rl, updater = ctx.cfg.rl, ctx.updater
     temperature = ctx.cfg.rollout.temperature or 1.0
-    rollout_lp = [torch.as_tensor(t.rollout_logprobs, dtype=torch.float32) for t in trajs] \
-        if ctx.objective.tis_cap is not None else None
-    masks = [t.loss_mask for t in trajs]
-    n_mini = rl.prompts_per_step // rl.mini_batch_prompts
-    local_groups = len(trajs) // rl.group_size
-    stats, updates = {}, 0
+    samples = plan.samples
+    if old_lp is None and len(plan.minis) * rl.ppo_epochs != 1:
+        raise ValueError(f"on-policy old log-probs need exactly one update per step; this one "
+                         f"makes {len(plan.minis) * rl.ppo_epochs}")
+    rollout_lp = {k: torch.as_tensor(s.rollout_logprobs, dtype=torch.float32)
+                  for k, s in samples.items()} if ctx.objective.tis_cap is not None else None
+    masks = {k: s.loss_mask for k, s in samples.items()}
+    adv_tokens = {k: torch.as_tensor(s.loss_mask, dtype=torch.float32) * s.adv
+                  for k, s in samples.items()}
+    stats, updates, seen = {}, 0, ({} if old_lp is None else None)
     for _ in range(rl.ppo_epochs):
-        for mini in mini_batches(len(trajs), rl.group_size, max(1, math.ceil(local_groups / n_mini))):
-            counts = mini_batch_counts(masks, mini, ctx.all_reduce_sum)
+        for mini in plan.minis:
+            counts = mini_batch_counts(masks, [k for micro in mini for k in micro],
+                                       ctx.all_reduce_sum)
             sums: dict = {}
-            for idx, build in updater.accumulate(micro_batches(ctx, trajs, mini)):
+            for keys, build in updater.accumulate(micro_batches(ctx, plan, mini)):
                 mb = build()
-                loss, m = _micro_loss(ctx, mb, idx, counts, temperature, old_lp, adv_tokens,
-                                      rollout_lp, ref_lp)
+                loss, m, logp = _micro_loss(ctx, mb, keys, counts, temperature, old_lp,
+                                            adv_tokens, rollout_lp, ref_lp)
                 updater.backward(loss)
+                if seen is not None:
+                    _store(seen, logp, mb, keys, plan)
                 _accumulate(sums, {"loss": loss.detach(), **m})
             reduced = reduce_metrics(ctx, sums)
             reduced["grad_norm"] = updater.step(reduced["loss"], where, last_good)
             _accumulate(stats, reduced)
             updates += 1
-    return {k: v if k.endswith("_max") else v / max(1, updates) for k, v in stats.items()}
+    return {k: v if k.endswith("_max") else v / max(1, updates) for k, v in stats.items()}, seen
 
 
-def _micro_loss(ctx, mb, idx, counts, temperature, old_lp, adv_tokens, rollout_lp, ref_lp):
-    """One micro batch's forward and loss (objective + penalties), normalised globally."""
-    penalties = ctx.penalties
+def _micro_loss(ctx, mb, keys, counts, temperature, old_lp, adv_tokens, rollout_lp, ref_lp):
+    """One micro batch's forward and loss (objective + penalties), normalised globally:
+    (loss, metrics, detached log-probs). Without penalties an objective with a fused form
+    (grpo) computes its loss and gradients in the log-prob sweep itself (3 lm_head matmuls,
+    not 4)."""
+    penalties, objective = ctx.penalties, ctx.objective
+    old = gather_tokens(old_lp, mb, keys) if old_lp is not None else None
+    adv = gather_tokens(adv_tokens, mb, keys)
+    rollout = gather_tokens(rollout_lp, mb, keys) if rollout_lp is not None else None
+    head = None if penalties.active else objective.fused_head(
+        old, adv, mb.traj_of_token, counts.tokens, num_seqs=counts.seqs, rollout_logp=rollout,
+        temperature=temperature)
+    if head is not None:
+        return policy_logprobs(ctx.policy, mb, temperature, head=head)
     res = policy_logprobs(ctx.policy, mb, temperature,
                           return_entropy=bool(penalties.entropy_coef))
     logp, entropy = res if penalties.entropy_coef else (res, None)
-    return micro_batch_loss(
-        ctx.objective, logp, gather_tokens(old_lp, mb, idx), gather_tokens(adv_tokens, mb, idx),
-        mb.traj_of_token, counts, penalties=penalties,
-        rollout_logp=gather_tokens(rollout_lp, mb, idx) if rollout_lp is not None else None,
-        ref_logp=gather_tokens(ref_lp, mb, idx) if ref_lp is not None else None,
+    loss, metrics = micro_batch_loss(
+        objective, logp, logp.detach() if old is None else old, adv, mb.traj_of_token, counts,
+        penalties=penalties, rollout_logp=rollout,
+        ref_logp=gather_tokens(ref_lp, mb, keys) if ref_lp is not None else None,
         entropy=entropy)
+    return loss, metrics, logp.detach()
 
 
 def _accumulate(acc: dict, metrics: dict) -> None:
@@ -186,31 +209,47 @@ def reduce_metrics(ctx, sums: dict) -> dict:
     return out
 
 
-def learn_from_rollouts(ctx, trajs, where: str, last_good) -> dict:
-    """Everything a GRPO step does after its rollouts, on this rank's trajectories: group
-    advantages, old log-probs (recomputed, or the rollout's with rl.old_logp=rollout), the
-    reference policy's log-probs (rl.kl_coef > 0), the policy update. Returns
-    {"adv": GroupAdvantages, "old_lp", "metrics": the update's and the phases' times}."""
+def skip_old_logp(rl) -> bool:
+    """rl.old_logp=auto skips the no-grad old-policy forward when a step makes exactly one
+    optimizer update on its fresh rollouts (one mini batch, one PPO epoch): the old policy is
+    then the current one, the ratio is 1 by construction and the update's forward gives the
+    old log-probs (detached)."""
+    return rl.old_logp == "auto" and rl.ppo_epochs == 1 \
+        and rl.mini_batch_prompts == rl.prompts_per_step
+
+
+def learn_from_rollouts(ctx, trajs, where: str, last_good, keep_old_lp: bool = True) -> dict:
+    """Everything a GRPO step does after its rollouts, from this rank's trajectories: group
+    advantages, the balanced plan (trajectories moved to the ranks and micro batches that
+    train them), old log-probs (recomputed; the rollout's with rl.old_logp=rollout; the
+    update's own when rl.old_logp=auto skips the recompute), the reference policy's log-probs
+    (rl.kl_coef > 0), the policy update. Returns {"adv": GroupAdvantages, "old_lp": this
+    rank's trajectories' old log-probs in their order (None unless keep_old_lp), "metrics":
+    the update's, the plan's and the phases' times}."""
     rl = ctx.cfg.rl
     t0 = time.perf_counter()
     adv = group_advantages([float(t.reward) for t in trajs], rl.group_size,
                            std_norm=rl.adv_std_norm, eps=rl.adv_eps, std=rl.adv_std)
-    adv_tokens = token_advantages(adv.adv, [t.loss_mask for t in trajs])
+    plan = plan_step(ctx, trajs, adv.adv)
     temperature = ctx.cfg.rollout.temperature or 1.0
-    if rl.old_logp == "recompute":
-        old_lp, entropy = old_logprobs(ctx, trajs, temperature, with_entropy=True)
+    entropy = None
+    if rl.old_logp == "rollout":
+        old_lp = {k: torch.as_tensor(s.rollout_logprobs, dtype=torch.float32)
+                  for k, s in plan.samples.items()}
+    elif skip_old_logp(rl):
+        old_lp = None
     else:
-        old_lp = [torch.as_tensor(t.rollout_logprobs, dtype=torch.float32) for t in trajs]
-        entropy = None
+        old_lp, entropy = old_logprobs(ctx, plan, temperature, with_entropy=True)
     ref_lp = None
     if getattr(ctx, "ref_policy", None) is not None:
-        ref_lp, _ = old_logprobs(ctx, trajs, temperature, False, policy=ctx.ref_policy)
+        ref_lp, _ = old_logprobs(ctx, plan, temperature, False, policy=ctx.ref_policy)
     t_old = time.perf_counter()
-    upd = policy_update(ctx, trajs, adv_tokens, old_lp, where, last_good, ref_lp)
+    upd, seen = policy_update(ctx, plan, old_lp, where, last_good, ref_lp)
     t_update = time.perf_counter()
-    return {"adv": adv, "old_lp": old_lp,
-            "metrics": {**upd, "entropy": entropy, "time_old_logp_s": t_old - t0,
-                        "time_update_s": t_update - t_old}}
+    old_lp = old_lp if old_lp is not None else seen
+    return {"adv": adv, "old_lp": to_origin(ctx, plan, old_lp) if keep_old_lp else None,
+            "metrics": {**upd, **plan.stats, "entropy": entropy,
+                        "time_old_logp_s": t_old - t0, "time_update_s": t_update - t_old}}
 
 
 def rl_step(ctx, engine, prompts, stage: str, stage_cfg, step: int,
@@ -225,7 +264,8 @@ def rl_step(ctx, engine, prompts, stage: str, stage_cfg, step: int,
                                                stage_cfg.max_response_tokens, seed)
     t_roll = time.perf_counter()
     lr = ctx.updater.lr
-    learned = learn_from_rollouts(ctx, trajs, f"{stage} step {step + 1}", last_good)
+    learned = learn_from_rollouts(ctx, trajs, f"{stage} step {step + 1}", last_good,
+                                  keep_old_lp=trace is not None)
     t_train = time.perf_counter()
     push_weights(ctx, engine)
     t_sync = time.perf_counter()

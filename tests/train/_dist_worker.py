@@ -70,8 +70,15 @@ def overrides(strategy: str, out: Path) -> list[str]:
             f"distributed.deepspeed_config={extra}"]
 
 
+# population std (advantages +-1): the scale these split-invariance checks were calibrated at.
+# At rl.lr=1e-2 AdamW's near-sign step turns summation-order noise in tiny gradient elements
+# into 1e-2 weight moves; the sample std's +-0.707 put more elements there and pushed the 2nd
+# epoch's loss 2e-5 (rel) apart under ddp. The std is per group, computed the same on every
+# rank: nothing distributed depends on the convention. Micro batches of up to 40 tokens: one
+# to three of the 11-26-token trajectories packed per forward.
 RL = ["rl.prompts_per_step=4", "rl.mini_batch_prompts=4", "rl.group_size=2", "rl.ppo_epochs=2",
-      "rl.micro_batch_size=1", "rl.lr=1e-2", "rl.old_logp=recompute"]
+      "rl.max_tokens_per_micro_batch=40", "rl.lr=1e-2", "rl.old_logp=recompute",
+      "rl.adv_std=population"]
 # the same update with a sequence-level objective (its normaliser counts sequences on every
 # rank), the KL penalty to a frozen reference policy (sharded like the policy) and the entropy
 # bonus: <strategy>/rl-kl/
@@ -101,14 +108,14 @@ def run_rl(strategy, backend, rank, world, out, model_dir, extra=()):
     """One GRPO policy update (one mini batch holding every prompt, 2 PPO epochs = 2 optimizer
     steps) on this rank's prompts: the global batch is the same for every world size. A
     configuration aster refuses writes {"refused": its message}."""
-    from aster.algo import group_advantages, shard_for_rank, token_advantages
+    from aster.algo import shard_for_rank
     from aster.config import load_config
     from aster.errors import AsterUserError
     from aster.metrics import MetricsWriter
     from aster.train.common import build_optimizer, build_scheduler
     from aster.train.parallel import full_state_dict
     from aster.train.pipeline import make_context
-    from aster.train.rl import old_logprobs, policy_update, prepare_stage
+    from aster.train.rl import learn_from_rollouts, prepare_stage
     from aster.train.sft import _resume
 
     out.mkdir(parents=True, exist_ok=True)
@@ -127,17 +134,9 @@ def run_rl(strategy, backend, rank, world, out, model_dir, extra=()):
     everything = trajectories(ctx.hf_model.config.vocab_size)
     mine = [everything[2 * p + g] for p in shard_for_rank(list(range(4)), rank, world)
             for g in range(2)]
-    # population std (advantages +-1): the scale these split-invariance checks were calibrated
-    # at. At rl.lr=1e-2 AdamW's near-sign step turns summation-order noise in tiny gradient
-    # elements into 1e-2 weight moves; the sample std's +-0.707 put more elements there and
-    # pushed the 2nd epoch's loss 2e-5 (rel) apart under ddp. The std is per group, computed
-    # the same on every rank: nothing distributed depends on the convention.
-    adv = group_advantages([t.reward for t in mine], 2, std="population")
-    adv_tokens = token_advantages(adv.adv, [t.loss_mask for t in mine])
-    old_lp, _ = old_logprobs(ctx, mine, 1.0, with_entropy=False)
-    ref_lp = old_logprobs(ctx, mine, 1.0, False, policy=ctx.ref_policy)[0] \
-        if ctx.ref_policy is not None else None
-    stats = policy_update(ctx, mine, adv_tokens, old_lp, "rl", None, ref_lp)
+    # advantages, the balanced plan (trajectories may train on the other rank), old and
+    # reference log-probs, 2 PPO epochs
+    stats = learn_from_rollouts(ctx, mine, "rl", None)["metrics"]
     weights = full_state_dict(ctx.policy)
     if rank == 0:
         torch.save(weights, out / "weights.pt")

@@ -12,8 +12,9 @@ objects, so this is the NCCL/HCCL failure on a CPU-only box.
 Rank work (FSDP2, the default with more than one rank), every collective family the trainer
 issues: the run-directory broadcast (prepare_run_dir), 2 SFT steps over a global batch of 8
 (run_sft: token counts, FSDP2 gathers and reduce-scatters, checkpoint RNG gathering), a
-checkpoint reload, then one GRPO step of 8 prompts x 2 samples in 2 mini batches (old log-probs,
-policy_update), the rollout metrics (trajectory_stats), the per-prompt records
+checkpoint reload, then one GRPO step of 8 prompts x 2 samples in 2 mini batches
+(learn_from_rollouts: the balanced plan's length all-reduce and trajectory all_to_all, old
+log-probs, policy_update), the rollout metrics (trajectory_stats), the per-prompt records
 (all_gather_object) and the replay record's token quantities. Rank 0 writes result.json and
 weights.pt to OUT_DIR/ranks; the single-process reference (strategy none, the same global
 batches) writes them to OUT_DIR/reference.
@@ -35,7 +36,7 @@ PROMPTS, GROUP, MINI = 8, 2, 4  # 2 mini batches; on 4 ranks 1 prompt per rank p
 OVERRIDES = ["sft.epochs=1", "sft.global_batch_size=8", "sft.micro_batch_size=1",
              "sft.warmup_ratio=0", "sft.lr=1e-2", "logging.tensorboard=false",
              f"rl.prompts_per_step={PROMPTS}", f"rl.mini_batch_prompts={MINI}",
-             f"rl.group_size={GROUP}", "rl.ppo_epochs=1", "rl.micro_batch_size=1",
+             f"rl.group_size={GROUP}", "rl.ppo_epochs=1", "rl.max_tokens_per_micro_batch=32",
              "rl.lr=1e-2", "checkpoint.keep_last=1"]
 
 
@@ -90,7 +91,6 @@ def reference_order(world: int) -> list[int]:
 def run(backend, rank: int, world: int, out: Path, model_dir: str, prompts: list[int]) -> None:
     """SFT, checkpoint reload and a GRPO step on this rank's `prompts` (indices into
     trajectories()); the collectives listed in the module docstring."""
-    from aster.algo import group_advantages, token_advantages
     from aster.config import load_config
     from aster.metrics import MetricsWriter, read_metrics
     from aster.train.checkpoint import latest_checkpoint, load_checkpoint
@@ -98,7 +98,7 @@ def run(backend, rank: int, world: int, out: Path, model_dir: str, prompts: list
     from aster.train.parallel import full_state_dict
     from aster.train.pipeline import make_context, prepare_run_dir
     from aster.train.replay import _token_quantities
-    from aster.train.rl import _append_records, old_logprobs, policy_update, prepare_stage
+    from aster.train.rl import _append_records, learn_from_rollouts, prepare_stage
     from aster.train.rollouts import trajectory_stats
     from aster.train.sft import _resume, encode_dataset, run_sft
 
@@ -119,12 +119,9 @@ def run(backend, rank: int, world: int, out: Path, model_dir: str, prompts: list
     prepare_stage(ctx, cfg.rl.stage1)  # the stage's objective (rl.loss) on ctx
     everything = trajectories(ctx.hf_model.config.vocab_size)
     mine = [everything[GROUP * p + g] for p in prompts for g in range(GROUP)]
-    adv = group_advantages([t.reward for t in mine], GROUP)
-    adv_tokens = token_advantages(adv.adv, [t.loss_mask for t in mine])
-    old_lp, _ = old_logprobs(ctx, mine, 1.0, with_entropy=False)
-    stats = policy_update(ctx, mine, adv_tokens, old_lp, "rl", None)
-    stats.update(trajectory_stats(ctx, mine))
-    quantities = _token_quantities(ctx, mine, adv.adv, old_lp)
+    learned = learn_from_rollouts(ctx, mine, "rl", None)  # the balanced plan's exchange too
+    stats = {**learned["metrics"], **trajectory_stats(ctx, mine)}
+    quantities = _token_quantities(ctx, mine, learned["adv"].adv, learned["old_lp"])
     records = [{"prompt": p, "epoch": 0, "step": 1} for p in prompts]
     _append_records(ctx, run_dir / "rollouts" / "rl.jsonl", records)
     weights = full_state_dict(ctx.policy)

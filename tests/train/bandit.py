@@ -22,9 +22,9 @@ PROMPTS = [[1, 2], [1, 3], [1, 4], [1, 5]]
 TARGETS = [6, 7, 5, 4]  # prompt i is rewarded for answering TARGETS[i]
 GROUP = 16
 # 4 prompts x 16 samples per step in 2 mini batches (the second sees ratios != 1), micro
-# batches of 8, no grad-norm clipping in the way of a 1-token task
+# batches of 24 tokens (8 trajectories of 3), no grad-norm clipping in the way of a 1-token task
 CONFIG = ["rl.prompts_per_step=4", "rl.mini_batch_prompts=2", f"rl.group_size={GROUP}",
-          "rl.micro_batch_size=8", "rl.ppo_epochs=1", "rl.lr=0.02", "rl.weight_decay=0",
+          "rl.max_tokens_per_micro_batch=24", "rl.ppo_epochs=1", "rl.lr=0.02", "rl.weight_decay=0",
           "rl.max_grad_norm=100", "rl.stage1.max_response_tokens=1", "rollout.temperature=1.0",
           "distributed.strategy=none"]
 

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.cuda
 BF16_SFT = ["model.dtype=bfloat16", "sft.epochs=1", "sft.global_batch_size=4",
             "sft.micro_batch_size=2", "sft.warmup_ratio=0", "sft.lr=1e-6",
             "logging.tensorboard=false", "rl.lr=1e-6", "rl.group_size=2",
-            "rl.prompts_per_step=4", "rl.mini_batch_prompts=2", "rl.micro_batch_size=2"]
+            "rl.prompts_per_step=4", "rl.mini_batch_prompts=2",
+            "rl.max_tokens_per_micro_batch=64"]
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +82,9 @@ def _masters(ctx) -> dict:
 @pytest.mark.parametrize("strategy", ["none", "deepspeed"])
 def test_bf16_sft_and_grpo_steps_keep_fp32_masters(nccl_backend, tiny_model_dir, tmp_path,
                                                    strategy):
-    from aster.algo import group_advantages, token_advantages
     from aster.metrics import read_metrics
     from aster.train.common import build_optimizer, build_scheduler
-    from aster.train.rl import old_logprobs, policy_update
+    from aster.train.rl import learn_from_rollouts, prepare_stage
     from aster.train.rollouts import engine_weights
     from aster.train.sft import _resume, encode_dataset, run_sft
 
@@ -101,13 +101,13 @@ def test_bf16_sft_and_grpo_steps_keep_fp32_masters(nccl_backend, tiny_model_dir,
     ctx = _context(nccl_backend, tiny_model_dir, tmp_path / "rl", strategy)  # a stage's own
     optimizer = build_optimizer(ctx.policy, ctx.cfg.rl.lr, 0.0)
     _resume(ctx, "rl", optimizer, build_scheduler(optimizer, 10, 0, "constant"))
+    prepare_stage(ctx, ctx.cfg.rl.stage1)  # the objective (rl.loss) and penalties on ctx
     before = _masters(ctx)
     trajs = trajectories(ctx.hf_model.config.vocab_size)
-    adv = group_advantages([t.reward for t in trajs], 2)
-    old_lp, _ = old_logprobs(ctx, trajs, 1.0, with_entropy=False)
     t0 = time.perf_counter()
-    stats = policy_update(ctx, trajs, token_advantages(adv.adv, [t.loss_mask for t in trajs]),
-                          old_lp, "rl", None)
+    # advantages, the plan (packed micro batches: flash-attn varlen where it is installed), old
+    # log-probs, 2 updates through the fused GRPO head
+    stats = learn_from_rollouts(ctx, trajs, "rl", None)["metrics"]
     torch.cuda.synchronize()
     rl_s = time.perf_counter() - t0
     after = _masters(ctx)

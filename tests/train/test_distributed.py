@@ -84,8 +84,11 @@ def test_two_process_grpo_update_matches_single_process(runs, strategy):
     assert ref["clip_frac_upper"] > 0 and ref["clip_frac_lower"] > 0  # the 2nd epoch clips
     for key in ("loss", "grad_norm", "approx_kl"):
         assert got[key] == pytest.approx(ref[key], rel=1e-5), key
+    # clipped-token counts over the global count: equal counts (one token in ~150 would be
+    # 0.7% apart); the last fp32 bit depends on how the plan grouped the micro batches, which
+    # differs between one and two ranks
     for key in ("clip_frac_upper", "clip_frac_lower"):
-        assert got[key] == ref[key], key
+        assert got[key] == pytest.approx(ref[key], rel=1e-6), key
     diff = max_abs_diff(w1, w2)
     assert diff < 1e-4
 

@@ -120,10 +120,10 @@ def test_zero_coefficients_cost_nothing(monkeypatch):
     monkeypatch.setattr(reference, "build_reference_policy", no_reference)
     asked, real = [], rl.policy_logprobs
 
-    def recorded(policy, mb, temperature, return_entropy=False):
+    def recorded(policy, mb, temperature, return_entropy=False, head=None):
         if torch.is_grad_enabled():  # the update's forward (old log-probs run under no_grad)
             asked.append(return_entropy)
-        return real(policy, mb, temperature, return_entropy)
+        return real(policy, mb, temperature, return_entropy, head=head)
 
     monkeypatch.setattr(rl, "policy_logprobs", recorded)
     model = tiny_policy()
