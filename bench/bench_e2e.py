@@ -1,7 +1,8 @@
 """End-to-end section of bench/throughput.py: one full GRPO step through the real trainer.
 
 `aster.train.rl.rl_step` as `aster rl` runs it: rollouts through the agent loop and the real
-sandbox -> rewards -> group advantages -> old log-probs -> clipped-loss update -> weights
+sandbox -> rewards -> group advantages -> the balanced plan -> old log-probs (skipped: one
+update per step, rl.old_logp=auto) -> clipped-loss update on packed micro batches -> weights
 pushed to the rollout engine. Reported per step: the time split rollout (of which tools) /
 old log-probs / update / weight sync, tokens/s, MFU of the training phases where the
 backend's peak is known, peak memory; next to a baseline where only the policy differs: a
@@ -58,6 +59,23 @@ class FullLogitsPolicy(torch.nn.Module):
         return logp, -(logp_all.exp() * logp_all).sum(-1)
 
 
+class LogpObjective:
+    """The stage's objective run on the policy's log-probs only (no fused head: a plain
+    forward has no hidden states to hand it), for the baseline step."""
+
+    def __init__(self, objective):
+        self.objective = objective
+
+    def __getattr__(self, name):
+        return getattr(self.objective, name)
+
+    def __call__(self, *args, **kwargs):
+        return self.objective(*args, **kwargs)
+
+    def fused_head(self, *args, **kwargs):
+        return None
+
+
 def _sizes(backend, quick: bool) -> dict:
     if backend.device_type == "cpu":
         return dict(prompts=2, group=4, think=16, calls=2) if quick else \
@@ -71,7 +89,9 @@ def _config(backend, quick: bool, sizes: dict):
 
     name = os.environ.get("ASTER_BENCH_MODEL") or "tiny"
     overrides = [f"rl.prompts_per_step={sizes['prompts']}", f"rl.group_size={sizes['group']}",
-                 f"rl.mini_batch_prompts={sizes['prompts']}", "rl.max_tokens_per_micro_batch=4096",
+                 f"rl.mini_batch_prompts={sizes['prompts']}",
+                 "rl.max_tokens_per_micro_batch="
+                 + ("4096" if backend.device_type == "cpu" else "16384"),
                  "rl.ppo_epochs=1", "rollout.max_concurrency=256",
                  "rollout.engine=" + ("hf" if backend.device_type == "cpu" else "auto"),
                  f"rollout.max_tool_calls={sizes['calls'] + 1}",
@@ -107,7 +127,9 @@ def _row(label: str, m: dict, n_params: int, peak) -> dict:
     train_s = m["time_old_logp_s"] + m["time_update_s"]
     step_s = m["time_rollout_s"] + train_s + m["time_weight_sync_s"]
     tokens = m["tokens"]
-    flops = 8 * n_params * tokens  # old log-probs forward (2) + update forward/backward (6)
+    # update forward/backward (6) + the old log-probs forward (2) unless rl.old_logp=auto
+    # skipped it (one update per step: no entropy measured then)
+    flops = (8 if m.get("entropy") is not None else 6) * n_params * tokens
     # step_tokens, not tokens: lengths vary slightly with sampling, and throughput.py's
     # --compare matches rows on `tokens`
     return {"workload": label, "trajectories": m["trajectories"], "step_tokens": tokens,
@@ -137,9 +159,10 @@ def _steps(ctx, engine_for, prompts, cfg, backend) -> list[tuple[str, dict]]:
     policies = [("warm-up", ctx.policy), ("grpo step, aster kernels", ctx.policy),
                 ("grpo step, baseline (full logits)",
                  FullLogitsPolicy(ctx.hf_model, ctx.compute_dtype))]
-    out = []
+    out, objective = [], ctx.objective
     for step, (label, policy) in enumerate(policies):
         ctx.policy = policy
+        ctx.objective = LogpObjective(objective) if "baseline" in label else objective
         _reset_peak(backend)
         backend.synchronize()
         metrics, _ = rl_step(ctx, engine_for(step), prompts, "rl_stage1", stage_cfg, step, None)
@@ -148,6 +171,7 @@ def _steps(ctx, engine_for, prompts, cfg, backend) -> list[tuple[str, dict]]:
                                                              + metrics["time_train_s"]))
         out.append((label, metrics))
     ctx.policy = PolicyForward(ctx.hf_model, backend.kernel_impl, ctx.compute_dtype)
+    ctx.objective = objective
     return out[1:]
 
 
@@ -192,7 +216,9 @@ def run(backend, quick: bool) -> dict:
              "an answer (ToolDenseEngine); one warm-up step before the measured ones",
              "step_s = rollout (generation, tools, rewards) + old log-probs + update + weight "
              "sync; tools_s is the sandbox's busy time inside the rollout",
-             "train_mfu: 8 * params * tokens / (old log-probs + update) / backend peak",
+             "train_mfu: (6 + 2 when the old log-probs ran) * params * tokens / (old "
+             "log-probs + update) / backend peak; one mini batch per step: rl.old_logp=auto "
+             "skips the old log-probs pass",
              "baseline: the same step with a plain transformers forward ([B, T, V] logits) "
              "as the policy; rollout, tools and sync are shared code",
              "the tiny model's vocabulary (1024) makes full logits cheap on CPU; aster's "

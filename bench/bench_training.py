@@ -1,5 +1,7 @@
 """Training section of bench/throughput.py: one GRPO update and one SFT step, tokens/s, MFU,
-peak memory, aster's fused log-prob path next to a plain transformers forward.
+peak memory, aster's fused log-prob path next to a plain transformers forward; then an RL
+update on long-tailed lengths, packed vs padded, and the 8-rank balance (bench/rl_lengths.py:
+the section's rl_real_token_fraction, rl_packed_speedup, rl_rank_imbalance_8).
 
 The baseline computes log-probs the usual way (full [B, T, V] logits, log_softmax, gather);
 aster's path runs the trunk, then aster.kernels.token_logprobs on the trained positions only.
@@ -14,6 +16,8 @@ import argparse
 import time
 
 import torch
+
+import rl_lengths  # bench/ is on sys.path when throughput.py loads a section
 
 from aster import kernels
 from aster.algo.loss import PolicyForward, build_micro_batch, policy_logprobs
@@ -126,6 +130,8 @@ def run(backend, quick: bool) -> dict:
                      "mfu": flops / seconds / peak if peak else None, "peak_mem_gib": mem})
     for aster_row, base_row in ((rows[0], rows[1]), (rows[2], rows[3])):
         aster_row["speedup_vs_baseline"] = base_row["step_s"] / aster_row["step_s"]
+    del model, opt
+    lengths = rl_lengths.run(backend, quick)  # packed vs padded on long-tailed lengths
     notes = [f"model {shape}; batch {batch} x ({prompt} prompt + {response} response) tokens",
              "sft step: token-mean NLL of the response tokens; grpo: old log-probs (no-grad "
              "forward) then the clipped token-mean loss update, timed apart",
@@ -133,8 +139,9 @@ def run(backend, quick: bool) -> dict:
              "MFU: (6 + 2 for GRPO's old log-probs) * params * tokens / time / backend peak "
              "(n/a where the peak is unknown)",
              "peak memory on CPU is the process's max RSS (monotone; rows after the first "
-             "can only show the high-water mark)"]
-    return {"section": "training", "rows": rows, "notes": notes}
+             "can only show the high-water mark)", *lengths["notes"]]
+    return {"section": "training", "rows": rows + lengths["rows"], **lengths["figures"],
+            "notes": notes}
 
 
 if __name__ == "__main__":
@@ -148,3 +155,6 @@ if __name__ == "__main__":
     result = run(select_backend(args.device), args.quick)
     for row in result["rows"]:
         print(row)
+    for key, value in result.items():
+        if key.startswith("rl_"):
+            print(f"{key}: {value:.4g}")

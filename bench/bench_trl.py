@@ -6,14 +6,15 @@ each at temperature 1 (the random tiny model rarely stops early), rendered with 
 chat template and aster's tool system prompt (TRL gets the rendered text, so both prefill the
 same tokens), a binary outcome reward (aster.reward.score), token-mean clipped loss with
 clip-higher (TRL: loss_type="dapo", epsilon 0.2 / epsilon_high 0.28, beta 0: no reference
-model), one optimizer step per generation over micro batches of `micro` completions, torch
+model), one optimizer step per generation (TRL over micro batches of `micro` completions,
+aster over packed micro batches under the tiny config's rl.max_tokens_per_micro_batch), torch
 threads fixed. One warm-up step each, then the measured step; aster's step is the trainer's
 own `rl_step` (rollouts through the agent loop, rewards, advantages, old log-probs, update,
 weight sync), TRL's is `Trainer.train` over one step (generation, rewards, update).
 
-Differences that remain: aster recomputes old log-probs (TRL skips them when a generation
-feeds exactly one optimizer step), and aster's rollouts run through the agent loop with a
-sandbox pool open (no tool is called here).
+Both skip the old log-probs pass (one optimizer step per generation: TRL by construction,
+aster with rl.old_logp=auto). What remains different: aster's rollouts run through the agent
+loop with a sandbox pool open (no tool is called here).
 
     python bench/bench_trl.py [--quick]     # or: python bench/throughput.py --sections trl
 """
@@ -53,8 +54,7 @@ def _aster_step(model_dir: str, sizes: dict, workdir: Path) -> tuple[float, dict
     backend = select_backend("cpu")
     cfg = load_config("tiny", [
         f"rl.prompts_per_step={sizes['prompts']}", f"rl.group_size={sizes['group']}",
-        f"rl.mini_batch_prompts={sizes['prompts']}", f"rl.micro_batch_size={sizes['micro']}",
-        "rl.ppo_epochs=1", "rl.clip_low=0.2", "rl.clip_high=0.28", "rollout.engine=hf",
+        f"rl.mini_batch_prompts={sizes['prompts']}", "rl.ppo_epochs=1", "rl.clip_low=0.2", "rl.clip_high=0.28", "rollout.engine=hf",
         f"rollout.max_concurrency={sizes['prompts'] * sizes['group']}",
         f"rollout.max_response_tokens={sizes['tokens']}", "rollout.temperature=1.0",
         "distributed.strategy=none", "logging.tensorboard=false", "run.seed=0"])
@@ -166,9 +166,11 @@ def run(backend=None, quick: bool = True) -> dict:
     rows = [{"workload": work, "aster_step_s": aster_s, "trl_step_s": trl_s,
              "trl_over_aster": trl_s / aster_s,
              **{f"aster_{k.removeprefix('time_')}": v for k, v in split.items()}}]
-    notes = [f"trl {version('trl')}, tiny model, torch threads {THREADS}, "
-             f"micro batches of {sizes['micro']}; {os.cpu_count()} CPU cores shared with "
-             "other work", "trl_over_aster > 1: aster's step is that many times faster"]
+    budget = load_config("tiny", []).rl.max_tokens_per_micro_batch
+    notes = [f"trl {version('trl')}, tiny model, torch threads {THREADS}, TRL micro batches "
+             f"of {sizes['micro']} completions, aster's packed under {budget} tokens; "
+             f"{os.cpu_count()} CPU cores shared with other work",
+             "trl_over_aster > 1: aster's step is that many times faster"]
     return {"section": "trl", "rows": rows, "notes": notes}
 
 

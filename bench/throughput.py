@@ -123,6 +123,10 @@ def run_sections(device: str, sections: list[str], quick: bool) -> dict:
         record["sections"][name] = result
         print(f"\n== {name} ({result['wall_s']:.1f} s)")
         print(format_table(result.get("rows", [])))
+        for key, value in result.items():  # a section's own figures (training: rl_*)
+            if key not in ("section", "rows", "notes", "wall_s") and \
+                    isinstance(value, (int, float)):
+                print(f"  {key}: {value:.4g}")
         for note in result.get("notes", []):
             print(f"  note: {note}")
     return record
