@@ -15,9 +15,8 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
-
 import rl_lengths  # bench/ is on sys.path when throughput.py loads a section
+import torch
 
 from aster import kernels
 from aster.algo.loss import PolicyForward, build_micro_batch, policy_logprobs
@@ -130,7 +129,6 @@ def run(backend, quick: bool) -> dict:
                      "mfu": flops / seconds / peak if peak else None, "peak_mem_gib": mem})
     for aster_row, base_row in ((rows[0], rows[1]), (rows[2], rows[3])):
         aster_row["speedup_vs_baseline"] = base_row["step_s"] / aster_row["step_s"]
-    del model, opt
     lengths = rl_lengths.run(backend, quick)  # packed vs padded on long-tailed lengths
     notes = [f"model {shape}; batch {batch} x ({prompt} prompt + {response} response) tokens",
              "sft step: token-mean NLL of the response tokens; grpo: old log-probs (no-grad "

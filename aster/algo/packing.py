@@ -1,10 +1,10 @@
 """Token rows for a forward pass, packed or right-padded: the one place SFT and RL build them.
 
 Packed: every sequence of a micro batch in one row, position ids restarting at 0 per sequence,
-no attention mask. The model's attention splits the row on the position-id resets: flash-attn
-varlen (CUDA) and the NPU fusion attention's TND layout (Ascend) via transformers' flash
-integration, a block-diagonal causal mask that transformers' mask utilities build from the
-resets for sdpa / eager (CPU). No padding token is computed.
+no attention mask. The model's attention splits the row on the position-id resets: varlen
+attention where the backend has it (transformers' flash integration: the backends' README
+rows say which kernel), else a block-diagonal causal mask that transformers' mask utilities
+build from the resets for sdpa / eager. No padding token is computed.
 
 Padded: one row per sequence, right-padded to the longest, with an attention mask.
 

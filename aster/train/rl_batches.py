@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from aster.algo import build_micro_batch, mini_batches
-from aster.algo.balance import imbalance, plan_micro_batches
+from aster.algo.balance import plan_micro_batches
 
 
 @dataclass
@@ -149,7 +149,3 @@ def _build(ctx, plan: StepPlan, keys: list[int]):
                              [s.loss_mask for s in samples], ctx.tokenizer.pad_token_id or 0,
                              ctx.backend.device(), packed=ctx.cfg.rl.packing)
 
-
-def plan_imbalance(lengths: list[int], world_size: int, budget: int) -> float:
-    """max / mean tokens per rank when `lengths` are planned over `world_size` ranks."""
-    return imbalance(plan_micro_batches(lengths, world_size, budget), lengths)
