@@ -20,6 +20,7 @@ import torch
 
 from aster import kernels
 from aster.algo.loss import PolicyForward, build_micro_batch, policy_logprobs
+from aster.algo.losses import GRPO
 
 
 def _model(backend, quick: bool):
@@ -65,10 +66,14 @@ def _sft_update(model, mb, use_aster: bool, _old=None) -> None:
 
 
 def _grpo_update(model, mb, use_aster: bool, old) -> None:
-    logp = _logp(model, mb, use_aster)
-    adv = torch.linspace(-1, 1, logp.numel(), device=logp.device)
-    loss, _ = kernels.clipped_policy_loss(logp, old - 0.01, adv, torch.ones_like(logp),
-                                          num_tokens=logp.numel())
+    adv = torch.linspace(-1, 1, mb.num_tokens, device=mb.labels.device)
+    if use_aster:  # the trainer's update: the grpo objective's fused head (3 lm_head matmuls)
+        head = GRPO().fused_head(old - 0.01, adv, mb.traj_of_token, mb.num_tokens)
+        loss, _, _ = policy_logprobs(PolicyForward(model), mb, 1.0, head=head)
+    else:
+        logp = _baseline_logp(model, mb)
+        loss, _ = kernels.clipped_policy_loss(logp, old - 0.01, adv, torch.ones_like(logp),
+                                              num_tokens=logp.numel())
     loss.backward()
 
 
@@ -132,7 +137,9 @@ def run(backend, quick: bool) -> dict:
     lengths = rl_lengths.run(backend, quick)  # packed vs padded on long-tailed lengths
     notes = [f"model {shape}; batch {batch} x ({prompt} prompt + {response} response) tokens",
              "sft step: token-mean NLL of the response tokens; grpo: old log-probs (no-grad "
-             "forward) then the clipped token-mean loss update, timed apart",
+             "forward) then the clipped token-mean loss update, timed apart; aster's update "
+             "is the grpo objective's fused head (aster.kernels.fused_policy_loss), the "
+             "baseline's the clipped loss on full-logits log-probs",
              "rollout, tools and weight sync of a GRPO step: see the e2e section",
              "MFU: (6 + 2 for GRPO's old log-probs) * params * tokens / time / backend peak "
              "(n/a where the peak is unknown)",
