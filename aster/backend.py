@@ -184,7 +184,8 @@ class Backend(ABC):
     # ---- model-side choices ---------------------------------------------------------------
     @abstractmethod
     def attn_implementation(self, packed: bool = False) -> str:
-        """The `attn_implementation` to ask transformers for."""
+        """The `attn_implementation` to ask transformers for; `packed`: for a model that may
+        get packed rows (several sequences per row, position ids restarting at each)."""
 
     def supports_dtype(self, dtype: torch.dtype) -> bool:
         return dtype != torch.bfloat16 or self.capabilities.bf16

@@ -48,7 +48,7 @@ def _aster_step(model_dir: str, sizes: dict, workdir: Path) -> tuple[float, dict
     from aster.train.common import build_optimizer, build_scheduler, build_updater
     from aster.train.config import RLStageConfig
     from aster.train.pipeline import make_context
-    from aster.train.rl import rl_step
+    from aster.train.rl import prepare_stage, rl_step
     from aster.train.rollouts import make_engine, push_weights
 
     backend = select_backend("cpu")
@@ -65,6 +65,7 @@ def _aster_step(model_dir: str, sizes: dict, workdir: Path) -> tuple[float, dict
                                 cfg.rl.max_grad_norm)
     push_weights(ctx, engine)
     stage_cfg = RLStageConfig(max_response_tokens=sizes["tokens"])
+    prepare_stage(ctx, stage_cfg)  # the objective rl.loss names, as run_rl_stage does
     prompts = _prompts(sizes["prompts"])
     try:
         with SandboxPool(cfg.sandbox) as pool:

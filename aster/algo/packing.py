@@ -1,10 +1,11 @@
 """Token rows for a forward pass, packed or right-padded: the one place SFT and RL build them.
 
 Packed: every sequence of a micro batch in one row, position ids restarting at 0 per sequence,
-no attention mask. The model's attention splits the row on the position-id resets: varlen
-attention where the backend has it (transformers' flash integration: the backends' README
-rows say which kernel), else a block-diagonal causal mask that transformers' mask utilities
-build from the resets for sdpa / eager. No padding token is computed.
+no attention mask. The model's attention splits the row on the position-id resets: the
+backend's varlen attention (`attn_implementation(packed=True)`: transformers' flash
+integration, or the CPU backend's per-sequence sdpa), else, for an attention implementation
+without it (sdpa, eager), a block-diagonal causal mask that transformers' mask utilities build
+from the resets. No padding token is computed.
 
 Padded: one row per sequence, right-padded to the longest, with an attention mask.
 
@@ -87,8 +88,8 @@ def build_rows(seqs: Sequence[Sequence[int]], masks: Sequence[Sequence[int]], *,
 def use_packing(enabled: bool, backend, key: str) -> bool:
     """`key` (sft.packing, rl.packing): varlen attention where the backend has it; elsewhere
     the attention implementation (sdpa, eager) gets a block-diagonal causal mask that
-    transformers builds from the position-id resets (correct, with a dense [T, T] mask per
-    pack, so its cost grows with the square of the pack: keep packs to a few sequences)."""
+    transformers builds from the position-id resets (correct, but a dense [T, T] mask per
+    pack: its cost grows with the square of the pack, so keep such packs small)."""
     if enabled and not backend.capabilities.packed_attention:
         log.info("%s on --device %s: a block-diagonal attention mask per pack (no varlen "
                  "attention here)", key, backend.name)

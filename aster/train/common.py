@@ -38,7 +38,8 @@ def load_policy(path: str, model_cfg, backend):
                              "for the tiny model")
     compute_dtype(model_cfg.dtype, backend)  # a dtype the device lacks fails before loading
     attn = model_cfg.attn_implementation
-    attn = backend.attn_implementation() if attn == "auto" else attn
+    # packed=True: the trainers may pack sequences into rows (sft.packing, rl.packing)
+    attn = backend.attn_implementation(packed=True) if attn == "auto" else attn
     model = AutoModelForCausalLM.from_pretrained(path, dtype=MASTER_DTYPE,
                                                  attn_implementation=attn)
     model = backend.prepare_model(model, fused_ops=model_cfg.fused_ops).to(backend.device())

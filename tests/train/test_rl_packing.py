@@ -1,9 +1,9 @@
 """The GRPO step's forwards on packed token-budget micro batches (real transformers Qwen3, CPU).
 
-- Packed rows (one row, position ids restarting per trajectory: transformers' block-diagonal
-  mask for sdpa) and right-padded rows give the same old log-probs, losses, metrics and
-  gradients, whatever the token budget splits the batch into: every normaliser is the mini
-  batch's global count.
+- Packed rows (one row, position ids restarting per trajectory: the CPU backend's varlen sdpa,
+  or transformers' block-diagonal mask under plain sdpa) and right-padded rows give the same
+  old log-probs, losses, metrics and gradients, whatever the token budget splits the batch
+  into: every normaliser is the mini batch's global count.
 - rl.old_logp=auto skips the old-policy forward when a step makes exactly one update on its
   fresh rollouts, and the step's result (loss, metrics, gradients, weights, the old log-probs it
   reports) is the recomputing step's; with two updates it recomputes.
@@ -113,12 +113,14 @@ def padded_one_per_micro(tiny_model_dir, tmp_path_factory):
     return run_step(ctx, trajectories(ctx.hf_model.config.vocab_size))
 
 
-@pytest.mark.parametrize("packing,budget", [(True, 1), (True, 96), (True, 100000),
-                                            (False, 100000)])
+@pytest.mark.parametrize("packing,budget,attn", [
+    (True, 1, "auto"), (True, 96, "auto"), (True, 100000, "auto"), (False, 100000, "auto"),
+    (True, 100000, "sdpa")])  # sdpa: transformers' block-diagonal mask, not the CPU varlen
 def test_packed_and_padded_give_the_same_step(tiny_model_dir, tmp_path, padded_one_per_micro,
-                                              packing, budget):
+                                              packing, budget, attn):
     ctx = rl_context(tiny_model_dir, tmp_path, f"rl.packing={str(packing).lower()}",
-                     f"rl.max_tokens_per_micro_batch={budget}")
+                     f"rl.max_tokens_per_micro_batch={budget}",
+                     f"model.attn_implementation={attn}")
     got = run_step(ctx, trajectories(ctx.hf_model.config.vocab_size))
     want = padded_one_per_micro
     assert want["metrics"]["clip_frac_upper"] + want["metrics"]["clip_frac_lower"] > 0

@@ -1,6 +1,6 @@
 """SFT on CPU: sequence packing gives the same per-token log-probs (hence per-sequence loss) and
 gradients as padded batches (position ids restart per sequence, no attention across sequences:
-transformers builds a block-diagonal mask for sdpa from the position-id resets); bf16 trains."""
+the CPU backend's varlen sdpa splits the row on the resets); bf16 trains."""
 
 import math
 
