@@ -301,29 +301,31 @@ def _random_packs(vocab: int, tokens: int, seq_len: int):
 
 def step_sft_qwen3_4b(work: Path) -> dict:
     """The SFT path (PolicyForward + aster's kernels + sft_micro_loss + AdamW step) on one
-    16K-token pack of 8 sequences, with the model built the way load_policy builds one
-    (model.dtype=bfloat16 through resolve_dtype, the backend's attention, gradient
-    checkpointing as configs/qwen3-4b.yaml sets it), from random weights."""
+    16K-token pack of 8 sequences, with the model built the way load_policy builds one (fp32
+    master weights and AdamW state, model.dtype=bfloat16 as the compute dtype under autocast,
+    the backend's attention, gradient checkpointing as configs/qwen3-4b.yaml sets it), from
+    random weights. One GPU, strategy none: 16 bytes per parameter before activations."""
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from aster.algo.loss import PolicyForward
-    from aster.train.common import build_optimizer, optimizer_step, resolve_dtype
+    from aster.train.common import build_optimizer, optimizer_step
+    from aster.train.precision import MASTER_DTYPE, compute_dtype
     from aster.train.sft import collate_packed, count_trained, sft_micro_loss
 
     be = _backend()
     shape, tokens, seq_len = (TOY, 512, 128) if SMOKE else (QWEN3_4B, 16384, 2048)
-    dtype = resolve_dtype("bfloat16", be)
+    dtype = compute_dtype("bfloat16", be)
     cfg = Qwen3Config(**shape, attn_implementation=be.attn_implementation(packed=True))
     t0 = time.perf_counter()
     with torch.device(be.device()):
-        model = Qwen3ForCausalLM(cfg).to(dtype)
+        model = Qwen3ForCausalLM(cfg).to(MASTER_DTYPE)
     model = be.prepare_model(model).to(be.device())
     model.gradient_checkpointing_enable()
     model.train()
     params = sum(p.numel() for p in model.parameters())
     build_s = time.perf_counter() - t0
-    policy = PolicyForward(model)
+    policy = PolicyForward(model, be.kernel_impl, dtype)
     optimizer = build_optimizer(model, 3e-5, 0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     packs = _random_packs(shape["vocab_size"], tokens, seq_len)
