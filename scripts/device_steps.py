@@ -184,9 +184,9 @@ def step_kernel_parity(work: Path) -> dict:
 
 
 def step_kernel_tflops(work: Path) -> dict:
-    """fwd+bwd of token_logprobs credited with the 3 lm_head matmuls (6*N*H*V FLOPs; the
-    fused paths do 4, recomputing the logits in the backward), next to cuBLAS doing exactly
-    those 3 matmuls in bf16 and to the chunked kernels."""
+    """fwd+bwd of token_logprobs credited with the 3 lm_head matmuls (6*N*H*V FLOPs; these
+    paths do 4, recomputing the logits in the backward), of fused_policy_loss (the GRPO loss
+    and both gradients in one sweep: 3), next to cuBLAS doing exactly those 3 matmuls in bf16."""
     import torch
 
     from aster import kernels
@@ -210,8 +210,23 @@ def step_kernel_tflops(work: Path) -> dict:
             logits.t() @ hidden  # grad_weight = dlogits^T @ hidden
             del logits
 
+    # the GRPO update's fast path: loss + both gradients in one sweep (3 lm_head matmuls)
+    old_logp = torch.full((n,), -float(torch.log(torch.tensor(float(v)))), device=labels.device)
+    adv = torch.linspace(-1.0, 1.0, n, device=labels.device)
+    mask = torch.ones(n, device=labels.device)
+
+    def fused_loss(impl):
+        def run():
+            hidden.grad = weight.grad = None
+            loss, _ = kernels.fused_policy_loss(hidden, weight, labels, old_logp, adv, mask,
+                                                num_tokens=n, impl=impl)
+            loss.backward()
+        return run
+
     rows = {}
     for name, fn in (("triton", fused("triton")), ("chunked", fused("chunked")),
+                     ("fused_loss_triton", fused_loss("triton")),
+                     ("fused_loss_chunked", fused_loss("chunked")),
                      ("cublas_3_matmuls", cublas)):
         if not SMOKE:
             torch.cuda.empty_cache()
