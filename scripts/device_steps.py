@@ -265,7 +265,9 @@ def step_nccl(work: Path) -> dict:
         port = s.getsockname()[1]
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     be.set_device()
-    dist.init_process_group(backend=be.dist_backend, rank=0, world_size=1)
+    # the group exactly as the trainer makes it (Backend.process_group_backend: the
+    # collective for device tensors, gloo for the trainers' CPU counters and objects)
+    dist.init_process_group(backend=be.process_group_backend(), rank=0, world_size=1)
     checks = {}
     try:
         t = torch.full((4,), 3.0, device=be.device())
@@ -284,7 +286,7 @@ def step_nccl(work: Path) -> dict:
     finally:
         dist.destroy_process_group()
     ok = all(v is True for v in checks.values())
-    summary = f"{be.dist_backend}: " + "; ".join(
+    summary = f"{be.process_group_backend()}: " + "; ".join(
         f"{k} {'ok' if v is True else ('WRONG' if v is False else v)}" for k, v in checks.items())
     return {"status": "ok" if ok else "fail", "summary": summary, "details": checks}
 

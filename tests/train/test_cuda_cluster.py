@@ -84,7 +84,7 @@ def test_bf16_sft_and_grpo_steps_keep_fp32_masters(nccl_backend, tiny_model_dir,
     from aster.algo import group_advantages, token_advantages
     from aster.metrics import read_metrics
     from aster.train.common import build_optimizer, build_scheduler
-    from aster.train.rl import old_logprobs, policy_update
+    from aster.train.rl import old_logprobs, policy_update, prepare_stage
     from aster.train.rollouts import engine_weights
     from aster.train.sft import _resume, encode_dataset, run_sft
 
@@ -101,6 +101,7 @@ def test_bf16_sft_and_grpo_steps_keep_fp32_masters(nccl_backend, tiny_model_dir,
     ctx = _context(nccl_backend, tiny_model_dir, tmp_path / "rl", strategy)  # a stage's own
     optimizer = build_optimizer(ctx.policy, ctx.cfg.rl.lr, 0.0)
     _resume(ctx, "rl", optimizer, build_scheduler(optimizer, 10, 0, "constant"))
+    prepare_stage(ctx, ctx.cfg.rl.stage1)  # the stage's objective (rl.loss) on ctx
     before = _masters(ctx)
     trajs = trajectories(ctx.hf_model.config.vocab_size)
     adv = group_advantages([t.reward for t in trajs], 2)
