@@ -40,7 +40,7 @@ STEPS = (
                               "GPU (those not cuda-marked: cuda_tests ran those)"),
     Step("kernel_parity", 90, "Triton vs chunked fp32 token_logprobs (values, entropy, grads), "
                               "N=4096 H=2560 V=151936, fp32 and bf16 inputs"),
-    Step("kernel_tflops", 120, "fused log-prob fwd+bwd TFLOP/s, N=16384 H=2560 V=151936 bf16, "
+    Step("kernel_tflops", 180, "fused log-prob fwd+bwd TFLOP/s, N=16384 H=2560 V=151936 bf16, "
                                "next to cuBLAS's three lm_head matmuls and chunked"),
     Step("nccl", 90, "1-process NCCL group through aster's collectives (GPU tensor average, "
                      "the trainers' CPU float64 counters)"),

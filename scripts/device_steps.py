@@ -184,9 +184,9 @@ def step_kernel_parity(work: Path) -> dict:
 
 
 def step_kernel_tflops(work: Path) -> dict:
-    """fwd+bwd of token_logprobs credited with the 3 lm_head matmuls (6*N*H*V FLOPs; the
-    fused paths do 4, recomputing the logits in the backward), next to cuBLAS doing exactly
-    those 3 matmuls in bf16 and to the chunked kernels."""
+    """fwd+bwd of token_logprobs credited with the 3 lm_head matmuls (6*N*H*V FLOPs; these
+    paths do 4, recomputing the logits in the backward), of fused_policy_loss (the GRPO loss
+    and both gradients in one sweep: 3), next to cuBLAS doing exactly those 3 matmuls in bf16."""
     import torch
 
     from aster import kernels
@@ -210,8 +210,23 @@ def step_kernel_tflops(work: Path) -> dict:
             logits.t() @ hidden  # grad_weight = dlogits^T @ hidden
             del logits
 
+    # the GRPO update's fast path: loss + both gradients in one sweep (3 lm_head matmuls)
+    old_logp = torch.full((n,), -float(torch.log(torch.tensor(float(v)))), device=labels.device)
+    adv = torch.linspace(-1.0, 1.0, n, device=labels.device)
+    mask = torch.ones(n, device=labels.device)
+
+    def fused_loss(impl):
+        def run():
+            hidden.grad = weight.grad = None
+            loss, _ = kernels.fused_policy_loss(hidden, weight, labels, old_logp, adv, mask,
+                                                num_tokens=n, impl=impl)
+            loss.backward()
+        return run
+
     rows = {}
     for name, fn in (("triton", fused("triton")), ("chunked", fused("chunked")),
+                     ("fused_loss_triton", fused_loss("triton")),
+                     ("fused_loss_chunked", fused_loss("chunked")),
                      ("cublas_3_matmuls", cublas)):
         if not SMOKE:
             torch.cuda.empty_cache()
@@ -250,7 +265,9 @@ def step_nccl(work: Path) -> dict:
         port = s.getsockname()[1]
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     be.set_device()
-    dist.init_process_group(backend=be.dist_backend, rank=0, world_size=1)
+    # the group exactly as the trainer makes it (Backend.process_group_backend: the
+    # collective for device tensors, gloo for the trainers' CPU counters and objects)
+    dist.init_process_group(backend=be.process_group_backend(), rank=0, world_size=1)
     checks = {}
     try:
         t = torch.full((4,), 3.0, device=be.device())
@@ -269,7 +286,7 @@ def step_nccl(work: Path) -> dict:
     finally:
         dist.destroy_process_group()
     ok = all(v is True for v in checks.values())
-    summary = f"{be.dist_backend}: " + "; ".join(
+    summary = f"{be.process_group_backend()}: " + "; ".join(
         f"{k} {'ok' if v is True else ('WRONG' if v is False else v)}" for k, v in checks.items())
     return {"status": "ok" if ok else "fail", "summary": summary, "details": checks}
 
@@ -301,29 +318,31 @@ def _random_packs(vocab: int, tokens: int, seq_len: int):
 
 def step_sft_qwen3_4b(work: Path) -> dict:
     """The SFT path (PolicyForward + aster's kernels + sft_micro_loss + AdamW step) on one
-    16K-token pack of 8 sequences, with the model built the way load_policy builds one
-    (model.dtype=bfloat16 through resolve_dtype, the backend's attention, gradient
-    checkpointing as configs/qwen3-4b.yaml sets it), from random weights."""
+    16K-token pack of 8 sequences, with the model built the way load_policy builds one (fp32
+    master weights and AdamW state, model.dtype=bfloat16 as the compute dtype under autocast,
+    the backend's attention, gradient checkpointing as configs/qwen3-4b.yaml sets it), from
+    random weights. One GPU, strategy none: 16 bytes per parameter before activations."""
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from aster.algo.loss import PolicyForward
-    from aster.train.common import build_optimizer, optimizer_step, resolve_dtype
+    from aster.train.common import build_optimizer, optimizer_step
+    from aster.train.precision import MASTER_DTYPE, compute_dtype
     from aster.train.sft import collate_packed, count_trained, sft_micro_loss
 
     be = _backend()
     shape, tokens, seq_len = (TOY, 512, 128) if SMOKE else (QWEN3_4B, 16384, 2048)
-    dtype = resolve_dtype("bfloat16", be)
+    dtype = compute_dtype("bfloat16", be)
     cfg = Qwen3Config(**shape, attn_implementation=be.attn_implementation(packed=True))
     t0 = time.perf_counter()
     with torch.device(be.device()):
-        model = Qwen3ForCausalLM(cfg).to(dtype)
+        model = Qwen3ForCausalLM(cfg).to(MASTER_DTYPE)
     model = be.prepare_model(model).to(be.device())
     model.gradient_checkpointing_enable()
     model.train()
     params = sum(p.numel() for p in model.parameters())
     build_s = time.perf_counter() - t0
-    policy = PolicyForward(model)
+    policy = PolicyForward(model, be.kernel_impl, dtype)
     optimizer = build_optimizer(model, 3e-5, 0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     packs = _random_packs(shape["vocab_size"], tokens, seq_len)

@@ -61,7 +61,26 @@ class CgroupTree:
             root.mkdir()
         except OSError:
             return None
-        return cls(root)
+        tree = cls(root)
+        if not tree._delegate_pids():
+            tree.remove()
+            return None
+        return tree
+
+    def _delegate_pids(self) -> bool:
+        """Give the per-worker groups a pids controller, and prove it with a probe group.
+
+        cgroup v2 gives a group's children a controller only when the group lists it in its
+        cgroup.subtree_control (v1 gives every group every controller of its hierarchy): the
+        children of a fresh v2 group have no pids.max, and writing one is EACCES."""
+        control = self.root / "cgroup.subtree_control"
+        try:
+            if control.exists():
+                control.write_text("+pids")
+            os.rmdir(self.new_group(1))
+        except OSError:
+            return False
+        return True
 
     def new_group(self, max_processes: int) -> str:
         """A fresh group allowing max_processes; its path (the zygote gets its name)."""

@@ -55,7 +55,7 @@ def loss_inputs(b, t, seed):
 
 def checksum(t: torch.Tensor, seed: int = 0) -> list[float]:
     """[sum, sum |x|, <x, fixed direction>] in float64."""
-    t = t.detach().double().reshape(-1)
+    t = t.detach().double().reshape(-1).cpu()  # results of every device, one CPU direction
     direction = torch.randn(t.numel(), generator=torch.Generator().manual_seed(seed),
                             dtype=torch.float64)
     return [t.sum().item(), t.abs().sum().item(), (t * direction).sum().item()]
