@@ -84,11 +84,7 @@ def test_bf16_sft_and_grpo_steps_keep_fp32_masters(nccl_backend, tiny_model_dir,
                                                    strategy):
     from aster.metrics import read_metrics
     from aster.train.common import build_optimizer, build_scheduler
-<<<<<<< HEAD
     from aster.train.rl import learn_from_rollouts, prepare_stage
-=======
-    from aster.train.rl import old_logprobs, policy_update, prepare_stage
->>>>>>> main
     from aster.train.rollouts import engine_weights
     from aster.train.sft import _resume, encode_dataset, run_sft
 
@@ -105,11 +101,7 @@ def test_bf16_sft_and_grpo_steps_keep_fp32_masters(nccl_backend, tiny_model_dir,
     ctx = _context(nccl_backend, tiny_model_dir, tmp_path / "rl", strategy)  # a stage's own
     optimizer = build_optimizer(ctx.policy, ctx.cfg.rl.lr, 0.0)
     _resume(ctx, "rl", optimizer, build_scheduler(optimizer, 10, 0, "constant"))
-<<<<<<< HEAD
     prepare_stage(ctx, ctx.cfg.rl.stage1)  # the objective (rl.loss) and penalties on ctx
-=======
-    prepare_stage(ctx, ctx.cfg.rl.stage1)  # the stage's objective (rl.loss) on ctx
->>>>>>> main
     before = _masters(ctx)
     trajs = trajectories(ctx.hf_model.config.vocab_size)
     t0 = time.perf_counter()
