@@ -67,9 +67,14 @@ def _sft_update(model, mb, use_aster: bool, _old=None) -> None:
 
 def _grpo_update(model, mb, use_aster: bool, old) -> None:
     adv = torch.linspace(-1, 1, mb.num_tokens, device=mb.labels.device)
-    if use_aster:  # the trainer's update: the grpo objective's fused head (3 lm_head matmuls)
-        head = GRPO().fused_head(old - 0.01, adv, mb.traj_of_token, mb.num_tokens)
-        loss, _, _ = policy_logprobs(PolicyForward(model), mb, 1.0, head=head)
+    if use_aster:  # the trainer's update: grpo's fused head where it is the faster path
+        objective, ones = GRPO(), torch.ones_like(adv)
+        head = objective.fused_head(old - 0.01, adv, mb.traj_of_token, mb.num_tokens)
+        if head is not None:
+            loss, _, _ = policy_logprobs(PolicyForward(model), mb, 1.0, head=head)
+        else:  # Triton: token_logprobs then the clipped loss (FUSED_HEAD_IMPLS says why)
+            logp = policy_logprobs(PolicyForward(model), mb, 1.0)
+            loss, _ = objective(logp, old - 0.01, adv, ones, mb.traj_of_token, mb.num_tokens)
     else:
         logp = _baseline_logp(model, mb)
         loss, _ = kernels.clipped_policy_loss(logp, old - 0.01, adv, torch.ones_like(logp),

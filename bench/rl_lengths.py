@@ -95,7 +95,12 @@ def _pass(policy, objective, trajs, micro_batches, packed: bool, device) -> int:
     for mb, lp in zip(batches, old):
         adv = torch.linspace(-1, 1, mb.num_tokens, device=device)
         head = objective.fused_head(lp - 0.01, adv, mb.traj_of_token, num_tokens)
-        loss, _, _ = policy_logprobs(policy, mb, 1.0, head=head)
+        if head is not None:
+            loss, _, _ = policy_logprobs(policy, mb, 1.0, head=head)
+        else:  # as the trainer does where the fused head is not the faster path (Triton)
+            logp = policy_logprobs(policy, mb, 1.0)
+            loss, _ = objective(logp, lp - 0.01, adv, torch.ones_like(adv), mb.traj_of_token,
+                                num_tokens)
         loss.backward()
     return computed
 

@@ -291,3 +291,16 @@ def test_zero_coefficients_add_nothing():
         Penalties(kl_coef=0.1)(logp, mask, 10.0)
     with pytest.raises(ValueError, match="entropy"):
         Penalties(entropy_coef=0.1)(logp, mask, 10.0)
+
+
+@pytest.mark.parametrize("impl,fused", [("chunked", True), ("reference", True),
+                                        ("triton", False)])
+def test_grpo_fused_head_only_where_it_is_measured_faster(impl, fused):
+    """Under Triton the one-sweep fused GRPO head is slower than Triton's token_logprobs plus
+    the clipped loss (H100, device check run 1): the update must keep them apart there."""
+    adv = torch.zeros(4)
+    for cls in (GRPO, DrGRPO):
+        head = cls(kernel_impl=impl).fused_head(None, adv, torch.zeros(4, dtype=torch.long), 4,
+                                               num_seqs=1)
+        assert (head is not None) == fused, (cls.__name__, impl)
+    assert GRPO(kernel_impl=impl, fused=False).fused_head(None, adv, None, 4) is None
