@@ -19,7 +19,20 @@ import yaml
 from aster.errors import ConfigError
 
 
+# Keys earlier versions of aster read, and what replaced them: an old config gets this instead
+# of a closest-spelling guess.
+REPLACED_KEYS = {
+    "rl.micro_batch_size": "it was replaced by rl.max_tokens_per_micro_batch (tokens per packed "
+                           "forward per rank, not trajectories; the tiny config uses 4096)",
+    "checkpoint.save_final_model": "it was removed (nothing read it): each stage always writes "
+                                   "its final model",
+    "backend.peak_tflops": "it was removed (nothing read it): MFU uses the backend's peak table",
+}
+
+
 def _suggest(name: str, valid: list[str], prefix: str) -> str:
+    if f"{prefix}{name}" in REPLACED_KEYS:
+        return f"; {REPLACED_KEYS[prefix + name]}"
     close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
     if close:
         return f"; did you mean '{prefix}{close[0]}'?"

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).parents[2]))  # run as a script: `tests` importable
+
 
 def max_abs_diff(a: dict, b: dict, rename=lambda k: k) -> float:
     """Largest |a - b| over the tensors of `a` (NaN if any difference is NaN)."""
@@ -300,10 +302,9 @@ def rank_main(rank, world, port, out_dir, model_dir, strategies):
 
 
 def main(port, out_dir, model_dir, strategies):
-    import multiprocessing as mp
-
     import aster.train.pipeline  # noqa: F401 - the imports the forked ranks inherit
     from aster.backend import select_backend
+    from tests.train.ranks import fork_ranks
 
     t0 = time.perf_counter()
     backend = select_backend("cpu", kernel_impl="chunked", engine="hf")
@@ -318,14 +319,8 @@ def main(port, out_dir, model_dir, strategies):
         import_deepspeed(select_backend("cpu"))  # imported once, inherited by the ranks
         with contextlib.suppress(ImportError):  # initialize() imports it lazily (seconds)
             importlib.import_module("deepspeed.runtime.zero.muon.muon_optimizer")
-    ctx = mp.get_context("fork")
-    ranks = [ctx.Process(target=rank_main, args=(r, 2, port, out_dir, model_dir, strategies))
-             for r in range(2)]
-    for proc in ranks:
-        proc.start()
-    for proc in ranks:
-        proc.join()
-    return max(abs(proc.exitcode) for proc in ranks)
+    code = fork_ranks(rank_main, 2, port, out_dir, model_dir, strategies)
+    return code
 
 
 if __name__ == "__main__":

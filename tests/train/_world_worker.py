@@ -153,25 +153,18 @@ def rank_main(rank, world, port, out_dir, model_dir):
 
 
 def main(port, out_dir, model_dir, world):
-    import multiprocessing as mp
-
     import aster.train.pipeline  # noqa: F401 - the imports the forked ranks inherit
     from aster.backend import select_backend
+    from tests.train.ranks import fork_ranks
 
     t0 = time.perf_counter()
     run(select_backend("cpu", kernel_impl="chunked", engine="hf"), 0, 1,
         Path(out_dir) / "reference", model_dir, reference_order(world))
     print(f"reference: {time.perf_counter() - t0:.1f}s", flush=True)
     register_ncclish()
-    ctx = mp.get_context("fork")
-    ranks = [ctx.Process(target=rank_main, args=(r, world, port, out_dir, model_dir))
-             for r in range(world)]
-    for proc in ranks:
-        proc.start()
-    for proc in ranks:
-        proc.join()
+    code = fork_ranks(rank_main, world, port, out_dir, model_dir)
     print(f"ranks: {time.perf_counter() - t0:.1f}s", flush=True)
-    return max(abs(proc.exitcode) for proc in ranks)
+    return code
 
 
 if __name__ == "__main__":

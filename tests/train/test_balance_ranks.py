@@ -8,7 +8,6 @@ The runner forks the ranks after one import (tests/train/_balance_worker.py): ~1
 """
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,22 +16,18 @@ import pytest
 import torch
 
 from tests.train._dist_worker import max_abs_diff
+from tests.train.ranks import free_port
 
 ROOT = Path(__file__).parents[2]
 PASSES = 3  # the old log-probs, then 2 PPO epochs over the one mini batch
 
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def runs(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("balance")
     proc = subprocess.run([sys.executable, str(Path(__file__).with_name("_balance_worker.py")),
-                           str(_port()), str(out), str(tiny_model_dir)],
+                           str(free_port()), str(out), str(tiny_model_dir)],
                           timeout=300, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out

@@ -15,7 +15,6 @@ strategy together on a 2-core box.
 
 import importlib.util
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,16 +23,12 @@ import pytest
 import torch
 
 from tests.train._dist_worker import max_abs_diff
+from tests.train.ranks import free_port
 
 WORKER = Path(__file__).with_name("_dist_worker.py")
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 STRATEGIES = ["ddp", "fsdp2", "deepspeed-1", "deepspeed-2", "deepspeed-3"]
 
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +36,7 @@ def runs(tiny_model_dir, tmp_path_factory):
     """Every strategy's 2-rank run and the single-process reference (one runner process)."""
     out = tmp_path_factory.mktemp("dist")
     wanted = [s for s in STRATEGIES if HAS_DEEPSPEED or not s.startswith("deepspeed")]
-    proc = subprocess.run([sys.executable, str(WORKER), str(_port()), str(out),
+    proc = subprocess.run([sys.executable, str(WORKER), str(free_port()), str(out),
                            str(tiny_model_dir), ",".join(wanted)],
                           timeout=300, capture_output=True, text=True,
                           cwd=Path(__file__).parents[2])

@@ -5,17 +5,12 @@ torchrun), and a reused one is refused on every rank with the same message."""
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.train.ranks import free_port
 
 
 def _worker(rank: int, port: int, run_dir: str, out) -> None:
@@ -52,7 +47,7 @@ def test_two_ranks_agree_on_a_fresh_then_reused_run_dir(tmp_path):
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     run_dir = str(tmp_path / "run")
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, port, run_dir, queue)) for r in range(2)]
     for p in procs:
         p.start()
@@ -96,7 +91,7 @@ def test_rank_0_work_fails_on_every_rank_with_its_one_line(tmp_path):
     the process group's timeout (distributed.timeout_s, 30 min by default)."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_on_main_worker, args=(r, port, queue)) for r in range(2)]
     for p in procs:
         p.start()

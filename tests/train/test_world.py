@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,21 +24,17 @@ import torch
 
 from aster.config import load_config
 from aster.train.world import WorldSizeError, check_world_size
+from tests.train.ranks import free_port
 
 ROOT = Path(__file__).parents[2]
 
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def four_ranks(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("world4")
     proc = subprocess.run([sys.executable, str(Path(__file__).with_name("_world_worker.py")),
-                           str(_port()), str(out), str(tiny_model_dir), "4"],
+                           str(free_port()), str(out), str(tiny_model_dir), "4"],
                           timeout=300, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
@@ -91,7 +86,7 @@ def test_three_ranks_refuse_an_uneven_batch_in_one_line(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DEVICE_BACKEND_AUTOLOAD": "0"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "3",
-         "--master_port", str(_port()), aster, "rl", "--device", "cpu", "-o", str(out),
+         "--master_port", str(free_port()), aster, "rl", "--device", "cpu", "-o", str(out),
          "rl.prompts_per_step=4", "rl.mini_batch_prompts=2"],
         timeout=120, capture_output=True, text=True, cwd=tmp_path, env=env)
     assert proc.returncode != 0
