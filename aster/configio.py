@@ -18,7 +18,6 @@ import yaml
 
 from aster.errors import ConfigError
 
-
 # Keys earlier versions of aster read, and what replaced them: an old config gets this instead
 # of a closest-spelling guess.
 REPLACED_KEYS = {

@@ -18,7 +18,7 @@ class RolloutConfig:
     max_response_tokens: int = 16384  # tool-output tokens count toward it
     max_tool_output_chars: int = 4096  # truncated head+tail beyond this
     tool_timeout_s: float = 10.0
-    max_concurrency: int = 256  # trajectories in flight at once
+    max_concurrency: int = 256  # trajectories in flight at once (the hf engine: its batch)
     max_parse_errors: int = 3  # consecutive turns with only malformed calls -> tool_parse_error
     # vLLM only
     # batched: the agent loop gathers each turn's requests into one in-process LLM.generate;

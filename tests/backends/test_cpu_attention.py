@@ -40,10 +40,36 @@ def _logp_and_grads(impl: str, packed: bool):
     return logp.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
-def test_backend_names_it_for_packed_models_only():
+def test_backend_names_it_for_training_and_engine_models():
     be = CPUBackend(kernel_impl="chunked", engine="hf")
-    assert be.attn_implementation() == "sdpa"  # the rollout engine's
+    assert be.attn_implementation() == NAME  # the rollout engine's
     assert be.attn_implementation(packed=True) == NAME and be.capabilities.packed_attention
+
+
+def test_masked_grouped_query_layers_do_not_copy_the_kv_heads(monkeypatch):
+    """transformers' sdpa repeats every KV head under a mask (the engine's left-padded decode:
+    the whole cache, every layer, every step); aster's runs sdpa with enable_gqa and gives
+    the same logits and gradients."""
+    import transformers.integrations.sdpa_attention as hf_sdpa
+
+    register()
+    ours, sdpa = _model(NAME), _model("sdpa")
+    mb = _batch(packed=False)
+    reference = sdpa(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
+    reference[mb.attention_mask.bool()].sum().backward()
+
+    def no_copy(*args, **kwargs):
+        raise AssertionError("repeat_kv was called")
+
+    monkeypatch.setattr(hf_sdpa, "repeat_kv", no_copy)
+    got = ours(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
+    got[mb.attention_mask.bool()].sum().backward()
+    valid = mb.attention_mask.bool()
+    torch.testing.assert_close(got[valid], reference[valid], rtol=0, atol=1e-5)
+    for (name, a), b in zip(ours.named_parameters(), sdpa.parameters()):
+        # the same math in another summation order: fp32 noise relative to the gradient's scale
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5,
+                                   atol=1e-6 * float(b.grad.abs().max()), msg=name)
 
 
 def test_sequence_bounds_split_on_position_resets():

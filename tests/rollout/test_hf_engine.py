@@ -116,3 +116,59 @@ def test_bad_settings(tiny_dir):
         HFEngine(tiny_dir, num_threads=0)
     with pytest.raises(ValueError, match="max_padding"):
         HFEngine(tiny_dir, max_padding=1.0)
+
+
+def _full_sequence_logprobs(model, prompt, tokens):
+    """log p(token) of each generated token from one forward over prompt + tokens (no cache)."""
+    ids = torch.tensor([prompt + tokens])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+    at = torch.arange(len(prompt) - 1, len(prompt) + len(tokens) - 1)
+    return logp[at, torch.tensor(tokens)]
+
+
+def test_decode_writes_the_cache_in_place(engine, monkeypatch):
+    """transformers' DynamicLayer concatenates the whole cache at every decode step; the
+    engine's layers must not (GrowingLayer writes in place). Left-padded rows that finish at
+    different steps (rows leave the cache) still get the log-probs of a cache-free forward."""
+    from transformers.cache_utils import DynamicLayer
+
+    def concatenating_update(*args, **kwargs):
+        raise AssertionError("DynamicLayer.update (a torch.cat of the whole cache) was called")
+
+    monkeypatch.setattr(DynamicLayer, "update", concatenating_update)
+    prompts = _prompts([30, 24, 29])
+    params = [SamplingParams(max_new_tokens=n, temperature=1.0, seed=7 + n) for n in (9, 3, 6)]
+    outs = engine.generate(prompts, params)
+    monkeypatch.undo()
+    for prompt, param, out in zip(prompts, params, outs):
+        assert len(out.token_ids) == param.max_new_tokens or out.finish_reason == "stop"
+        torch.testing.assert_close(torch.tensor(out.logprobs),
+                                   _full_sequence_logprobs(engine.model, prompt, out.token_ids),
+                                   atol=1e-4, rtol=0)
+
+
+def test_growing_layer_grows_past_its_capacity_and_selects_rows(engine):
+    """A cache sized too small doubles and keeps every token; dropping rows keeps the rest's
+    keys and values: logits equal transformers' DynamicCache step for step."""
+    from transformers import DynamicCache
+
+    from aster.rollout.hf_engine import GrowingLayer, growing_cache
+
+    model = engine.model
+    ids = torch.tensor(_prompts([12, 12, 12], seed=3))
+    ours, theirs = growing_cache(model.config, 13), DynamicCache(config=model.config)
+    assert all(isinstance(layer, GrowingLayer) for layer in ours.layers)
+    with torch.no_grad():
+        for step in range(8):
+            if step == 4:  # row 1 finished
+                keep = torch.tensor([0, 2])
+                ours.batch_select_indices(keep)
+                theirs.batch_select_indices(keep)
+                ids = ids[keep]
+            a = model(input_ids=ids, past_key_values=ours, use_cache=True).logits[:, -1]
+            b = model(input_ids=ids, past_key_values=theirs, use_cache=True).logits[:, -1]
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+            ids = a.argmax(-1, keepdim=True)
+    assert ours.get_seq_length() == theirs.get_seq_length() == 12 + 7
+    assert ours.layers[0]._k.shape[-2] >= 19  # grown from 13
