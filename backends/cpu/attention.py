@@ -8,13 +8,19 @@ Qwen3 shape (2 threads): 16 sequences of 572 tokens in one row, forward + backwa
 the mask, 0.43 s split here, 0.39 s as 16 padded rows. This is what flash-attn's varlen kernel
 does on CUDA through transformers' flash integration, done with the CPU's own kernels.
 
-The CPU backend's models (training and the hf rollout engine) load with this implementation:
-a packed row without an attention mask is split on its position-id resets; a grouped-query
-layer under a mask (left-padded decoding, right-padded rows) runs sdpa with `enable_gqa`
-instead of transformers' copy of every KV head (repeat_kv: measured on the tiny model's
-128-row decode, 37 ms vs 3.6 ms per layer call, identical output); everything else (no GQA,
-sliding-window layers) goes to transformers' sdpa unchanged. The mask builder returns no mask exactly when the attention below
-builds the structure itself (no padding mask, no sliding window), so no [T, T] mask is made.
+The CPU backend's training models load with this implementation (NAME): a packed row without
+an attention mask is split on its position-id resets; everything else (padded rows with a
+mask, sliding-window layers) goes to transformers' sdpa unchanged. The mask builder returns
+no mask exactly when the attention below builds the structure itself (no padding mask, no
+sliding window), so no [T, T] mask is made.
+
+The hf rollout engine's model loads DECODE_NAME, which also runs a grouped-query layer under a
+mask (the engine's left-padded batches) with sdpa's `enable_gqa` instead of transformers'
+copy of every KV head (repeat_kv: the whole cache, every layer, every decode step; measured
+on the tiny model's 128-row decode, 37 ms vs 3.6 ms per layer call, identical output).
+Training keeps transformers' path there: the same math in another fp32 summation order, and
+the tiny default's SFT (padded rows) is that sensitive: with it, the run of 2026-11-28
+ended SFT at 20% held-out accuracy instead of 66% (the skill's abrupt appearance moved).
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-NAME = "aster_varlen_sdpa"
+NAME = "aster_varlen_sdpa"  # training models
+DECODE_NAME = "aster_decode_sdpa"  # the hf engine's model
 
 
 def sequence_bounds(position_ids: torch.Tensor) -> list[tuple[int, int]]:
@@ -49,6 +56,21 @@ def _gqa_under_mask(module, query, attention_mask, kwargs) -> bool:
             and not kwargs.get("output_attentions", False))
 
 
+def decode_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
+                          scaling: float | None = None, is_causal: bool | None = None,
+                          **kwargs):
+    """varlen_sdpa_attention, and a grouped-query layer under a mask without repeat_kv."""
+    if _gqa_under_mask(module, query, attention_mask, kwargs):
+        # transformers' sdpa copies every KV head n_rep times (repeat_kv) whenever a mask is
+        # given: the whole KV cache, every layer, every decode step of a padded batch. torch's
+        # CPU sdpa takes the mask with enable_gqa.
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
+                                             dropout_p=dropout, scale=scaling, enable_gqa=True)
+        return out.transpose(1, 2).contiguous(), None
+    return varlen_sdpa_attention(module, query, key, value, attention_mask, dropout=dropout,
+                                 scaling=scaling, is_causal=is_causal, **kwargs)
+
+
 def varlen_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
                           scaling: float | None = None, is_causal: bool | None = None,
                           **kwargs):
@@ -57,13 +79,6 @@ def varlen_sdpa_attention(module, query, key, value, attention_mask, dropout: fl
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     position_ids = kwargs.get("position_ids")
-    if _gqa_under_mask(module, query, attention_mask, kwargs):
-        # transformers' sdpa copies every KV head n_rep times (repeat_kv) whenever a mask is
-        # given: the whole KV cache, every layer, every decode step of a padded batch. torch's
-        # CPU sdpa takes the mask with enable_gqa, bit for bit the same result.
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
-                                             dropout_p=dropout, scale=scaling, enable_gqa=True)
-        return out.transpose(1, 2).contiguous(), None
     if not _splits_itself(module, query, key, attention_mask, position_ids, is_causal, kwargs):
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       dropout=dropout, scaling=scaling, is_causal=is_causal,
@@ -87,12 +102,15 @@ def varlen_mask(*args, attention_mask=None, local_size=None, **kwargs):
     return sdpa_mask(*args, attention_mask=attention_mask, local_size=local_size, **kwargs)
 
 
-def register() -> str:
-    """Register the attention and its mask builder with transformers (idempotent); returns
-    the attn_implementation name."""
+def register(decode: bool = False) -> str:
+    """Register both attentions and their mask builder with transformers (idempotent);
+    returns the attn_implementation name for a training model, or with `decode` for the hf
+    engine's."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(NAME, varlen_sdpa_attention)
-    AttentionMaskInterface.register(NAME, varlen_mask)
-    return NAME
+    AttentionInterface.register(DECODE_NAME, decode_sdpa_attention)
+    for name in (NAME, DECODE_NAME):
+        AttentionMaskInterface.register(name, varlen_mask)
+    return DECODE_NAME if decode else NAME

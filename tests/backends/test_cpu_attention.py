@@ -11,7 +11,7 @@ import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from aster.algo import PolicyForward, build_micro_batch, policy_logprobs
-from aster.backends.cpu.attention import NAME, register, sequence_bounds
+from aster.backends.cpu.attention import DECODE_NAME, NAME, register, sequence_bounds
 from aster.backends.cpu.backend import CPUBackend
 
 LENGTHS = [(7, 1), (3, 30), (12, 5), (1, 9), (20, 20)]  # (prompt, response), odd and tiny
@@ -40,20 +40,20 @@ def _logp_and_grads(impl: str, packed: bool):
     return logp.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
-def test_backend_names_it_for_training_and_engine_models():
+def test_backend_names_them_for_training_and_engine_models():
     be = CPUBackend(kernel_impl="chunked", engine="hf")
-    assert be.attn_implementation() == NAME  # the rollout engine's
+    assert be.attn_implementation() == DECODE_NAME  # the rollout engine's
     assert be.attn_implementation(packed=True) == NAME and be.capabilities.packed_attention
 
 
 def test_masked_grouped_query_layers_do_not_copy_the_kv_heads(monkeypatch):
     """transformers' sdpa repeats every KV head under a mask (the engine's left-padded decode:
-    the whole cache, every layer, every step); aster's runs sdpa with enable_gqa and gives
-    the same logits and gradients."""
+    the whole cache, every layer, every step); the engine's attention runs sdpa with
+    enable_gqa and gives the same logits and gradients."""
     import transformers.integrations.sdpa_attention as hf_sdpa
 
     register()
-    ours, sdpa = _model(NAME), _model("sdpa")
+    ours, sdpa = _model(DECODE_NAME), _model("sdpa")
     mb = _batch(packed=False)
     reference = sdpa(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
     reference[mb.attention_mask.bool()].sum().backward()

@@ -30,7 +30,7 @@ def test_cpu_backend_satisfies_the_interface():
     for attr in INTERFACE:
         assert hasattr(be, attr), attr
     assert be.kernel_impl == "chunked" and be.engine == "hf"
-    assert be.attn_implementation() == "aster_varlen_sdpa"  # sdpa, varlen and GQA-aware
+    assert be.attn_implementation() == "aster_decode_sdpa"  # the engine's: GQA without copies
     assert isinstance(be.capabilities, Capabilities)
     assert be.device() == torch.device("cpu")
     assert be.memory_stats()["mem_peak_gib"] > 0
