@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2)
     args = parser.parse_args()
 
+    from aster.backend import select_backend
     from aster.config import load_config
     from aster.rollout.chat import encode_prompt, prompt_messages
     from aster.rollout.engine import SamplingParams
@@ -37,7 +38,9 @@ def main() -> None:
     cfg = load_config("tiny", [])
     model_dir = build_tiny_model(tempfile.mkdtemp(prefix="aster-bench-gen-") + "/m",
                                  cfg.model.tiny, seed=0)
-    model, tokenizer = load_model_and_tokenizer(model_dir)
+    # the engine's model as the trainer loads it (the CPU backend's decode attention)
+    attn = select_backend("cpu").attn_implementation()
+    model, tokenizer = load_model_and_tokenizer(model_dir, attn_implementation=attn)
     engine = HFEngine(model, max_batch_size=cfg.rollout.max_concurrency)
     prompts = [encode_prompt(tokenizer, prompt_messages(f"What is {i} * {3 * i + 7} + {i * i}?"))
                for i in range(args.prompts) for _ in range(args.group)]
