@@ -14,8 +14,7 @@ Where the time goes on CPU, and what `generate` does about it:
   cache rows repeated.
 - transformers' DynamicCache appends each decode step by concatenating the whole cache (a
   full copy of every layer's keys and values per token). The engine's cache layers hold them
-  in a buffer sized for the batch's prompt plus its longest response and write each step in
-  place (`GrowingLayer`); measured on the tiny model, 128 rows x 128 tokens at 2 threads,
+  in a buffer with room to spare and write each step in place (`GrowingLayer`); measured on the tiny model, 128 rows x 128 tokens at 2 threads,
   this and the CPU backend's GQA attention took `generate` from 10.8 s to under 4 s.
 - Requests are left-padded to the longest in their batch. `length_buckets` sorts them by
   length and starts a new batch where padding would dominate a row (more than `max_padding`
@@ -127,7 +126,9 @@ class HFEngine(Engine):
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         padded = any(len(p) < width for p in distinct)
-        cache = growing_cache(self.model.config, width + new_tokens)
+        # room for the first GROW_TOKENS new tokens; long responses grow it as they go, so a
+        # batch whose rows stop early never holds its worst case
+        cache = growing_cache(self.model.config, width + min(new_tokens, GROW_TOKENS))
         out = self.model(input_ids=ids, attention_mask=mask if padded else None,
                          position_ids=positions, past_key_values=cache, use_cache=True,
                          logits_to_keep=1)
@@ -191,6 +192,9 @@ class HFEngine(Engine):
         return token, float(logp[token])
 
 
+GROW_TOKENS = 256  # tokens a GrowingLayer adds at a time, at least
+
+
 def growing_cache(config, capacity: int):
     """A DynamicCache for `config` whose full-attention layers are GrowingLayers of
     `capacity` tokens (other layer kinds, e.g. sliding-window ones, stay transformers')."""
@@ -204,7 +208,8 @@ class GrowingLayer(DynamicLayer):
     """transformers' DynamicLayer with its keys and values in a buffer of `capacity` tokens:
     an update writes the new tokens in place and `keys` / `values` are views of the filled
     part, instead of a torch.cat that copies the whole cache every decode step. Past the
-    capacity the buffer doubles. Only what the engine uses is supported (no crop, no
+    capacity the buffer grows by a quarter (at least GROW_TOKENS): a copy every few hundred
+    steps, at most a quarter unused. Only what the engine uses is supported (no crop, no
     repeat_interleave)."""
 
     def __init__(self, capacity: int):
@@ -221,7 +226,7 @@ class GrowingLayer(DynamicLayer):
         if self._k is None:
             self._k, self._v = self._buffer(key_states), self._buffer(value_states)
         elif self._len + n > self._k.shape[-2]:
-            self.capacity = max(2 * self._k.shape[-2], self._len + n)
+            self.capacity = self._len + max(n, GROW_TOKENS, self._len // 4)
             self._k = torch.cat([self._k[..., :self._len, :], self._buffer(key_states)], -2)
             self._v = torch.cat([self._v[..., :self._len, :], self._buffer(value_states)], -2)
         self._k[..., self._len:self._len + n, :] = key_states

@@ -149,7 +149,7 @@ def test_decode_writes_the_cache_in_place(engine, monkeypatch):
 
 
 def test_growing_layer_grows_past_its_capacity_and_selects_rows(engine):
-    """A cache sized too small doubles and keeps every token; dropping rows keeps the rest's
+    """A cache sized too small grows and keeps every token; dropping rows keeps the rest's
     keys and values: logits equal transformers' DynamicCache step for step."""
     from transformers import DynamicCache
 
