@@ -191,6 +191,11 @@ def enter_view(new_root: str, pool_root: str,
     _pivot_root(".", ".")  # the old root is stacked under the new one ...
     _ok(_LIBC.umount2(b".", MNT_DETACH), "umount old root")  # ... and detached here
     os.chdir("/")
+    if staged:  # the zygote imports the preloads from them too (a venv under /tmp): a /tmp of
+        # its own holding them at their paths; each session mounts its own /tmp over it
+        mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
+        for stage, path in staged:
+            _bind_read_only(stage, _skeleton_dirs("/", path))
     mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID)
     return paths, staged
 

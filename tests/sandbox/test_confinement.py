@@ -121,6 +121,13 @@ def test_cannot_list_root_home_or_repository(pool):
         assert "# aster" in readme or "PermissionError" in readme
         return
     for path, output in outputs.items():
+        if path == "/tmp":  # a checkout under /tmp (CI): /tmp is the session's own tmpfs,
+            # holding only the 0111 directories on the way to a staged path (a venv there)
+            from aster.sandbox._confine import view_paths
+
+            on_the_way = {p.split("/")[2] for p in view_paths([]) if p.startswith("/tmp/")}
+            assert set(ast.literal_eval(output.strip())) <= on_the_way, output
+            continue
         assert any(e in output for e in DENIED), (path, output)
     assert any(e in readme for e in DENIED), readme
 
