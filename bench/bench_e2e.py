@@ -47,7 +47,9 @@ class FullLogitsPolicy(torch.nn.Module):
         self.model, self.compute_dtype = model, compute_dtype
 
     def forward(self, input_ids, attention_mask, rows, cols, labels, *, temperature=1.0,
-                return_entropy=False, position_ids=None):
+                return_entropy=False, position_ids=None, head=None):
+        if head is not None:  # LogpObjective hands out none: a plain forward has no hidden
+            raise ValueError("the full-logits baseline takes no fused head")
         with torch.autocast(input_ids.device.type, dtype=self.compute_dtype,
                             enabled=self.compute_dtype != torch.float32):
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask,
