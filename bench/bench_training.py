@@ -68,13 +68,8 @@ def _sft_update(model, mb, use_aster: bool, _old=None) -> None:
 def _grpo_update(model, mb, use_aster: bool, old) -> None:
     adv = torch.linspace(-1, 1, mb.num_tokens, device=mb.labels.device)
     if use_aster:  # the trainer's update: grpo's fused head where it is the faster path
-        objective, ones = GRPO(), torch.ones_like(adv)
-        head = objective.fused_head(old - 0.01, adv, mb.traj_of_token, mb.num_tokens)
-        if head is not None:
-            loss, _, _ = policy_logprobs(PolicyForward(model), mb, 1.0, head=head)
-        else:  # Triton: token_logprobs then the clipped loss (FUSED_HEAD_IMPLS says why)
-            logp = policy_logprobs(PolicyForward(model), mb, 1.0)
-            loss, _ = objective(logp, old - 0.01, adv, ones, mb.traj_of_token, mb.num_tokens)
+        loss = rl_lengths.objective_loss(PolicyForward(model), GRPO(), mb, old - 0.01, adv,
+                                         mb.num_tokens)
     else:
         logp = _baseline_logp(model, mb)
         loss, _ = kernels.clipped_policy_loss(logp, old - 0.01, adv, torch.ones_like(logp),
@@ -143,7 +138,9 @@ def run(backend, quick: bool) -> dict:
     notes = [f"model {shape}; batch {batch} x ({prompt} prompt + {response} response) tokens",
              "sft step: token-mean NLL of the response tokens; grpo: old log-probs (no-grad "
              "forward) then the clipped token-mean loss update, timed apart; aster's update "
-             "is the grpo objective's fused head (aster.kernels.fused_policy_loss), the "
+             "is the grpo objective as the trainer runs it (its fused head, "
+             "aster.kernels.fused_policy_loss, on the chunked kernels; under Triton "
+             "token_logprobs then the loss), the "
              "baseline's the clipped loss on full-logits log-probs",
              "rollout, tools and weight sync of a GRPO step: see the e2e section",
              "MFU: (6 + 2 for GRPO's old log-probs) * params * tokens / time / backend peak "

@@ -170,7 +170,7 @@ def run(backend=None, quick: bool = True) -> dict:
     budget = load_config("tiny", []).rl.max_tokens_per_micro_batch
     notes = [f"trl {version('trl')}, tiny model, torch threads {THREADS}, TRL micro batches "
              f"of {sizes['micro']} completions, aster's packed under {budget} tokens; "
-             f"{os.cpu_count()} CPU cores shared with other work",
+             f"{os.cpu_count()} CPU cores",
              "trl_over_aster > 1: aster's step is that many times faster"]
     return {"section": "trl", "rows": rows, "notes": notes}
 

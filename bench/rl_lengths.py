@@ -94,15 +94,19 @@ def _pass(policy, objective, trajs, micro_batches, packed: bool, device) -> int:
             computed += mb.forward_tokens
     for mb, lp in zip(batches, old):
         adv = torch.linspace(-1, 1, mb.num_tokens, device=device)
-        head = objective.fused_head(lp - 0.01, adv, mb.traj_of_token, num_tokens)
-        if head is not None:
-            loss, _, _ = policy_logprobs(policy, mb, 1.0, head=head)
-        else:  # as the trainer does where the fused head is not the faster path (Triton)
-            logp = policy_logprobs(policy, mb, 1.0)
-            loss, _ = objective(logp, lp - 0.01, adv, torch.ones_like(adv), mb.traj_of_token,
-                                num_tokens)
-        loss.backward()
+        objective_loss(policy, objective, mb, lp - 0.01, adv, num_tokens).backward()
     return computed
+
+
+def objective_loss(policy, objective, mb, old, adv, num_tokens):
+    """The objective's loss on one micro batch as the trainer computes it without penalties:
+    through its fused head where it has one (3 lm_head matmuls), else on the log-probs
+    (grpo under Triton: FUSED_HEAD_IMPLS says why)."""
+    head = objective.fused_head(old, adv, mb.traj_of_token, num_tokens)
+    if head is not None:
+        return policy_logprobs(policy, mb, 1.0, head=head)[0]
+    logp = policy_logprobs(policy, mb, 1.0)
+    return objective(logp, old, adv, torch.ones_like(adv), mb.traj_of_token, num_tokens)[0]
 
 
 def run(backend, quick: bool) -> dict:
