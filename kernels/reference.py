@@ -7,7 +7,6 @@ from __future__ import annotations
 import torch
 
 from aster.kernels._checks import check_logprobs_args, check_loss_args, token_count
-from aster.kernels._loss_math import clipped_token_loss, loss_metrics, ratio_terms, tis_weight
 
 
 def _out_dtype(t: torch.Tensor) -> torch.dtype:
@@ -38,23 +37,53 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: 
                         mask: torch.Tensor, *, num_tokens, clip_low: float = 0.2,
                         clip_high: float = 0.28, clip_c: float | None = None,
                         rollout_logp: torch.Tensor | None = None, tis_cap: float | None = None):
-    """Token-mean PPO/GRPO clipped loss, written the obvious way in float64 (autograd does the
-    backward). See aster.kernels.clipped_policy_loss for the contract.
+    """Token-mean PPO/GRPO clipped loss, written from the formula alone in float64 (autograd
+    does the backward; see aster.kernels.clipped_policy_loss for the contract). It shares no
+    helper with the chunked / Triton kernels or aster.algo.losses on purpose: it is what they
+    are tested against, and tests/algo/test_verl_values.py checks it against verl's values.
+
+        r = exp(clamp(logp - old, -20, 20))
+        l = max(-A r, -A clip(r, 1 - low, 1 + high));  where A < 0: min(l, -A c)  (dual clip)
+        l *= min(exp(old - rollout), cap)                                       (TIS)
+        loss = sum(l over unmasked tokens) / num_tokens
     """
     check_loss_args(logp, old_logp, advantages, mask, num_tokens, clip_low, clip_high, clip_c,
                     rollout_logp, tis_cap)
     out_dtype = _out_dtype(logp)
     old, adv = old_logp.detach().double(), advantages.detach().double()
     valid = mask.bool()
-    log_ratio, ratio = ratio_terms(logp.double(), old)
-    per_token = clipped_token_loss(ratio, adv, clip_low, clip_high, clip_c)
+    log_ratio = torch.clamp(logp.double() - old, -20.0, 20.0)
+    ratio = torch.exp(log_ratio)
+    per_token = torch.maximum(-adv * ratio,
+                              -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high))
+    if clip_c is not None:
+        per_token = torch.where(adv < 0, torch.minimum(per_token, -adv * clip_c), per_token)
     if tis_cap is not None:
-        per_token = per_token * tis_weight(old, rollout_logp.double(), tis_cap)
+        weight = torch.exp(torch.clamp(old - rollout_logp.detach().double(), -20.0, 20.0))
+        per_token = per_token * torch.clamp(weight, max=tis_cap)
     count = token_count(num_tokens, logp.device).double()
-    loss = torch.where(valid, per_token, torch.zeros_like(per_token)).sum() / count
-    metrics = loss_metrics(ratio.detach(), log_ratio.detach(), adv, valid, count, clip_low,
-                           clip_high, clip_c)
+    loss = (per_token * valid).sum() / count
+    metrics = _loss_metrics(ratio.detach(), log_ratio.detach(), adv, valid, count, clip_low,
+                            clip_high, clip_c)
     return loss.to(out_dtype), {k: v.to(out_dtype) for k, v in metrics.items()}
+
+
+@torch.no_grad()
+def _loss_metrics(ratio, log_ratio, adv, valid, count, clip_low, clip_high, clip_c) -> dict:
+    """The metrics from their definitions: fractions of the unmasked tokens over `count`
+    (upper clip: A > 0 and r > 1 + high; lower: A < 0 and r < 1 - low; dual: A < 0 and r > c),
+    approx_kl = mean((r - 1) - log r), ratio mean, and the local maximum ratio."""
+    def frac(cond):
+        return (valid & cond).double().sum() / count
+
+    dual = (adv < 0) & (ratio > clip_c) if clip_c is not None else torch.zeros_like(valid)
+    kept = ratio[valid]
+    return {"clip_frac_upper": frac((adv > 0) & (ratio > 1.0 + clip_high)),
+            "clip_frac_lower": frac((adv < 0) & (ratio < 1.0 - clip_low)),
+            "dual_clip_frac": frac(dual),
+            "approx_kl": (((ratio - 1.0) - log_ratio) * valid).sum() / count,
+            "ratio_mean": (ratio * valid).sum() / count,
+            "ratio_max": kept.max() if kept.numel() else ratio.new_zeros(())}
 
 
 def fused_policy_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
