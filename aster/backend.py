@@ -54,7 +54,6 @@ class Capabilities:
     sleep_mode: bool = False  # the rollout engine can free its KV cache while training
     triton_kernels: bool = False
     fused_model_ops: bool = False  # vendor fused RMSNorm / RoPE / SwiGLU for Qwen3
-    native_avg_all_reduce: bool = False  # the collective has ReduceOp.AVG
     deterministic: bool = True
 
     def as_dict(self) -> dict[str, bool]:
@@ -92,7 +91,6 @@ class Backend(ABC):
     name: str = ""  # the --device name: cpu / cuda / npu
     device_type: str = ""  # torch device type
     dist_backend: str = ""  # gloo / nccl / hccl
-    visible_devices_env: str | None = None
     default_kernel_impl: str = "chunked"
     default_engine: str = "hf"
     install_hint: str = ""
@@ -165,21 +163,6 @@ class Backend(ABC):
         """Bind this process to its local device (no-op on CPU)."""
         if self.device_type != "cpu":
             torch.get_device_module(self.device_type).set_device(self.dist.local_rank)
-
-    def all_reduce_avg(self, tensor: torch.Tensor, group=None) -> torch.Tensor:
-        """Average `tensor` across ranks in place. Collectives without AVG use SUM then divide,
-        so every backend computes the same number."""
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
-            return tensor
-        # CPU tensors go to gloo (see process_group_backend), which has no AVG
-        if self.capabilities.native_avg_all_reduce and tensor.device.type != "cpu":
-            dist.all_reduce(tensor, op=dist.ReduceOp.AVG, group=group)
-        else:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
-            tensor.div_(dist.get_world_size(group))
-        return tensor
 
     # ---- model-side choices ---------------------------------------------------------------
     @abstractmethod

@@ -248,7 +248,7 @@ def step_kernel_tflops(work: Path) -> dict:
 # ---- collectives ---------------------------------------------------------------------------
 def step_nccl(work: Path) -> dict:
     """A one-process group on the backend's collective, then aster's own collective calls:
-    the backend's all_reduce_avg on a GPU tensor and the trainers' TrainContext.all_reduce_sum
+    an AVG all-reduce of a GPU tensor and the trainers' TrainContext.all_reduce_sum
     on a CPU float64 counter (as sft.py / rl.py call it), with the context told it is
     distributed so the collective is really issued."""
     import socket
@@ -271,8 +271,8 @@ def step_nccl(work: Path) -> dict:
     checks = {}
     try:
         t = torch.full((4,), 3.0, device=be.device())
-        be.all_reduce_avg(t)
-        checks["all_reduce_avg(gpu fp32)"] = bool(torch.all(t == 3.0))
+        dist.all_reduce(t, op=dist.ReduceOp.AVG)
+        checks["all_reduce AVG (gpu fp32)"] = bool(torch.all(t == 3.0))
         ctx = TrainContext.__new__(TrainContext)
         ctx.backend = be
         be.dist = DistInfo(rank=0, local_rank=0, world_size=2)  # force the collective path

@@ -28,7 +28,6 @@ class AscendBackend(Backend):
     name = "npu"
     device_type = "npu"
     dist_backend = "hccl"
-    visible_devices_env = "ASCEND_RT_VISIBLE_DEVICES"
     # The Triton tiles sized for GPUs overflow the 910B unified buffer; the portable chunked
     # kernels are the default and triton-ascend is an opt-in (backend.kernel_impl=triton).
     default_kernel_impl = "chunked"
@@ -69,7 +68,6 @@ class AscendBackend(Backend):
             triton_kernels=probes.triton_ascend_probe().ok,
             fused_model_ops=all(hasattr(self.torch_npu, op) for op in
                                 ("npu_rms_norm", "npu_rotary_mul", "npu_swiglu")),
-            native_avg_all_reduce=False,  # HCCL has no ReduceOp.AVG: SUM then divide
         )
 
     def capability_hint(self, capability: str) -> str:

@@ -17,7 +17,6 @@ class CPUBackend(Backend):
     name = "cpu"
     device_type = "cpu"
     dist_backend = "gloo"
-    visible_devices_env = None
     default_kernel_impl = "chunked"
     default_engine = "hf"
     install_hint = "the CPU backend needs only torch"
@@ -36,7 +35,6 @@ class CPUBackend(Backend):
             # Triton kernels run on CPU only through the interpreter (tests, not training).
             triton_kernels=has_module("triton"),
             fused_model_ops=False,
-            native_avg_all_reduce=False,  # gloo has no ReduceOp.AVG
         )
 
     def capability_hint(self, capability: str) -> str:

@@ -40,7 +40,6 @@ class CUDABackend(Backend):
     name = "cuda"
     device_type = "cuda"
     dist_backend = "nccl"
-    visible_devices_env = "CUDA_VISIBLE_DEVICES"
     default_kernel_impl = "triton"
     default_engine = "vllm"
     install_hint = ("no usable NVIDIA GPU (torch.cuda.is_available() is False): install a CUDA "
@@ -76,7 +75,6 @@ class CUDABackend(Backend):
             sleep_mode=vllm.ok,
             triton_kernels=has_module("triton"),
             fused_model_ops=False,
-            native_avg_all_reduce=True,
         )
 
     def _probe(self, probe) -> probes.Probe:

@@ -50,7 +50,7 @@ def test_nccl_group_serves_cpu_counters_device_tensors_and_objects(nccl_backend)
     dist.all_reduce(counts)
     device = torch.ones(4, device="cuda", dtype=torch.bfloat16)
     dist.all_reduce(device)
-    nccl_backend.all_reduce_avg(device)  # ReduceOp.AVG on the device tensor (NCCL has it)
+    dist.all_reduce(device, op=dist.ReduceOp.AVG)  # NCCL has AVG for device tensors
     box = [{"run_dir": "x", "error": None}]
     dist.broadcast_object_list(box, src=0)  # the run-directory verdict
     gathered = [None]
