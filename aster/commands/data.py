@@ -163,7 +163,8 @@ def _engine_teacher(args, cfg, synth_cfg, pool):
 def run_synth(args: argparse.Namespace) -> int:
     from aster.config import load_config
     from aster.data import load_prompts
-    from aster.data.synth import HTTPTeacher, synthesize
+    from aster.data.synth import synthesize
+    from aster.data.synth_http import HTTPTeacher
     from aster.data.synth_store import SynthStore
     from aster.errors import AsterUserError
     from aster.sandbox import SandboxPool

@@ -22,7 +22,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 
-from aster.data.synth_http import HTTPTeacher, OpenAITeacher, TeacherError  # noqa: F401
+from aster.data.synth_result import SynthResult
 from aster.data.synth_store import SynthStore
 
 logger = logging.getLogger("aster")
@@ -56,18 +56,6 @@ class SynthConfig:
             raise ValueError(f"synth.temperature={self.temperature!r} must be >= 0")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"synth.top_p={self.top_p!r} must be in (0, 1]")
-
-
-@dataclass
-class SynthResult:
-    """One finished (prompt, sample): an SFT example, or the reason it cannot be one."""
-
-    prompt: dict
-    sample: int
-    finish_reason: str
-    example: dict | None = None
-    reason: str | None = None  # why rejected
-    text: str = ""  # the raw response text of a rejected trajectory
 
 
 def _meta(result: SynthResult) -> dict:

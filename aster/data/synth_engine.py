@@ -38,7 +38,7 @@ class EngineTeacher:
         return zlib.crc32(f"{self.cfg.seed}:{prompt['problem']}:{sample}".encode())
 
     def _result(self, item, messages: list[dict], traj):
-        from aster.data.synth import SynthResult
+        from aster.data.synth_result import SynthResult
 
         prompt, sample = item
         try:

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from aster.data.formats import CODE_INTERPRETER_TOOL, TOOL_NAME, with_think
 from aster.data.prompts import user_turn
+from aster.data.synth_result import SynthResult
 from aster.errors import AsterUserError
 
 
@@ -100,8 +101,6 @@ class HTTPTeacher:
         self.client = OpenAITeacher(cfg)
 
     def _one(self, item):
-        from aster.data.synth import SynthResult
-
         prompt, sample = item
         with self.pool.session() as session:
             messages, finish = synthesize_one(self.client, session, prompt["problem"],

@@ -8,7 +8,6 @@ from aster.cli import main
 from aster.metrics import read_metrics
 from tests.train.small import SMALL
 
-
 # 32 SFT steps instead of SMALL's 2: enough for the loss to show that SFT learns
 LEARNING = [*SMALL, "data.synthetic.num_sft=64", "data.synthetic.samples_per_problem=4",
             "sft.global_batch_size=8", "sft.micro_batch_size=8"]
