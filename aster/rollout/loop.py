@@ -138,6 +138,10 @@ class AgentLoop:
             if not calls:
                 traj.finish_reason = "answer" if extract_answer(traj.final_text) else "no_tool_call"
                 return
+            calls = self._select_calls(traj, calls)
+            if not calls:  # on_parse_error=end and no well-formed call in the turn
+                traj.finish_reason = "tool_parse_error"
+                return
             if traj.num_tool_calls + sum(c.error is None for c in calls) > cfg.max_tool_calls:
                 traj.finish_reason = "max_tool_calls"
                 return
@@ -154,6 +158,17 @@ class AgentLoop:
                 traj.finish_reason = "length"
                 return
             traj.append(tool_ids, None)
+
+    def _select_calls(self, traj: Trajectory, calls: list) -> list:
+        """The calls of a turn that run: malformed ones dropped under on_parse_error=end
+        (counted as tool errors), then the first rollout.max_calls_per_turn."""
+        if self.cfg.on_parse_error == "end":
+            good = [c for c in calls if c.error is None]
+            traj.tool_errors += len(calls) - len(good)
+            calls = good
+        if self.cfg.max_calls_per_turn:
+            calls = calls[:self.cfg.max_calls_per_turn]
+        return calls
 
     def _turn_text(self, ids: list[int]) -> str:
         text = self.tokenizer.decode(ids, skip_special_tokens=False)
@@ -173,7 +188,9 @@ class AgentLoop:
         traj.timing["tool_s"] += time.perf_counter() - t0
         traj.num_tool_calls += 1
         traj.exec_errors += 0 if result.ok else 1
-        return truncate_middle(format_tool_response(result), self.cfg.max_tool_output_chars)
+        text = format_tool_response(result)
+        limit = self.cfg.max_tool_output_chars
+        return truncate_middle(text, limit) if limit else text
 
 
 def run_rollouts(engine: Engine, pool, prompts, cfg, *, tokenizer, samples_per_prompt: int = 1,
