@@ -14,6 +14,7 @@ from aster.rollout.agent import (
     RequestStream,
     Trajectory,
     TurnBatcher,
+    TurnRecord,
     _normalise_prompt,
     union_seconds,
 )
@@ -130,6 +131,9 @@ class AgentLoop:
             traj.timing["gen_s"] += time.perf_counter() - t0
             traj.append(out.token_ids, out.logprobs)
             traj.num_turns += 1
+            turn = TurnRecord(len(out.token_ids))
+            traj.turns.append(turn)
+            before = (traj.num_tool_calls, traj.tool_errors, traj.exec_errors)
             traj.final_text = self._turn_text(out.token_ids)
             if out.finish_reason == "length":
                 traj.finish_reason = "length"
@@ -149,6 +153,9 @@ class AgentLoop:
                 with self._tools.span():
                     session = await stack.enter_async_context(self.pool.asession())
             outputs = [await self._call(traj, session, c) for c in calls]
+            turn.calls, turn.tool_errors, turn.exec_errors = (
+                traj.num_tool_calls - before[0], traj.tool_errors - before[1],
+                traj.exec_errors - before[2])
             parse_streak = parse_streak + 1 if all(c.error for c in calls) else 0
             if parse_streak >= cfg.max_parse_errors:
                 traj.finish_reason = "tool_parse_error"
@@ -158,6 +165,7 @@ class AgentLoop:
                 traj.finish_reason = "length"
                 return
             traj.append(tool_ids, None)
+            turn.tool = len(tool_ids)
 
     def _select_calls(self, traj: Trajectory, calls: list) -> list:
         """The calls of a turn that run: malformed ones dropped under on_parse_error=end
