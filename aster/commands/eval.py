@@ -46,8 +46,10 @@ def load_engine(model_path: str, backend, cfg, *, max_model_len: int | None = No
         raise AsterUserError(f"cannot load a tokenizer from {model_path!r} ({exc}); give a "
                              "model directory or a reachable Hugging Face model path") from exc
     from aster.rollout.chat_format import chat_format
+    from aster.rollout.tools import tool_schemas
 
-    chat_format(tokenizer)  # a template without append-only tool turns fails here, in one line
+    # a template without append-only tool turns fails here, in one line
+    chat_format(tokenizer, tool_schemas(cfg.rollout.tools))
     dtype = "float32" if cfg.model.dtype == "auto" else cfg.model.dtype
     max_model_len = max_model_len or cfg.eval.budget_list[-1] + 4096
     limit = _model_context(model_path)

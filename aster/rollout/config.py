@@ -27,6 +27,9 @@ class RolloutConfig:
     # the trajectory (tool_parse_error), as verl's hermes parser does in the reproduction
     on_parse_error: Literal["retry", "end"] = "retry"
     max_parse_errors: int = 3  # consecutive turns with only malformed calls -> tool_parse_error
+    # the tool schema SFT, RL and eval all render (aster.rollout.tools): aster (aster's own),
+    # a list of schemas, or a JSON file holding them
+    tools: str | list[dict] = "aster"
     # vLLM only
     # batched: the agent loop gathers each turn's requests into one in-process LLM.generate;
     # async: AsyncLLM, every trajectory sends its own request into vLLM's continuous batch.
@@ -66,6 +69,13 @@ class RolloutConfig:
             if isinstance(getattr(self, key), bool) or getattr(self, key) < 0:
                 raise ValueError(f"rollout.{key}={getattr(self, key)!r} must be >= 0 (0: no "
                                  "limit)")
+        if isinstance(self.tools, str) and not self.tools.strip():
+            raise ValueError("rollout.tools='' must be 'aster', a JSON file of tool schemas or a "
+                             "list of them")
+        if isinstance(self.tools, list):
+            from aster.rollout.tools import check_schemas
+
+            self.tools = check_schemas(self.tools, "rollout.tools")
         if self.on_parse_error not in ("retry", "end"):
             raise ValueError(f"rollout.on_parse_error={self.on_parse_error!r} must be retry "
                              "or end")

@@ -25,6 +25,7 @@ from aster.rollout.chat import (
 )
 from aster.rollout.chat_format import chat_format
 from aster.rollout.engine import Engine, SamplingParams
+from aster.rollout.tools import tool_schemas
 
 log = logging.getLogger("aster")
 
@@ -48,7 +49,7 @@ class AgentLoop:
         self.max_batch = max_batch or cfg.max_concurrency
         self.gather_s = gather_s
         self.seed = seed
-        self.format = chat_format(tokenizer)
+        self.format = chat_format(tokenizer, tool_schemas(cfg.tools))
         self.stops = stop_token_ids(tokenizer)
         self.stats: dict = {}
 
