@@ -137,14 +137,15 @@ def _agent_rollouts(engine, pool, tokenizer, problems: list[str], eval_cfg: Eval
                         tokenizer=tokenizer, samples_per_prompt=eval_cfg.k, seed=eval_cfg.seed)
 
 
-def _row(bench: str, index: int, sample: int, prompt: dict, traj, budget: int) -> dict:
+def _row(bench: str, index: int, sample: int, prompt: dict, traj, budget: int,
+         match: str = "math_verify") -> dict:
     from aster.reward import extract_answer, score
 
     final = traj.final_text or traj.text
     return {"benchmark": bench, "budget": budget, "index": index, "sample": sample,
             "problem": prompt["problem"], "answer": prompt["answer"],
             "prediction": extract_answer(final),
-            "score": score(final, prompt["answer"], truncated=traj.truncated),
+            "score": score(final, prompt["answer"], truncated=traj.truncated, match=match),
             "tool_calls": traj.num_tool_calls,
             "tool_errors": traj.tool_errors + getattr(traj, "exec_errors", 0),
             "finish_reason": traj.finish_reason, "response_tokens": len(traj.response_ids),
@@ -172,13 +173,14 @@ def evaluate(engine, pool, benchmarks: dict[str, list[dict]] | list[dict],
         if len(trajs) != len(prompts) * eval_cfg.k:
             raise RuntimeError(f"rollouts returned {len(trajs)} trajectories for "
                                f"{len(prompts)} problems x k={eval_cfg.k}")
-        rows += budget_rows(bench, prompts, trajs, eval_cfg, tokenizer)
+        rows += budget_rows(bench, prompts, trajs, eval_cfg, tokenizer,
+                            eval_rollout_config(eval_cfg, rollout_cfg).reward_match)
         logger.info("eval %s: %d problems x %d samples done", bench, len(prompts), eval_cfg.k)
     return summarize_budgets(rows, eval_cfg), rows
 
 
 def budget_rows(bench: str, prompts: list[dict], trajs, eval_cfg: EvalConfig,
-                tokenizer) -> list[dict]:
+                tokenizer, match: str = "math_verify") -> list[dict]:
     """One row per sample per budget: the trajectories as generated (at the largest budget)
     and, for each smaller budget, each one cut where that budget ends."""
     from aster.eval_budgets import cut_at_budget
@@ -188,7 +190,7 @@ def budget_rows(bench: str, prompts: list[dict], trajs, eval_cfg: EvalConfig,
         for i, traj in enumerate(trajs):
             view = traj if budget == largest else cut_at_budget(traj, budget, tokenizer)
             rows.append(_row(bench, i // eval_cfg.k, i % eval_cfg.k, prompts[i // eval_cfg.k],
-                             view, budget))
+                             view, budget, match))
     return rows
 
 

@@ -19,7 +19,7 @@ def test_the_profile_holds_the_reproductions_tool_environment():
     cfg = load_config("qwen3-4b-reproduction")
     assert cfg.rollout.tool_timeout_s == 30.0 and cfg.rollout.max_tool_output_chars == 0
     assert cfg.rollout.max_calls_per_turn == 1 and cfg.rollout.on_parse_error == "end"
-    assert cfg.sandbox.memory_mb == 1024
+    assert cfg.sandbox.memory_mb == 1024 and cfg.rollout.reward_match == "strict_box"
     assert (cfg.eval.temperature, cfg.eval.top_p) == (1.0, 1.0)
     paper = load_config("qwen3-4b")
     assert (paper.eval.temperature, paper.eval.top_p) == (0.6, 0.95)  # the paper's

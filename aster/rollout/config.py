@@ -30,6 +30,10 @@ class RolloutConfig:
     # the tool schema SFT, RL and eval all render (aster.rollout.tools): aster (aster's own),
     # a list of schemas, or a JSON file holding them
     tools: str | list[dict] = "aster"
+    # how the outcome reward (and eval's score) matches the boxed answer: math_verify (aster's:
+    # mathematically equal) or strict_box (the reproduction's: the boxed text in the last 100
+    # characters equals the ground truth string exactly)
+    reward_match: Literal["math_verify", "strict_box"] = "math_verify"
     # vLLM only
     # batched: the agent loop gathers each turn's requests into one in-process LLM.generate;
     # async: AsyncLLM, every trajectory sends its own request into vLLM's continuous batch.

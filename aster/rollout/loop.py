@@ -108,7 +108,8 @@ class AgentLoop:
         traj.text = self.tokenizer.decode(traj.response_ids, skip_special_tokens=False)
         traj.answer = extract_answer(traj.final_text)
         if truth is not None:
-            traj.reward = score(traj.final_text, truth, truncated=traj.truncated)
+            traj.reward = score(traj.final_text, truth, truncated=traj.truncated,
+                                match=self.cfg.reward_match)
         return traj
 
     def _params(self, traj: Trajectory, number: int, max_new: int) -> SamplingParams:

@@ -68,6 +68,18 @@ def test_output_not_cut_when_the_limit_is_zero(tokenizer, pool):
     assert "ab" * 3000 in whole.text and "truncated" not in whole.text
 
 
+def test_strict_box_reward_is_the_reproductions(tokenizer, pool):
+    from aster.reward import score
+
+    # the reproduction: the boxed text in the last 100 characters, compared as a string
+    assert _run(tokenizer, pool, ["So \\boxed{396}."], reward_match="strict_box").reward == 1.0
+    assert _run(tokenizer, pool, ["So \\boxed{0396}."], reward_match="strict_box").reward == 0.0
+    assert _run(tokenizer, pool, ["So \\boxed{0396}."]).reward == 1.0  # math_verify: equal
+    late = "\\boxed{396}" + " and that is all." * 8
+    assert score(late, "396", match="strict_box") == 0.0 and score(late, "396") == 1.0
+    assert score("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}", match="strict_box") == 1.0
+
+
 @pytest.mark.parametrize("key,value", [("max_calls_per_turn", -1), ("on_parse_error", "skip"),
                                        ("max_tool_output_chars", -5)])
 def test_bad_keys_are_one_line_errors(key, value):
