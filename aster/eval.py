@@ -27,6 +27,10 @@ class EvalConfig:
     top_p: float = 0.95
     max_tool_calls: int = 256
     max_tokens: int = 30000  # the token budget (30K or 90K in the paper's tables)
+    # several budgets from one generation (e.g. [30000, 90000]): sampled once at the largest,
+    # each smaller one scored by cutting every trajectory where that budget ends
+    # (aster.eval_budgets); one table per budget. Set, it replaces max_tokens
+    budgets: list[int] = field(default_factory=list)
     pass_k: list[int] = field(default_factory=lambda: [1, 16])
     max_problems: int = 0  # 0: all
     seed: int = 0
@@ -41,11 +45,21 @@ class EvalConfig:
         for key in ("max_tool_calls", "max_tokens"):
             if getattr(self, key) < 1:
                 raise ValueError(f"eval.{key}={getattr(self, key)!r} must be >= 1")
+        if not isinstance(self.budgets, list) or any(
+                isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.budgets):
+            raise ValueError(f"eval.budgets={self.budgets!r} must be a list of token budgets "
+                             ">= 1 (e.g. [30000, 90000]) or [] for eval.max_tokens alone")
         if any(p < 1 for p in self.pass_k):
             raise ValueError(f"eval.pass_k={self.pass_k!r} must hold values >= 1")
         for key in ("max_problems", "seed"):
             if getattr(self, key) < 0:
                 raise ValueError(f"eval.{key}={getattr(self, key)!r} must be >= 0")
+
+
+    @property
+    def budget_list(self) -> list[int]:
+        """The budgets scored, smallest first (eval.budgets, or eval.max_tokens alone)."""
+        return sorted(set(self.budgets)) if self.budgets else [self.max_tokens]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -111,7 +125,7 @@ def eval_rollout_config(eval_cfg: EvalConfig, rollout_cfg=None):
 
     return replace(rollout_cfg or RolloutConfig(), temperature=eval_cfg.temperature,
                    top_p=eval_cfg.top_p, top_k=-1, max_tool_calls=eval_cfg.max_tool_calls,
-                   max_response_tokens=eval_cfg.max_tokens)
+                   max_response_tokens=eval_cfg.budget_list[-1])
 
 
 def _agent_rollouts(engine, pool, tokenizer, problems: list[str], eval_cfg: EvalConfig,
@@ -123,14 +137,15 @@ def _agent_rollouts(engine, pool, tokenizer, problems: list[str], eval_cfg: Eval
                         tokenizer=tokenizer, samples_per_prompt=eval_cfg.k, seed=eval_cfg.seed)
 
 
-def _row(bench: str, index: int, sample: int, prompt: dict, traj) -> dict:
+def _row(bench: str, index: int, sample: int, prompt: dict, traj, budget: int,
+         match: str = "math_verify") -> dict:
     from aster.reward import extract_answer, score
 
     final = traj.final_text or traj.text
-    return {"benchmark": bench, "index": index, "sample": sample,
+    return {"benchmark": bench, "budget": budget, "index": index, "sample": sample,
             "problem": prompt["problem"], "answer": prompt["answer"],
             "prediction": extract_answer(final),
-            "score": score(final, prompt["answer"], truncated=traj.truncated),
+            "score": score(final, prompt["answer"], truncated=traj.truncated, match=match),
             "tool_calls": traj.num_tool_calls,
             "tool_errors": traj.tool_errors + getattr(traj, "exec_errors", 0),
             "finish_reason": traj.finish_reason, "response_tokens": len(traj.response_ids),
@@ -158,15 +173,47 @@ def evaluate(engine, pool, benchmarks: dict[str, list[dict]] | list[dict],
         if len(trajs) != len(prompts) * eval_cfg.k:
             raise RuntimeError(f"rollouts returned {len(trajs)} trajectories for "
                                f"{len(prompts)} problems x k={eval_cfg.k}")
-        for i, traj in enumerate(trajs):
-            rows.append(_row(bench, i // eval_cfg.k, i % eval_cfg.k, prompts[i // eval_cfg.k],
-                             traj))
+        rows += budget_rows(bench, prompts, trajs, eval_cfg, tokenizer,
+                            eval_rollout_config(eval_cfg, rollout_cfg).reward_match)
         logger.info("eval %s: %d problems x %d samples done", bench, len(prompts), eval_cfg.k)
-    return _summary(rows, eval_cfg), rows
+    return summarize_budgets(rows, eval_cfg), rows
+
+
+def budget_rows(bench: str, prompts: list[dict], trajs, eval_cfg: EvalConfig,
+                tokenizer, match: str = "math_verify") -> list[dict]:
+    """One row per sample per budget: the trajectories as generated (at the largest budget)
+    and, for each smaller budget, each one cut where that budget ends."""
+    from aster.eval_budgets import cut_at_budget
+
+    rows, largest = [], eval_cfg.budget_list[-1]
+    for budget in eval_cfg.budget_list:
+        for i, traj in enumerate(trajs):
+            view = traj if budget == largest else cut_at_budget(traj, budget, tokenizer)
+            rows.append(_row(bench, i // eval_cfg.k, i % eval_cfg.k, prompts[i // eval_cfg.k],
+                             view, budget, match))
+    return rows
+
+
+def summarize_budgets(rows: list[dict], eval_cfg: EvalConfig) -> dict:
+    """The summary of the largest budget's rows (as with one budget), plus ``budgets``:
+    {budget: summary} for every budget scored."""
+    per_budget = {b: _summary([r for r in rows if r.get("budget", b) == b], eval_cfg)
+                  for b in eval_cfg.budget_list}
+    largest = per_budget[eval_cfg.budget_list[-1]]
+    return {**largest, "budgets": {str(b): {**s, "budget": b} for b, s in per_budget.items()}}
 
 
 def format_table(summary: dict) -> str:
-    """One line per benchmark: avg@k, pass@k, tool calls per trajectory, response length."""
+    """One table per budget (a title line each when there are several), one line per
+    benchmark: avg@k, pass@k, tool calls per trajectory, response length."""
+    budgets = summary.get("budgets") or {}
+    if len(budgets) > 1:
+        return "\n\n".join(f"budget {int(b):,} tokens\n{_benchmark_lines(s)}"
+                            for b, s in budgets.items())
+    return _benchmark_lines(summary)
+
+
+def _benchmark_lines(summary: dict) -> str:
     lines = []
     for bench, entry in summary["benchmarks"].items():
         scores = "  ".join(f"{k}={v * 100:5.1f}" for k, v in entry.items()
@@ -179,17 +226,25 @@ def format_table(summary: dict) -> str:
 
 
 def write_results(summary: dict, rows: list[dict], out_dir: str | os.PathLike) -> Path:
-    """samples.jsonl (one row per sample) and summary.json in `out_dir`; returns the jsonl."""
+    """samples.jsonl (one row per sample, the largest budget's) and summary.json in
+    `out_dir`, and samples-<budget>.jsonl for each smaller budget; returns samples.jsonl."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    budgets = sorted({r["budget"] for r in rows if "budget" in r})
     samples = out / "samples.jsonl"
-    tmp = samples.with_suffix(".jsonl.tmp")
+    for budget in budgets or [None]:
+        path = samples if budget in (None, budgets[-1]) else out / f"samples-{budget}.jsonl"
+        _write_jsonl(path, [r for r in rows if budget is None or r.get("budget") == budget])
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return samples
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".jsonl.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, samples)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    return samples
+    os.replace(tmp, path)
 
 
 def compare(paths: list[str], pass_k: list[int] | None = None) -> str:

@@ -236,14 +236,35 @@ def answers_match(pred: str, gold: str, timeout_s: int = 5) -> bool:
     return _helper.equal(pred, gold, timeout_s)
 
 
+REWARD_MATCHES = ("math_verify", "strict_box")
+
+
+def strict_box_answer(response: str) -> str | None:
+    """The public reproduction's strict check (verl's DAPO reward with strict_box_verify=True,
+    Rainyrou/ASTER reward_score.py): the last `\\boxed{` in the response's last 100
+    characters, up to its balanced closing brace, not normalised and not stripped."""
+    tail = response[-100:]
+    start = tail.rfind("\\boxed{")
+    depth = 0
+    for i in range(max(start, 0), len(tail) if start >= 0 else 0):
+        depth += {"{": 1, "}": -1}.get(tail[i], 0)
+        if tail[i] == "}" and depth == 0:
+            return tail[start + len("\\boxed{"):i]
+    return None
+
+
 def score(response: str, ground_truth: str, *, truncated: bool = False,
-          timeout_s: int = 5) -> float:
+          timeout_s: int = 5, match: str = "math_verify") -> float:
     """1.0 if the last boxed answer in `response` equals `ground_truth`, else 0.0.
 
-    A truncated trajectory (it hit a length or tool-call limit) scores 0.
+    A truncated trajectory (it hit a length or tool-call limit) scores 0. match: math_verify
+    (aster's: mathematically equal, as math-verify decides) or strict_box (the reproduction's:
+    the boxed text in the last 100 characters equals the ground truth string exactly).
     """
     if truncated:
         return 0.0
+    if match == "strict_box":
+        return 1.0 if strict_box_answer(response or "") == str(ground_truth) else 0.0
     pred = extract_answer(response)
     if pred is None:
         return 0.0

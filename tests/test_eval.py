@@ -68,3 +68,25 @@ def test_eval_without_model_is_a_user_error(capsys):
     assert main(["eval", "--device", "cpu", "data.synthetic.num_sft=1",
                  "data.synthetic.num_rl=1", "data.synthetic.num_eval=1"]) == 2
     assert "--model" in capsys.readouterr().err
+
+
+def test_aster_eval_budgets_from_one_generation(tmp_path, capsys):
+    from aster.tiny_model import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "model")
+    out = tmp_path / "run"
+    rc = main(["eval", "--model", model, "--device", "cpu", "--k", "2", "-o", str(out),
+               "--budgets", "48", "16", "data.synthetic.num_sft=1", "data.synthetic.num_rl=1",
+               "data.synthetic.num_eval=2", "eval.pass_k=[1]"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert printed.index("budget 16 tokens") < printed.index("budget 48 tokens")
+    large = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    small = [json.loads(x) for x in (out / "samples-16.jsonl").read_text().splitlines()]
+    assert len(large) == len(small) == 4
+    assert all(r["response_tokens"] <= 16 for r in small)
+    assert max(r["response_tokens"] for r in large) > 16  # generated once, at 48
+    for big, cut in zip(large, small):  # each cut is the large run's prefix
+        assert big["text"].startswith(cut["text"].removesuffix("<|im_end|>"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(summary["budgets"]) == ["16", "48"]

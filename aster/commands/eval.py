@@ -46,10 +46,12 @@ def load_engine(model_path: str, backend, cfg, *, max_model_len: int | None = No
         raise AsterUserError(f"cannot load a tokenizer from {model_path!r} ({exc}); give a "
                              "model directory or a reachable Hugging Face model path") from exc
     from aster.rollout.chat_format import chat_format
+    from aster.rollout.tools import tool_schemas
 
-    chat_format(tokenizer)  # a template without append-only tool turns fails here, in one line
+    # a template without append-only tool turns fails here, in one line
+    chat_format(tokenizer, tool_schemas(cfg.rollout.tools))
     dtype = "float32" if cfg.model.dtype == "auto" else cfg.model.dtype
-    max_model_len = max_model_len or cfg.eval.max_tokens + 4096
+    max_model_len = max_model_len or cfg.eval.budget_list[-1] + 4096
     limit = _model_context(model_path)
     if limit and max_model_len > limit:  # vLLM refuses a longer one; the budget still applies
         max_model_len = limit
@@ -69,6 +71,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from aster.sandbox import SandboxPool
 
     overrides = list(args.overrides) + ([f"eval.k={args.k}"] if args.k else [])
+    if args.budgets:
+        overrides.append(f"eval.budgets=[{','.join(str(b) for b in args.budgets)}]")
     cfg = load_config(args.config, overrides)
     backend = select_backend(args.device or cfg.run.device)
     benchmarks = _benchmarks(args, cfg)
@@ -97,6 +101,11 @@ def register(sub) -> None:
                         help="eval sets (verl parquet or jsonl {problem, answer}; 'synthetic' "
                              "for the tiny task); default: the config's data.eval_paths")
     parser.add_argument("--k", type=int, default=None, help="samples per problem (eval.k)")
+    parser.add_argument("--budgets", type=int, nargs="+", default=None, metavar="TOKENS",
+                        help="score several response budgets from one generation (eval.budgets, "
+                             "e.g. --budgets 30000 90000): sampled once at the largest, each "
+                             "smaller one scored by cutting every trajectory where it ends; one "
+                             "table per budget")
     parser.add_argument("--compare", nargs="+", default=None, metavar="SAMPLES.jsonl",
                         help="print a side-by-side table of earlier runs' samples.jsonl files")
     add_run_args(parser)

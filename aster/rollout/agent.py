@@ -30,6 +30,19 @@ TRUNCATED = ("length", "max_tool_calls")  # these score 0 whatever the text hold
 
 
 @dataclass
+class TurnRecord:
+    """One assistant turn of a trajectory: the tokens sampled, the tool-turn tokens appended
+    after it (0: none) and the calls it made; lets evaluation cut a trajectory at a smaller
+    budget exactly where a run at that budget would have stopped (aster.eval_budgets)."""
+
+    sampled: int
+    tool: int = 0
+    calls: int = 0
+    tool_errors: int = 0
+    exec_errors: int = 0
+
+
+@dataclass
 class Trajectory:
     """One rollout. response_ids, loss_mask and rollout_logprobs have the same length; tool
     turns have mask 0 and log-prob 0. `text` decodes response_ids; `final_text` is the last
@@ -52,6 +65,7 @@ class Trajectory:
     prompt_index: int = 0
     sample_index: int = 0
     timing: dict = field(default_factory=lambda: {"gen_s": 0.0, "tool_s": 0.0, "wall_s": 0.0})
+    turns: list[TurnRecord] = field(default_factory=list)
 
     @property
     def truncated(self) -> bool:

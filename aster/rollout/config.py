@@ -16,10 +16,24 @@ class RolloutConfig:
     top_k: int = -1
     max_tool_calls: int = 50
     max_response_tokens: int = 16384  # tool-output tokens count toward it
-    max_tool_output_chars: int = 4096  # truncated head+tail beyond this
+    max_tool_output_chars: int = 4096  # truncated head+tail beyond this; 0: not cut here
     tool_timeout_s: float = 10.0
     max_concurrency: int = 256  # trajectories in flight at once (the hf engine: its batch)
+    # the first N calls of a turn run, the rest are ignored (the reproduction: verl's
+    # multi_turn.max_parallel_calls=1); 0: every call of the turn runs
+    max_calls_per_turn: int = 0
+    # a malformed call: retry = answer it with an error and let the model try again (up to
+    # max_parse_errors turns in a row); end = drop it, and a turn with no well-formed call ends
+    # the trajectory (tool_parse_error), as verl's hermes parser does in the reproduction
+    on_parse_error: Literal["retry", "end"] = "retry"
     max_parse_errors: int = 3  # consecutive turns with only malformed calls -> tool_parse_error
+    # the tool schema SFT, RL and eval all render (aster.rollout.tools): aster (aster's own),
+    # a list of schemas, or a JSON file holding them
+    tools: str | list[dict] = "aster"
+    # how the outcome reward (and eval's score) matches the boxed answer: math_verify (aster's:
+    # mathematically equal) or strict_box (the reproduction's: the boxed text in the last 100
+    # characters equals the ground truth string exactly)
+    reward_match: Literal["math_verify", "strict_box"] = "math_verify"
     # vLLM only
     # batched: the agent loop gathers each turn's requests into one in-process LLM.generate;
     # async: AsyncLLM, every trajectory sends its own request into vLLM's continuous batch.
@@ -52,9 +66,23 @@ class RolloutConfig:
         if not 0 < self.top_p <= 1:
             raise ValueError(f"rollout.top_p={self.top_p!r} must be in (0, 1]")
         for key in ("max_tool_calls", "max_response_tokens", "max_concurrency",
-                    "max_parse_errors", "max_tool_output_chars"):
+                    "max_parse_errors"):
             if getattr(self, key) < 1:
                 raise ValueError(f"rollout.{key}={getattr(self, key)!r} must be >= 1")
+        for key in ("max_tool_output_chars", "max_calls_per_turn"):
+            if isinstance(getattr(self, key), bool) or getattr(self, key) < 0:
+                raise ValueError(f"rollout.{key}={getattr(self, key)!r} must be >= 0 (0: no "
+                                 "limit)")
+        if isinstance(self.tools, str) and not self.tools.strip():
+            raise ValueError("rollout.tools='' must be 'aster', a JSON file of tool schemas or a "
+                             "list of them")
+        if isinstance(self.tools, list):
+            from aster.rollout.tools import check_schemas
+
+            self.tools = check_schemas(self.tools, "rollout.tools")
+        if self.on_parse_error not in ("retry", "end"):
+            raise ValueError(f"rollout.on_parse_error={self.on_parse_error!r} must be retry "
+                             "or end")
         if self.tool_timeout_s <= 0:
             raise ValueError(f"rollout.tool_timeout_s={self.tool_timeout_s!r} must be > 0")
         if self.vllm_mode == "async" and self.vllm_executor == "external_launcher":

@@ -14,6 +14,7 @@ from aster.rollout.agent import (
     RequestStream,
     Trajectory,
     TurnBatcher,
+    TurnRecord,
     _normalise_prompt,
     union_seconds,
 )
@@ -24,6 +25,7 @@ from aster.rollout.chat import (
 )
 from aster.rollout.chat_format import chat_format
 from aster.rollout.engine import Engine, SamplingParams
+from aster.rollout.tools import tool_schemas
 
 log = logging.getLogger("aster")
 
@@ -47,7 +49,7 @@ class AgentLoop:
         self.max_batch = max_batch or cfg.max_concurrency
         self.gather_s = gather_s
         self.seed = seed
-        self.format = chat_format(tokenizer)
+        self.format = chat_format(tokenizer, tool_schemas(cfg.tools))
         self.stops = stop_token_ids(tokenizer)
         self.stats: dict = {}
 
@@ -106,7 +108,8 @@ class AgentLoop:
         traj.text = self.tokenizer.decode(traj.response_ids, skip_special_tokens=False)
         traj.answer = extract_answer(traj.final_text)
         if truth is not None:
-            traj.reward = score(traj.final_text, truth, truncated=traj.truncated)
+            traj.reward = score(traj.final_text, truth, truncated=traj.truncated,
+                                match=self.cfg.reward_match)
         return traj
 
     def _params(self, traj: Trajectory, number: int, max_new: int) -> SamplingParams:
@@ -130,6 +133,9 @@ class AgentLoop:
             traj.timing["gen_s"] += time.perf_counter() - t0
             traj.append(out.token_ids, out.logprobs)
             traj.num_turns += 1
+            turn = TurnRecord(len(out.token_ids))
+            traj.turns.append(turn)
+            before = (traj.num_tool_calls, traj.tool_errors, traj.exec_errors)
             traj.final_text = self._turn_text(out.token_ids)
             if out.finish_reason == "length":
                 traj.finish_reason = "length"
@@ -138,6 +144,10 @@ class AgentLoop:
             if not calls:
                 traj.finish_reason = "answer" if extract_answer(traj.final_text) else "no_tool_call"
                 return
+            calls = self._select_calls(traj, calls)
+            if not calls:  # on_parse_error=end and no well-formed call in the turn
+                traj.finish_reason = "tool_parse_error"
+                return
             if traj.num_tool_calls + sum(c.error is None for c in calls) > cfg.max_tool_calls:
                 traj.finish_reason = "max_tool_calls"
                 return
@@ -145,6 +155,9 @@ class AgentLoop:
                 with self._tools.span():
                     session = await stack.enter_async_context(self.pool.asession())
             outputs = [await self._call(traj, session, c) for c in calls]
+            turn.calls, turn.tool_errors, turn.exec_errors = (
+                traj.num_tool_calls - before[0], traj.tool_errors - before[1],
+                traj.exec_errors - before[2])
             parse_streak = parse_streak + 1 if all(c.error for c in calls) else 0
             if parse_streak >= cfg.max_parse_errors:
                 traj.finish_reason = "tool_parse_error"
@@ -154,6 +167,18 @@ class AgentLoop:
                 traj.finish_reason = "length"
                 return
             traj.append(tool_ids, None)
+            turn.tool = len(tool_ids)
+
+    def _select_calls(self, traj: Trajectory, calls: list) -> list:
+        """The calls of a turn that run: malformed ones dropped under on_parse_error=end
+        (counted as tool errors), then the first rollout.max_calls_per_turn."""
+        if self.cfg.on_parse_error == "end":
+            good = [c for c in calls if c.error is None]
+            traj.tool_errors += len(calls) - len(good)
+            calls = good
+        if self.cfg.max_calls_per_turn:
+            calls = calls[:self.cfg.max_calls_per_turn]
+        return calls
 
     def _turn_text(self, ids: list[int]) -> str:
         text = self.tokenizer.decode(ids, skip_special_tokens=False)
@@ -173,7 +198,9 @@ class AgentLoop:
         traj.timing["tool_s"] += time.perf_counter() - t0
         traj.num_tool_calls += 1
         traj.exec_errors += 0 if result.ok else 1
-        return truncate_middle(format_tool_response(result), self.cfg.max_tool_output_chars)
+        text = format_tool_response(result)
+        limit = self.cfg.max_tool_output_chars
+        return truncate_middle(text, limit) if limit else text
 
 
 def run_rollouts(engine: Engine, pool, prompts, cfg, *, tokenizer, samples_per_prompt: int = 1,

@@ -88,13 +88,14 @@ def zygote_main(cfg: dict, ctl_fd: int) -> None:
         except BaseException as exc:  # a bad preload is reported to the pool, not fatal here
             errors.append(f"{name}: {type(exc).__name__}: {exc}")
     sys.set_int_max_str_digits(0)
+    prelude_error = check_prelude(cfg["prelude"]) if not errors else None
     confine.prctl(PR_SET_CHILD_SUBREAPER, 1)
     signal.signal(signal.SIGCHLD, _reap)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     gc.collect()
     gc.freeze()  # keeps the collector from touching (and so copying) the preloaded objects
     send_msg(ctl, {"ready": os.getpid(), "network": network, "confinement": conf.report,
-                   "errors": errors})
+                   "errors": errors, "prelude_error": prelude_error})
     zygote_pid = os.getpid()
     while True:
         try:
@@ -109,6 +110,25 @@ def zygote_main(cfg: dict, ctl_fd: int) -> None:
         if fds:
             _fork_worker(cfg, conf, json.loads(data), fds, zygote_pid, ctl)
     os._exit(0)
+
+
+def check_prelude(code: str) -> str | None:
+    """Run sandbox.prelude once in a scratch namespace: the pool refuses to start when it
+    fails (a one-line config error), instead of every session starting without its names.
+    Its imports also land in the zygote, so workers inherit them warm."""
+    if not code.strip():
+        return None
+    saved = sys.stdout, sys.stderr
+    sys.stdout = sys.stderr = io.StringIO()
+    try:
+        exec(compile(code, "<prelude>", "exec"), {"__name__": "__main__",
+                                                  "__builtins__": builtins})
+    except BaseException as exc:  # whatever the prelude raises is reported, not fatal here
+        line = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        return line.splitlines()[-1] if line else type(exc).__name__
+    finally:
+        sys.stdout, sys.stderr = saved
+    return None
 
 
 def _leave_network(cfg: dict) -> list:
@@ -236,6 +256,19 @@ class _Cell:
         self._restore()
         return {"status": status, "output": self._collect(tail)}
 
+    def prelude(self, code: str) -> str | None:
+        """Run sandbox.prelude in the session's namespace before its first cell; the names it
+        binds persist, its output is dropped. The error line if it failed (the zygote ran it
+        fine, so only a limit of the session can make it fail here)."""
+        if not code.strip():
+            return None
+        reply = self.run(code)
+        self.count = 0  # the model's first cell is still <cell-1>
+        if reply["status"] == "ok":
+            return None
+        lines = reply["output"].strip().splitlines()
+        return lines[-1] if lines else reply["status"]
+
     def _exec(self, code: str, name: str) -> str:
         try:
             tree = ast.parse(code, name)
@@ -341,7 +374,8 @@ def worker_main(cfg: dict, conf, req: dict, sock_fd: int, zygote_pid: int | None
 
     signal.signal(signal.SIGINT, on_sigint)
     me = os.getpid()
-    send_msg(sock, {"ready": me})
+    prelude_error = cell.prelude(cfg["prelude"])  # before ready: spares come with it done
+    send_msg(sock, {"ready": me, "prelude_error": prelude_error})
     while True:
         try:
             req = recv_msg(sock)

@@ -17,6 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
+from aster.errors import ConfigError
 from aster.sandbox._child import _HEADER, recv_exact, send_msg
 from aster.sandbox.config import SandboxConfig
 from aster.sandbox.result import SandboxError
@@ -295,7 +296,7 @@ class Zygote:
         cfg = {k: getattr(config, k) for k in ("no_network", "preload", "memory_mb",
                                                 "max_file_mb", "max_open_files",
                                                 "max_processes", "max_output_chars",
-                                                "drop_privileges", "tmp_mb")}
+                                                "drop_privileges", "tmp_mb", "prelude")}
         cfg.update(pool_root=pool_root, view_root=view_root, cgroup_root=cgroup_root,
                    read_only_paths=[os.path.abspath(p) for p in config.read_only_paths])
         self.proc = subprocess.Popen(
@@ -329,6 +330,10 @@ class Zygote:
                     if msg["confinement"]["view"] else "")
             raise ValueError(f"sandbox.preload={self.config.preload!r}: cannot import "
                              f"{'; '.join(msg['errors'])}; fix or remove the module{hint}")
+        if msg.get("prelude_error"):
+            self.close()
+            raise ConfigError(f"sandbox.prelude fails: {msg['prelude_error']}; fix the code "
+                              "or set sandbox.prelude to ''")
         self.report = msg
         self._ready = True
 

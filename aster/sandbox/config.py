@@ -24,7 +24,11 @@ class SandboxConfig:
     root, each session runs under its own unprivileged uid (uid_base + n); off, sessions run as
     uid 0 (still without capabilities). no_network: put the sessions in an empty network
     namespace where the machine allows. work_dir: where the private per-session directories
-    are made (default: the system temp dir).
+    are made (default: the system temp dir). preload: modules the warm zygote imports once, so
+    sessions import them for free; it binds no names. prelude: Python every session runs
+    before its first cell (e.g. ``import sympy as sp``); the names it binds persist in the
+    session, its output is discarded, spares run it before they are handed out, and the pool
+    checks it once at start (an error there is a one-line config error).
 
     Confinement (as root; ``SandboxPool.enforcement`` says what is in force): env: names of
     the trainer's environment variables a session may see, on top of the allow-list (PATH,
@@ -54,6 +58,7 @@ class SandboxConfig:
     no_network: bool = True
     work_dir: str | None = None
     preload: list[str] = field(default_factory=_default_preload)
+    prelude: str = ""
     env: list[str] = field(default_factory=list)
     read_only_paths: list[str] = field(default_factory=list)
     tmp_mb: int = 64
@@ -82,6 +87,12 @@ class SandboxConfig:
                 isinstance(m, str) and m.replace(".", "").replace("_", "").isalnum()
                 for m in self.preload):
             raise ValueError(f"sandbox.preload={self.preload!r} must be a list of module names")
+        if not isinstance(self.prelude, str) or "\x00" in self.prelude:
+            raise ValueError(f"sandbox.prelude={self.prelude!r} must be a string of Python "
+                             "code (e.g. 'import sympy as sp')")
+        if len(self.prelude) > self.max_code_chars:
+            raise ValueError(f"sandbox.prelude is {len(self.prelude)} characters, over "
+                             f"sandbox.max_code_chars={self.max_code_chars}; shorten it")
         if not isinstance(self.env, list) or not all(
                 isinstance(v, str) and v.isidentifier() and v.isascii() for v in self.env):
             raise ValueError(f"sandbox.env={self.env!r} must be a list of environment variable "

@@ -68,6 +68,8 @@ class SandboxPool:
                                         daemon=True)
         if self.config.require_confinement:
             self._require_confinement()
+        if self.config.prelude.strip():  # a prelude that fails is a config error now, not later
+            self._wait_zygote_or_close()
         self._filler.start()
 
     # ------------------------------------------------------------------ public
@@ -185,6 +187,14 @@ class SandboxPool:
                 + " | ".join(missing) + " (run as root on Linux with cgroups, or set "
                 "sandbox.require_confinement=false to accept it)")
 
+    def _wait_zygote_or_close(self) -> None:
+        try:
+            with self._lock:
+                self._zygote.wait_ready()
+        except BaseException:
+            self.close()
+            raise
+
     def _check_open(self) -> None:
         if self._closed:
             raise SandboxClosedError("the sandbox pool is closed")
@@ -281,6 +291,9 @@ class SandboxPool:
                 log.warning("sandbox worker failed to start: %s", why)
             worker.kill()
             raise SandboxError("a sandbox worker failed to start; see the log")
+        if msg.get("prelude_error"):
+            log.warning("sandbox: sandbox.prelude failed in a session (%s); it runs without the "
+                        "names the prelude binds", msg["prelude_error"])
 
     def _fill_spares(self) -> None:
         """Background: keep config.spare_workers forked and waiting."""

@@ -258,9 +258,11 @@ def _prompts(path: str, cfg, synthetic, split: str) -> list[dict]:
 
 # ---- stages -----------------------------------------------------------------------------------
 def run_sft_stage(ctx, data) -> None:
+    from aster.rollout.tools import tool_schemas
     from aster.train.sft import encode_dataset, run_sft
 
-    encoded, dropped = encode_dataset(ctx.tokenizer, data["sft"], ctx.cfg.sft.cutoff_len)
+    encoded, dropped = encode_dataset(ctx.tokenizer, data["sft"], ctx.cfg.sft.cutoff_len,
+                                      tools=tool_schemas(ctx.cfg.rollout.tools))
     if not encoded:
         from aster.data.io import DataError
 

@@ -81,16 +81,22 @@ def encode_conversation(tokenizer, messages: list[dict], tools=None) -> Encoded:
     return segments[0]
 
 
-def encode_dataset(tokenizer, examples: list[dict], cutoff_len: int) -> tuple[list[Encoded], int]:
+def encode_dataset(tokenizer, examples: list[dict], cutoff_len: int,
+                   tools: list[dict] | None = None) -> tuple[list[Encoded], int]:
     """Encode every example. Sequences longer than cutoff_len are dropped (never truncated) and
     counted; an example the chat template cannot render is skipped and logged with its reason.
-    Returns (sequences, number dropped over the cutoff)."""
+    `tools` (rollout.tools' schemas): every example is rendered with them, as RL and eval
+    render their prompts; None keeps each example's own. Returns (sequences, number dropped
+    over the cutoff)."""
     from aster.data.io import DataError, Skipped
 
+    if tools is not None:
+        _say_replaced_schemas(examples, tools)
     kept, dropped, skipped = [], 0, Skipped()
     for index, ex in enumerate(examples):
         try:
-            segments = encode_segments(tokenizer, ex["messages"], ex.get("tools"))
+            segments = encode_segments(tokenizer, ex["messages"],
+                                       tools if tools is not None else ex.get("tools"))
         except (TurnRenderError, ValueError, TypeError, KeyError) as exc:
             skipped.add(index, f"the chat template cannot encode it ({exc})")
             continue
@@ -113,3 +119,17 @@ def encode_dataset(tokenizer, examples: list[dict], cutoff_len: int) -> tuple[li
         raise DataError(f"no SFT sequence is left to train on (first: {why}); raise "
                         "sft.cutoff_len or check the data")
     return kept, dropped
+
+
+def _say_replaced_schemas(examples: list[dict], tools: list[dict]) -> None:
+    """One log line when the data's own tool schema is not the one rendered."""
+    from aster.rollout.tools import same_schemas
+
+    other = [ex["tools"] for ex in examples if ex.get("tools") and
+             not same_schemas(ex["tools"], tools)]
+    if other:
+        desc = other[0][0].get("function", {}).get("description", "")
+        log.warning("sft: %d of %d conversations carry another tool schema (e.g. %r); they are "
+                    "rendered with rollout.tools, as RL and eval render theirs (set "
+                    "rollout.tools to the data's schema to train on it)", len(other),
+                    len(examples), desc[:60])
