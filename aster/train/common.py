@@ -11,16 +11,13 @@ from pathlib import Path
 import torch
 
 from aster.errors import AsterUserError
+from aster.train.model_source import ModelPathError
 
 log = logging.getLogger("aster")
 
 
 class TrainingDivergedError(AsterUserError):
     """The loss or gradient became NaN/inf; training stopped before corrupting the weights."""
-
-
-class ModelPathError(AsterUserError):
-    """model.path does not point at a loadable model directory."""
 
 
 def load_policy(path: str, model_cfg, backend):
