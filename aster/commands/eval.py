@@ -40,6 +40,10 @@ def load_engine(model_path: str, backend, cfg, *, max_model_len: int | None = No
     if not model_path:
         raise AsterUserError("no model to evaluate: give --model PATH (a checkpoint directory "
                              "or a Hugging Face model path) or model.path=PATH")
+    from aster.train.model_source import check_model_path, resolve_model_path
+
+    check_model_path(model_path)  # a Hub name: its cached snapshot, or fetched once here
+    model_path = resolve_model_path(model_path, lambda fn, what: fn())
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path)
     except (OSError, ValueError) as exc:
