@@ -50,7 +50,9 @@ def load_engine(model_path: str, backend, cfg, *, max_model_len: int | None = No
         raise AsterUserError(f"cannot load a tokenizer from {model_path!r} ({exc}); give a "
                              "model directory or a reachable Hugging Face model path") from exc
     from aster.rollout.chat_format import chat_format
+    from aster.rollout.templates import use_template
 
+    use_template(tokenizer, cfg.model.chat_template)
     chat_format(tokenizer)  # a template without append-only tool turns fails here, in one line
     dtype = "float32" if cfg.model.dtype == "auto" else cfg.model.dtype
     max_model_len = max_model_len or cfg.eval.max_tokens + 4096

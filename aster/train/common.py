@@ -42,7 +42,9 @@ def load_policy(path: str, model_cfg, backend):
     model = backend.prepare_model(model, fused_ops=model_cfg.fused_ops).to(backend.device())
     if model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    from aster.rollout.templates import use_template
+
+    tokenizer = use_template(AutoTokenizer.from_pretrained(path), model_cfg.chat_template)
     return model.train(), tokenizer
 
 
