@@ -1,6 +1,6 @@
 """Trainer configs: the `sft:`, `rl:`, `distributed:` and `checkpoint:` sections.
 
-Defaults are the ASTER paper's (see DESIGN.md, "The recipe").
+Defaults are the ASTER paper's (docs/recipe.md has the source of every value).
 """
 
 from __future__ import annotations
