@@ -92,8 +92,10 @@ def test_stage_narrows_the_configs_stages(qwen3_dirs, stage1_run, capsys):
     assert main(["rl", "--config", "qwen3-4b-rl-stage2", "--stage", "rl_stage1", "-o", "x",
                  *SMALL, model]) == 2
     assert main(["rl", "--config", "qwen3-4b-sft", "-o", "x", *SMALL, model]) == 2
+    assert main(["sft", "--config", "qwen3-4b-rl-stage2", "-o", "x", *SMALL, model]) == 2
     errors = _errors(capsys)
-    assert len(errors) == 2 and "--stage rl_stage1" in errors[0] and "no RL stage" in errors[1]
+    assert len(errors) == 3 and "--stage rl_stage1" in errors[0] and "no RL stage" in errors[1]
+    assert "has no sft" in errors[2]
 
     from aster.train.stages import rl_stages
 
