@@ -116,10 +116,8 @@ def mark_done(run_dir: Path, stage: str, result: dict, is_main: bool) -> None:
 def base_model_dir(cfg, run_dir: Path, is_main: bool, dist, data: dict | None = None) -> str:
     """model.path, or the tiny model built (once) into run_dir/base_model, its tokenizer
     trained on the built-in corpus plus the rendered SFT conversations (short sequences)."""
-    if cfg.model.path:  # a directory, or a Hub name resolved through the cache (rank 0 fetches)
-        from aster.train.model_source import resolve_model_path
-
-        return resolve_model_path(cfg.model.path, lambda fn, what: on_main(dist, fn, what))
+    if cfg.model.path:  # a directory (a Hub name was resolved to its snapshot at start-up)
+        return cfg.model.path
     out = run_dir / "base_model"
 
     def build():
@@ -378,6 +376,7 @@ def run_pipeline(cfg, backend, *, config_name: str | None = None, output_dir: st
     # hang the first collective instead
     check_world_size(cfg, DistInfo.from_env().world_size)
     dist = backend.init_distributed(cfg.distributed.timeout_s)
+    _resolve_hub_name(cfg, dist)
     if cfg.run.deterministic:
         backend.set_deterministic(cfg.run.seed)
     # before the run directory: sandbox.require_confinement refuses here, nothing written
@@ -397,6 +396,18 @@ def run_pipeline(cfg, backend, *, config_name: str | None = None, output_dir: st
             engines.close()
             writer.close()
     return summary_of(read_state(run_dir)["done"])
+
+
+def _resolve_hub_name(cfg, dist) -> None:
+    """model.path as a Hub name -> its cached snapshot (rank 0 downloads it while the others
+    wait), before the run directory exists: a failed download leaves nothing behind."""
+    from aster.train.model_source import resolve_model_path
+
+    if cfg.model.path:
+        path = resolve_model_path(cfg.model.path, lambda fn, what: on_main(dist, fn, what))
+        if path != cfg.model.path and dist.is_main:
+            log.info("model.path %s: the cached snapshot %s", cfg.model.path, path)
+        cfg.model.path = path
 
 
 def _run_stages(cfg, backend, run_dir: Path, base, data, writer, pool, engines, dist) -> None:

@@ -110,3 +110,25 @@ def test_rl_trains_from_a_cached_hub_name(qwen3_dirs, offline, tmp_path, monkeyp
     assert (tmp_path / "run" / "rl_stage1" / "model" / "config.json").is_file()
     records = (tmp_path / "run" / "rollouts" / "rl_stage1.jsonl").read_text().splitlines()
     assert [len(json.loads(r)["rewards"]) for r in records] == [2, 2]
+
+
+def test_a_failed_download_is_one_line_naming_the_command(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from aster.train.model_source import ModelPathError, resolve_model_path
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    real = huggingface_hub.snapshot_download
+
+    def unreachable(repo_id, *, cache_dir=None, local_files_only=False, **kw):
+        if local_files_only:
+            return real(repo_id, cache_dir=cache_dir, local_files_only=True, **kw)
+        raise ConnectionError("the Hub cannot be reached\nmore detail")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    with pytest.raises(ModelPathError) as err:
+        resolve_model_path(NAME, lambda fn, what: fn())
+    assert "\n" not in str(err.value) and f"hf download {NAME}" in str(err.value)
+    assert "ConnectionError: the Hub cannot be reached" in str(err.value)
