@@ -32,7 +32,7 @@ test -s "$out/rl/rollouts/rl_stage1.jsonl"
 echo "== aster eval (AIME layout, two problems)"
 aster eval --config qwen3-4b --model "$out/rl/rl_stage1/model" \
   --data "$out/data/aime25.parquet" --k 1 -o "$out/eval" --device cpu model.dtype=float32 \
-  rollout.engine=hf eval.max_tokens=48
+  rollout.engine=hf eval.max_tokens=48 "eval.budgets=[]"
 python - "$out" <<'PY'
 import json, sys
 out = sys.argv[1]

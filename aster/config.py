@@ -90,7 +90,15 @@ class ModelConfig:
     attn_implementation: str = "auto"  # auto: the backend's choice
     gradient_checkpointing: bool = False
     fused_ops: bool = False  # vendor fused RMSNorm/RoPE/SwiGLU (Ascend)
+    # the template SFT, RL and eval render with: "" the checkpoint's own; "hermes" (shipped) or
+    # a Jinja file for a checkpoint whose template cannot show the tool (aster.rollout.templates)
+    chat_template: str = ""
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+    def __post_init__(self):
+        from aster.rollout.templates import check_template_choice
+
+        check_template_choice(self.chat_template)
 
 
 @dataclass

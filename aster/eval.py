@@ -29,7 +29,8 @@ class EvalConfig:
     max_tokens: int = 30000  # the token budget (30K or 90K in the paper's tables)
     # several budgets from one generation (e.g. [30000, 90000]): sampled once at the largest,
     # each smaller one scored by cutting every trajectory where that budget ends
-    # (aster.eval_budgets); one table per budget. Set, it replaces max_tokens
+    # (aster.eval_budgets); one table per budget. None may exceed max_tokens, which is always
+    # scored and is the budget generated at
     budgets: list[int] = field(default_factory=list)
     pass_k: list[int] = field(default_factory=lambda: [1, 16])
     max_problems: int = 0  # 0: all
@@ -49,6 +50,12 @@ class EvalConfig:
                 isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.budgets):
             raise ValueError(f"eval.budgets={self.budgets!r} must be a list of token budgets "
                              ">= 1 (e.g. [30000, 90000]) or [] for eval.max_tokens alone")
+        if self.budgets and max(self.budgets) > self.max_tokens:
+            # the generation runs at max_tokens; a larger budget cannot be cut out of it, and
+            # dropping it silently would hide an override of max_tokens
+            raise ValueError(f"eval.budgets={self.budgets!r} go past eval.max_tokens="
+                             f"{self.max_tokens}, the budget generated at: raise eval.max_tokens "
+                             "or set eval.budgets=[] (or smaller budgets)")
         if any(p < 1 for p in self.pass_k):
             raise ValueError(f"eval.pass_k={self.pass_k!r} must hold values >= 1")
         for key in ("max_problems", "seed"):
@@ -58,8 +65,9 @@ class EvalConfig:
 
     @property
     def budget_list(self) -> list[int]:
-        """The budgets scored, smallest first (eval.budgets, or eval.max_tokens alone)."""
-        return sorted(set(self.budgets)) if self.budgets else [self.max_tokens]
+        """The budgets scored, smallest first: eval.budgets and eval.max_tokens (the largest,
+        the one generated at)."""
+        return sorted({*self.budgets, self.max_tokens})
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -42,6 +42,13 @@ def test_paper_configs_carry_the_public_reproduction_where_the_paper_is_silent(n
     assert (rl.clip_c, rl.tis_cap, rl.old_logp, rl.loss) == (10.0, 2.0, "recompute", "grpo")
 
 
+@pytest.mark.parametrize("name", ["qwen3-4b", "qwen3-4b-sft", "qwen3-4b-rl-stage1",
+                                  "qwen3-4b-rl-stage2"])
+def test_rl_weight_decay_is_the_reproductions(name):
+    """verl 0.5's actor.optim.weight_decay default (the paper is silent; docs/recipe.md)."""
+    assert load_config(name).rl.weight_decay == 0.01
+
+
 def test_stage_configs_inherit_and_restrict_stages():
     assert load_config("qwen3-4b-sft").run.stages == ["sft"]
     assert load_config("qwen3-4b-rl-stage2").run.stages == ["filter", "rl_stage2"]
@@ -68,6 +75,7 @@ def test_overrides_are_typed_and_keep_nested_defaults():
     ("rl.mini_batch_prompts=5", "rl.mini_batch_prompts=5 must divide rl.prompts_per_step"),
     ("rollout.engine=tgi", "config key 'rollout.engine'='tgi' must be one of"),
     ("rl", "is not of the form key.subkey=value"),
+    ("rl.stage1.filter_records=r.jsonl", "only stage 2 filters; set rl.stage2.filter_records"),
 ])
 def test_bad_keys_and_values_are_one_line_errors(override, message):
     with pytest.raises(ConfigError) as info:

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("aster", "backends", "kernels")
 
 # Keys documented but read by no code path yet, with the reason. Kept empty: a key nothing
-# reads is a silent no-op (DESIGN.md).
+# reads is a silent no-op.
 DOC_ONLY: dict[str, str] = {}
 # Keys another branch is wiring right now (the lead removes an entry when it lands).
 PENDING: dict[str, str] = {}

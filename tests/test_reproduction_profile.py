@@ -38,7 +38,8 @@ def test_a_cell_uses_the_preludes_names_under_the_profile():
 def test_one_rl_step_under_the_profile(qwen3_dirs, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     write_dapo(tmp_path / "dapo.parquet", n=2)
-    rc = main(["rl", "--config", "qwen3-4b-reproduction", "-o", "run", *SMALL,
+    rc = main(["rl", "--config", "qwen3-4b-reproduction", "--stage", "rl_stage1", "-o", "run",
+               *SMALL,
                f"model.path={qwen3_dirs['thinking']}", "data.rl_path=dapo.parquet",
                "rl.prompts_per_step=2", "rl.group_size=2", "rl.mini_batch_prompts=2",
                "rl.stage1.max_steps=1", "rl.stage1.max_response_tokens=24",

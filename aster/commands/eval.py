@@ -40,15 +40,21 @@ def load_engine(model_path: str, backend, cfg, *, max_model_len: int | None = No
     if not model_path:
         raise AsterUserError("no model to evaluate: give --model PATH (a checkpoint directory "
                              "or a Hugging Face model path) or model.path=PATH")
+    from aster.train.model_source import check_model_path, resolve_model_path
+
+    check_model_path(model_path)  # a Hub name: its cached snapshot, or fetched once here
+    model_path = resolve_model_path(model_path, lambda fn, what: fn())
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path)
     except (OSError, ValueError) as exc:
         raise AsterUserError(f"cannot load a tokenizer from {model_path!r} ({exc}); give a "
                              "model directory or a reachable Hugging Face model path") from exc
     from aster.rollout.chat_format import chat_format
+    from aster.rollout.templates import use_template
     from aster.rollout.tools import tool_schemas
 
-    # a template without append-only tool turns fails here, in one line
+    use_template(tokenizer, cfg.model.chat_template)
+    # a template without append-only tool turns, or one that drops the tool schema, fails here
     chat_format(tokenizer, tool_schemas(cfg.rollout.tools))
     dtype = "float32" if cfg.model.dtype == "auto" else cfg.model.dtype
     max_model_len = max_model_len or cfg.eval.budget_list[-1] + 4096
@@ -73,6 +79,7 @@ def run_eval(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"eval.k={args.k}"] if args.k else [])
     if args.budgets:
         overrides.append(f"eval.budgets=[{','.join(str(b) for b in args.budgets)}]")
+        overrides.append(f"eval.max_tokens={max(args.budgets)}")  # generated at the largest
     cfg = load_config(args.config, overrides)
     backend = select_backend(args.device or cfg.run.device)
     benchmarks = _benchmarks(args, cfg)

@@ -1,4 +1,5 @@
-"""`aster rl`: GRPO with the stateful Python sandbox (one stage; see `aster train` for both)."""
+"""`aster rl`: GRPO with the stateful Python sandbox, the config's RL stages (docs/recipe.md,
+"Stages run alone")."""
 
 from __future__ import annotations
 
@@ -8,17 +9,21 @@ from pathlib import Path
 from aster.commands.common import add_run_args
 from aster.commands.train import add_rollout_dump_args
 
-DESC = "GRPO with the stateful Python sandbox (one stage; see `aster train` for both)."
+DESC = ("GRPO with the stateful Python sandbox: the config's RL stages (--stage narrows them; "
+        "see `aster train` for the whole recipe).")
 
 
 def run(args) -> int:
     from aster.commands.train import setup
     from aster.train.pipeline import run_pipeline
+    from aster.train.stages import rl_stages
 
-    if args.filter_records:
+    if args.filter_out:
         return _filter(args)
     cfg, backend = setup(args)
-    cfg.run.stages = [args.stage]
+    cfg.run.stages = rl_stages(cfg.run.stages, args.stage)
+    if args.filter_records:
+        cfg.rl.stage2.filter_records = args.filter_records
     run_pipeline(cfg, backend, config_name=args.config, output_dir=args.output_dir,
                  resume=args.resume)
     return 0
@@ -32,6 +37,9 @@ def _filter(args) -> int:
     from aster.train.rl import filter_prompts
 
     cfg = load_config(args.config, args.overrides)
+    if not args.filter_records:
+        raise AsterUserError("--filter-out needs --filter-records RUN/rollouts/rl_stage1.jsonl "
+                             "(the stage-1 records to filter by)")
     if not Path(args.filter_records).is_file():
         raise AsterUserError(f"--filter-records {args.filter_records}: no such file; give a "
                              "run's rollouts/rl_stage1.jsonl")
@@ -40,7 +48,7 @@ def _filter(args) -> int:
                              "indices in the records refer to it)")
     prompts = load_prompts(cfg.data.rl_path, cfg.data.max_rows).prompts
     kept, dropped = filter_prompts(prompts, args.filter_records)
-    out = args.filter_out or str(Path(args.filter_records).with_name("stage2_prompts.jsonl"))
+    out = args.filter_out
     write_prompts(kept, out)
     print(json.dumps({"kept": len(kept), "dropped": dropped, "written": out}))
     return 0
@@ -49,14 +57,18 @@ def _filter(args) -> int:
 def register(sub) -> None:
     parser = sub.add_parser("rl", help=DESC, description=DESC)
     add_run_args(parser)
-    parser.add_argument("--stage", choices=["rl_stage1", "rl_stage2"], default="rl_stage1",
-                        help="which stage's settings (rl.stage1 / rl.stage2) to run")
+    parser.add_argument("--stage", choices=["rl_stage1", "rl_stage2"], default=None,
+                        help="narrow the config's RL stages to this one (rl_stage2 keeps the "
+                             "filter before it); default: all of the config's RL stages")
     parser.add_argument("--resume", action="store_true",
                         help="resume the run in --output-dir from its last checkpoint")
     parser.add_argument("--filter-records", metavar="JSONL", default=None,
-                        help="only run the all-correct filter over recorded rollouts "
-                             "(rollouts/rl_stage1.jsonl) and write the kept prompts")
+                        help="stage 1's records (RUN/rollouts/rl_stage1.jsonl) for stage 2's "
+                             "all-correct filter when stage 2 runs alone "
+                             "(= rl.stage2.filter_records)")
     parser.add_argument("--filter-out", metavar="FILE", default=None,
-                        help="where --filter-records writes the kept prompts (jsonl)")
+                        help="only run the all-correct filter over --filter-records and write "
+                             "the kept prompts to FILE (jsonl; train on it with "
+                             "data.rl_path=FILE rl.stage2.filter_all_correct=false)")
     add_rollout_dump_args(parser)
     parser.set_defaults(func=run)

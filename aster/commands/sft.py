@@ -10,8 +10,12 @@ DESC = "Cold-start SFT on multi-turn tool trajectories (loss on assistant tokens
 def run(args) -> int:
     from aster.commands.train import setup
     from aster.train.pipeline import run_pipeline
+    from aster.train.stages import StageInputError
 
     cfg, backend = setup(args)
+    if "sft" not in cfg.run.stages:  # a stage config runs its own stages, never another's
+        raise StageInputError(f"run.stages={cfg.run.stages} has no sft; use a config that has "
+                              "it (qwen3-4b-sft) or add run.stages=[sft]")
     cfg.run.stages = ["sft"]
     run_pipeline(cfg, backend, config_name=args.config, output_dir=args.output_dir,
                  resume=args.resume)

@@ -4,7 +4,8 @@ Read from the verl / DAPO layout (``prompt`` chat list, ``reward_model.ground_tr
 ``data_source``; parquet or jsonl) and from plain jsonl ``{problem, answer}``; written back in
 the layout read. ``problem`` is held without the user-turn suffix; `user_turn` adds it exactly
 once. Text is sanitised (control characters that ate a LaTeX escape are repaired; the rest are
-reported).
+reported). Upstream DAPO-Math-17k's own answer instructions are rewritten to the boxed form
+(the original kept in ``source_prompt``) and repeated problems dropped (aster.data.dapo).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+from aster.data import dapo
 from aster.data.io import Skipped, file_kind, is_bad_line, read_rows, require_columns, write_rows
 from aster.data.sanitize import SanitizeReport, sanitize_text
 from aster.rollout.chat import ANSWER_INSTRUCTION as SUFFIX
@@ -75,7 +77,8 @@ def _first(row: dict, keys: tuple[str, ...]):
     return None
 
 
-def _convert(row: dict, layout: str) -> dict:
+def _convert(row: dict, layout: str) -> tuple[dict, bool]:
+    """(the internal prompt, whether its text was rewritten from DAPO's wrapper)."""
     if layout == "verl":
         problem = _verl_problem(row)
         reward = row.get("reward_model")
@@ -89,11 +92,26 @@ def _convert(row: dict, layout: str) -> dict:
         raise ValueError("no answer")
     extra = {k: v for k, v in row.items() if k not in ("prompt", "reward_model", "data_source",
                                                         *_PROBLEM_KEYS, *_ANSWER_KEYS)}
+    problem, wrapped = dapo.unwrap(problem)  # upstream DAPO's "Answer:" instructions
+    if wrapped:
+        extra.setdefault("source_prompt", dapo.source_prompt(row, problem_text(row, layout)))
     out = {"problem": strip_suffix(problem), "answer": str(answer).strip(),
            "data_source": str(row.get("data_source") or "")}
     if extra:
         out["extra"] = extra
-    return out
+    return out, wrapped
+
+
+def problem_text(row: dict, layout: str) -> str:
+    """The row's problem as written in the file (before any rewrite)."""
+    return _verl_problem(row) if layout == "verl" else _first(row, _PROBLEM_KEYS)
+
+
+def problem_of(row: dict, layout: str = "verl") -> str:
+    """The problem text aster trains on for one row: DAPO's wrapper rewritten, the suffix
+    stripped, control characters repaired (raises ValueError for a row load_prompts skips)."""
+    prompt, _ = _convert(row, layout)
+    return sanitize_text(prompt["problem"])[0]
 
 
 def detect_prompt_layout(rows: list) -> str:
@@ -109,23 +127,36 @@ def load_prompts(path: str | os.PathLike, max_rows: int = 0) -> LoadedPrompts:
     require_columns(rows, path, {"prompt", *_PROBLEM_KEYS}, "prompts")
     layout = detect_prompt_layout(rows)
     loaded = LoadedPrompts(prompts=[], layout=layout, file_kind=kind)
+    unique, rewritten = dapo.Deduper(), 0
     for index, row in enumerate(rows):
         try:
             if is_bad_line(row) or not isinstance(row, dict):
                 raise ValueError(is_bad_line(row) or "row is not an object")
-            prompt = _convert(row, layout)
+            prompt, wrapped = _convert(row, layout)
         except ValueError as exc:
             loaded.skipped.add(index, str(exc))
             continue
         prompt["problem"], report = sanitize_text(prompt["problem"])
+        if not unique.keep(prompt, index):
+            continue
+        rewritten += wrapped
         loaded.sanitized.merge(report)
         loaded.prompts.append(prompt)
         if max_rows and len(loaded.prompts) >= max_rows:
             break
     loaded.skipped.report(str(path), len(loaded.prompts))
+    _log_rewrites(path, rewritten, unique)
     if loaded.sanitized.rows_touched:
         logger.warning("%s: %s", path, loaded.sanitized.summary())
     return loaded
+
+
+def _log_rewrites(path, rewritten: int, unique: dapo.Deduper) -> None:
+    if rewritten:
+        logger.info("%s: %d prompts rewritten from DAPO's \"Answer:\" instructions to the "
+                    "boxed form (the upstream text kept in source_prompt)", path, rewritten)
+    if unique.dropped:
+        (logger.warning if unique.conflicts else logger.info)("%s: %s", path, unique.summary())
 
 
 def prompt_row(prompt: dict, layout: str) -> dict:

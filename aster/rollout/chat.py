@@ -30,7 +30,7 @@ _CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
 
 
 def user_message(problem: str) -> dict:
-    """The user turn of DESIGN.md: the problem followed by the boxed-answer instruction."""
+    """The user turn of docs/recipe.md: the problem followed by the boxed-answer instruction."""
     return {"role": "user", "content": f"{problem.rstrip()}\n\n{ANSWER_INSTRUCTION}"}
 
 

@@ -71,6 +71,20 @@ class ChatFormat:
         self.assistant_text(_PROBE_TURN, probe=True)
         self._tool_parts: dict[int, list[str]] = {}
         self._tool_parts[1] = self._probe_tool_turn(1)
+        # last: a template that cannot hold tool turns at all says that first
+        self._check_tools_shown()
+
+    def _check_tools_shown(self) -> None:
+        """The rendered prompt names every tool: a template that drops `tools` (plain ChatML)
+        would leave the model calling a tool it was never shown."""
+        names = [t.get("function", t).get("name", "") for t in self.tools]
+        missing = [n for n in names if n and n not in self._head]
+        if missing:
+            raise ChatTemplateError(
+                f"the tokenizer's chat template does not show the tool schema (no "
+                f"{missing[0]!r} in the prompt it renders), so the model would never see the "
+                "tool; name a template that does: model.chat_template=hermes (shipped, "
+                "Hermes-style) or model.chat_template=FILE.jinja")
 
     # ---- rendering ----------------------------------------------------------------------------
     def _render(self, messages, generation_prompt: bool = False, what: str = "") -> str:

@@ -11,16 +11,13 @@ from pathlib import Path
 import torch
 
 from aster.errors import AsterUserError
+from aster.train.model_source import ModelPathError
 
 log = logging.getLogger("aster")
 
 
 class TrainingDivergedError(AsterUserError):
     """The loss or gradient became NaN/inf; training stopped before corrupting the weights."""
-
-
-class ModelPathError(AsterUserError):
-    """model.path does not point at a loadable model directory."""
 
 
 def load_policy(path: str, model_cfg, backend):
@@ -45,7 +42,9 @@ def load_policy(path: str, model_cfg, backend):
     model = backend.prepare_model(model, fused_ops=model_cfg.fused_ops).to(backend.device())
     if model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    from aster.rollout.templates import use_template
+
+    tokenizer = use_template(AutoTokenizer.from_pretrained(path), model_cfg.chat_template)
     return model.train(), tokenizer
 
 

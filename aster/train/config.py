@@ -1,6 +1,6 @@
 """Trainer configs: the `sft:`, `rl:`, `distributed:` and `checkpoint:` sections.
 
-Defaults are the ASTER paper's (see DESIGN.md, "The recipe").
+Defaults are the ASTER paper's (docs/recipe.md has the source of every value).
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ class RLStageConfig:
     max_steps: int = 0  # 0: no cap beyond epochs
     # stage 2: drop prompts answered correctly G/G during the previous stage's last epoch
     filter_all_correct: bool = False
+    # stage 2 run alone: stage 1's RUN/rollouts/rl_stage1.jsonl the filter reads ("": this run's)
+    filter_records: str = ""
 
     def __post_init__(self):
         _positive("", self, "max_response_tokens", "epochs")
@@ -156,6 +158,9 @@ class RLConfig:
         if self.prompts_per_step % self.mini_batch_prompts:
             raise ValueError(f"rl.mini_batch_prompts={self.mini_batch_prompts} must divide "
                              f"rl.prompts_per_step={self.prompts_per_step}")
+        if self.stage1.filter_records:
+            raise ValueError(f"rl.stage1.filter_records={self.stage1.filter_records!r}: only "
+                             "stage 2 filters; set rl.stage2.filter_records")
         if not (0 <= self.clip_low < 1 and self.clip_high >= 0):
             raise ValueError(f"rl.clip_low={self.clip_low!r} must be in [0, 1) and "
                              f"rl.clip_high={self.clip_high!r} >= 0")

@@ -116,7 +116,7 @@ def mark_done(run_dir: Path, stage: str, result: dict, is_main: bool) -> None:
 def base_model_dir(cfg, run_dir: Path, is_main: bool, dist, data: dict | None = None) -> str:
     """model.path, or the tiny model built (once) into run_dir/base_model, its tokenizer
     trained on the built-in corpus plus the rendered SFT conversations (short sequences)."""
-    if cfg.model.path:
+    if cfg.model.path:  # a directory (a Hub name was resolved to its snapshot at start-up)
         return cfg.model.path
     out = run_dir / "base_model"
 
@@ -281,26 +281,33 @@ def run_rl(ctx, engine, stage: str, data, run_dir: Path) -> None:
 
 
 def _filtered_prompts(run_dir: Path, prompts: list[dict]) -> list[dict]:
-    path = run_dir / "rollouts" / "stage2_prompts.json"
-    if path.is_file():
-        kept = json.loads(path.read_text())
-        return kept if kept else prompts
-    return prompts
+    from aster.train.stages import FILTERED, NO_RECORDS, StageInputError
+
+    path = run_dir / FILTERED
+    if not path.is_file():  # check_stage_inputs refuses such a run before it starts
+        raise StageInputError(NO_RECORDS)
+    kept = json.loads(path.read_text())
+    return kept if kept else prompts
 
 
 def run_filter(cfg, run_dir: Path, data, is_main: bool) -> dict:
-    """Drop prompts answered correctly G/G during stage 1's last epoch (from its records)."""
+    """Drop prompts answered correctly G/G during stage 1's last epoch, from its records (this
+    run's, or rl.stage2.filter_records for stage 2 run alone)."""
     from aster.train.rl import filter_prompts
+    from aster.train.stages import FILTERED, NO_RECORDS, StageInputError, stage1_records
 
-    kept, dropped = filter_prompts(data["rl"], run_dir / "rollouts" / "rl_stage1.jsonl")
+    records = stage1_records(cfg, run_dir)
+    if not records.is_file():  # stage 1 of this run recorded nothing (no step ran)
+        raise StageInputError(NO_RECORDS)
+    kept, dropped = filter_prompts(data["rl"], records)
     if not kept:
         log.warning("filter: every prompt was answered G/G in stage 1; stage 2 keeps them all")
     if is_main:
-        out = run_dir / "rollouts" / "stage2_prompts.json"
+        out = run_dir / FILTERED
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(kept))
-    log.info("filter: dropped %d of %d prompts answered correctly G/G in stage 1", dropped,
-             len(data["rl"]))
+    log.info("filter: dropped %d of %d prompts answered correctly G/G in stage 1 (%s)",
+             dropped, len(data["rl"]), records)
     return {"kept": len(kept), "dropped": dropped}
 
 
@@ -362,13 +369,16 @@ def run_pipeline(cfg, backend, *, config_name: str | None = None, output_dir: st
     """The whole recipe in one run directory; returns the summary dict."""
     from aster.backend import DistInfo
     from aster.sandbox import SandboxPool
+    from aster.train.stages import check_stage_inputs
     from aster.train.world import check_world_size
 
     check_inputs(cfg)
+    check_stage_inputs(cfg, output_dir, resume)
     # before the process group and any model: a world size the batches cannot split would
     # hang the first collective instead
     check_world_size(cfg, DistInfo.from_env().world_size)
     dist = backend.init_distributed(cfg.distributed.timeout_s)
+    _resolve_hub_name(cfg, dist)
     if cfg.run.deterministic:
         backend.set_deterministic(cfg.run.seed)
     # before the run directory: sandbox.require_confinement refuses here, nothing written
@@ -388,6 +398,18 @@ def run_pipeline(cfg, backend, *, config_name: str | None = None, output_dir: st
             engines.close()
             writer.close()
     return summary_of(read_state(run_dir)["done"])
+
+
+def _resolve_hub_name(cfg, dist) -> None:
+    """model.path as a Hub name -> its cached snapshot (rank 0 downloads it while the others
+    wait), before the run directory exists: a failed download leaves nothing behind."""
+    from aster.train.model_source import resolve_model_path
+
+    if cfg.model.path:
+        path = resolve_model_path(cfg.model.path, lambda fn, what: on_main(dist, fn, what))
+        if path != cfg.model.path and dist.is_main:
+            log.info("model.path %s: the cached snapshot %s", cfg.model.path, path)
+        cfg.model.path = path
 
 
 def _run_stages(cfg, backend, run_dir: Path, base, data, writer, pool, engines, dist) -> None:
@@ -422,15 +444,11 @@ def _warn_held_out_collapse(cfg, done: dict, stage: str, result: dict) -> None:
 def check_inputs(cfg) -> None:
     """Fail before anything is written when a given path cannot be used (or a KL reference
     policy cannot be sharded like the policy)."""
-    from aster.train.common import ModelPathError
+    from aster.train.model_source import check_model_path
     from aster.train.reference import check_reference_policy
 
     check_reference_policy(cfg)
-
-    if cfg.model.path and not (Path(cfg.model.path) / "config.json").is_file():
-        raise ModelPathError(f"model.path={cfg.model.path!r} is not a model directory (no "
-                             "config.json); point it at a Hugging Face model directory or "
-                             "leave it empty for the tiny model")
+    check_model_path(cfg.model.path)
     from aster.data.io import DataError
     from aster.train.precision import check_training_dtype
 

@@ -369,9 +369,12 @@ def filter_prompts(prompts: list[dict], records_path) -> tuple[list[dict], int]:
     recorded in `records_path` (a rollouts/<stage>.jsonl). Returns (kept, dropped count)."""
     from pathlib import Path
 
+    from aster.train.stages import check_records_match
+
     path = Path(records_path)
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] \
         if path.is_file() else []
+    check_records_match(records, len(prompts), path)
     drop = all_correct_prompts(records)
     kept = [p for i, p in enumerate(prompts) if i not in drop]
     return kept, len(prompts) - len(kept)

@@ -24,7 +24,8 @@ def _rl(out, *overrides, dump=None, replay=None) -> int:
     """`aster rl` on the small config (options before the KEY=VALUE overrides)."""
     flags = (["--dump-rollouts", str(dump)] if dump else []) + \
         (["--replay-rollouts", str(replay)] if replay else [])
-    return main(["rl", "--device", "cpu", "-o", str(out), *flags, *ARGS, *overrides])
+    return main(["rl", "--stage", "rl_stage1", "--device", "cpu", "-o", str(out), *flags, *ARGS,
+                 *overrides])
 
 
 def _set_rewards(dump_dir, rewards: list[float]) -> None:

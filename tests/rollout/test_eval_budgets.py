@@ -27,6 +27,7 @@ def _by_sample(rows, budget):
 
 def _check_cuts_equal_runs(engine, pool, tokenizer, prompts, budgets, k, rollout):
     cfg = EvalConfig(k=k, temperature=1.0, top_p=1.0, max_tool_calls=8, budgets=budgets,
+                     max_tokens=max(budgets),  # the budget generated at
                      pass_k=[1])
     summary, rows = evaluate(engine, pool, {"b": prompts}, cfg, tokenizer, rollout_cfg=rollout)
     assert sorted(summary["budgets"]) == sorted(str(b) for b in budgets)
@@ -92,7 +93,7 @@ def test_cut_equals_a_separate_run_around_tool_turns(tokenizer, pool):
 
 def test_one_table_and_one_samples_file_per_budget(tokenizer, pool, tmp_path):
     engine = ScriptedEngine(tokenizer, ["It is \\boxed{7}." + " pad" * 30])
-    cfg = EvalConfig(k=2, max_tool_calls=8, budgets=[400, 10], pass_k=[1])
+    cfg = EvalConfig(k=2, max_tool_calls=8, budgets=[400, 10], max_tokens=400, pass_k=[1])
     summary, rows = evaluate(engine, pool, {"b": [{"problem": "7?", "answer": "7"}]}, cfg,
                              tokenizer, rollout_cfg=RolloutConfig(tool_timeout_s=5.0))
     assert summary["accuracy"] == 1.0 and summary["budgets"]["10"]["accuracy"] == 0.0
@@ -109,3 +110,11 @@ def test_one_table_and_one_samples_file_per_budget(tokenizer, pool, tmp_path):
 def test_bad_budgets_are_one_line_errors(budgets):
     with pytest.raises(ValueError, match="eval.budgets"):
         EvalConfig(budgets=budgets)
+
+
+def test_a_budget_past_max_tokens_is_refused_not_dropped():
+    """max_tokens is what the generation runs at; an override of it below the config's budgets
+    (qwen3-4b's [30000, 90000]) must not be silently ignored, nor the budgets."""
+    with pytest.raises(ValueError, match="go past eval.max_tokens=64"):
+        EvalConfig(budgets=[30000, 90000], max_tokens=64)
+    assert EvalConfig(budgets=[10], max_tokens=64).budget_list == [10, 64]

@@ -12,7 +12,7 @@ SMALL = ["data.synthetic.num_sft=16", "data.synthetic.num_rl=8", "data.synthetic
          "rl.prompts_per_step=2", "rl.mini_batch_prompts=1", "rl.group_size=2",
          "rl.max_tokens_per_micro_batch=4096", "rl.stage1.max_steps=2", "rl.stage2.max_steps=1",
          "rl.stage1.max_response_tokens=64", "rl.stage2.max_response_tokens=64",
-         "rollout.max_response_tokens=64", "eval.k=1", "eval.max_tokens=64",
+         "rollout.max_response_tokens=64", "eval.k=1", "eval.max_tokens=64", "eval.budgets=[]",
          "checkpoint.every_steps=1", "logging.tensorboard=false"]
 TIMING_KEYS = ("time", "tokens_per_s", "mem_", "step_time", "wall", "gen_", "tool_s",
                "overhead")

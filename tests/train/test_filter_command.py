@@ -1,4 +1,5 @@
-"""`aster rl --filter-records`: the standalone all-correct filter over recorded rollouts."""
+"""`aster rl --filter-records R --filter-out F`: the standalone all-correct filter over recorded
+rollouts."""
 
 import json
 
@@ -39,16 +40,20 @@ def test_filter_records_writes_the_kept_prompts(tmp_path, capsys):
     assert [p["answer"] for p in kept] == ["4", "6", "8"]
 
 
-def test_filter_records_default_output_next_to_the_records(tmp_path, capsys):
-    prompts, records = _write(tmp_path)
-    assert main(["rl", "--filter-records", str(records), f"data.rl_path={prompts}"]) == 0
-    assert len(load_prompts(records.with_name("stage2_prompts.jsonl")).prompts) == 3
+def test_filter_out_without_records_is_one_line(tmp_path, capsys):
+    prompts, _ = _write(tmp_path)
+    assert main(["rl", "--filter-out", str(tmp_path / "kept.jsonl"),
+                 f"data.rl_path={prompts}"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("aster:")]
+    assert len(err) == 1 and "--filter-records" in err[0]
 
 
 def test_filter_records_bad_input_is_one_line(tmp_path, capsys):
     prompts, records = _write(tmp_path)
-    assert main(["rl", "--filter-records", str(tmp_path / "none.jsonl"),
+    out = str(tmp_path / "kept.jsonl")
+    assert main(["rl", "--filter-records", str(tmp_path / "none.jsonl"), "--filter-out", out,
                  f"data.rl_path={prompts}"]) == 2
-    assert main(["rl", "--filter-records", str(records)]) == 2  # synthetic prompts: no file
+    # synthetic prompts: no file
+    assert main(["rl", "--filter-records", str(records), "--filter-out", out]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("aster:")]
     assert len(err) == 2 and "no such file" in err[0] and "data.rl_path" in err[1]
