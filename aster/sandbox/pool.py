@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aster.sandbox._procs import CgroupTree, Worker, Zygote, send_msg
 from aster.sandbox._report import Protection, protections
+from aster.sandbox._slots import SlotGate
 from aster.sandbox.config import SandboxConfig
 from aster.sandbox.result import (
     ExecResult,
@@ -47,7 +48,8 @@ class SandboxPool:
         self._cwd = os.getcwd()  # the trainer's: it must not be inside the sessions' view
         self._lock = threading.Lock()  # zygote use, spares, live set
         self._wake = threading.Condition(self._lock)
-        self._slots = threading.BoundedSemaphore(self.config.max_sessions)
+        self._slots = SlotGate(self.config.max_sessions,
+                               lambda: SandboxClosedError("the sandbox pool is closed"))
         self._spares: deque[Worker] = deque()
         self._live: set[Worker] = set()
         self._starting: set[Worker] = set()  # asked of the zygote, not ready yet
@@ -59,7 +61,9 @@ class SandboxPool:
         self._cgroups = CgroupTree.create()
         self._uids = itertools.count()
         self._zygote = self._new_zygote()
-        self._executor = ThreadPoolExecutor(max_workers=self.config.max_sessions,
+        # runs calls, closes and the fork part of opens, never a wait for a slot: each task
+        # holds a slot, so max_sessions threads (+ the closes finishing) never queue
+        self._executor = ThreadPoolExecutor(max_workers=self.config.max_sessions + 2,
                                             thread_name_prefix="aster-sandbox")
         self._finalizer = weakref.finalize(self, SandboxPool._cleanup, self._zygote,
                                            self._spares, self._live, self._starting,
@@ -119,9 +123,17 @@ class SandboxPool:
 
     @contextlib.asynccontextmanager
     async def asession(self):
-        """The asyncio twin of ``session()``."""
+        """The asyncio twin of ``session()``: the wait for a slot holds no thread."""
+        self._check_open()
+        if not await self._slots.aacquire(self.config.acquire_timeout_s):
+            raise self._busy()
         loop = asyncio.get_running_loop()
-        session = await loop.run_in_executor(self._executor, self.open_session)
+        opening = loop.run_in_executor(self._executor, self._open_with_slot)
+        try:
+            session = await asyncio.shield(opening)
+        except asyncio.CancelledError:  # the open goes on in its thread: close what it gives
+            opening.add_done_callback(_close_opened)
+            raise
         try:
             yield session
         finally:
@@ -130,15 +142,21 @@ class SandboxPool:
     def open_session(self) -> Session:
         """A new Session; close it with ``Session.close()`` (or use ``session()``)."""
         self._check_open()
-        if not self._slots.acquire(timeout=self.config.acquire_timeout_s):
-            raise SandboxBusyError(f"no free sandbox session within sandbox.acquire_timeout_s="
-                                   f"{self.config.acquire_timeout_s} (sandbox.max_sessions="
-                                   f"{self.config.max_sessions} are open)")
+        if not self._slots.acquire(self.config.acquire_timeout_s):
+            raise self._busy()
+        return self._open_with_slot()
+
+    def _open_with_slot(self) -> Session:
         try:
             return Session(self, self._take_worker())
         except BaseException:
             self._slots.release()
             raise
+
+    def _busy(self) -> SandboxBusyError:
+        return SandboxBusyError(f"no free sandbox session within sandbox.acquire_timeout_s="
+                                f"{self.config.acquire_timeout_s} (sandbox.max_sessions="
+                                f"{self.config.max_sessions} are open)")
 
     def close(self) -> None:
         """Kill every session and spare, stop the zygote, remove the cgroups and directories."""
@@ -147,6 +165,7 @@ class SandboxPool:
                 return
             self._closed = True
             self._wake.notify_all()
+        self._slots.close()
         if self._filler.ident is not None:  # started
             self._filler.join(timeout=10)
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -379,8 +398,10 @@ class Session:
         with self._lock:
             worker, self._worker = self._worker, None
         if worker is not None:
-            self._pool._retire(worker)
-            self._pool._slots.release()
+            try:
+                self._pool._retire(worker)
+            finally:  # the slot is free whatever the removal of the session met
+                self._pool._slots.release()
 
     def __enter__(self) -> Session:
         return self
@@ -436,6 +457,12 @@ class Session:
         note = ("the Python process crashed (a segfault, os._exit or a kill); the interpreter "
                 "was restarted and all variables were lost")
         return ExecResult(note, "crashed", time.monotonic() - start, state_reset=True)
+
+
+def _close_opened(opening) -> None:
+    """Done callback of an open whose waiter was cancelled: close the session it made."""
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
 
 
 def _append(text: str, line: str) -> str:
