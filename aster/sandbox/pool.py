@@ -7,7 +7,6 @@ import contextlib
 import itertools
 import logging
 import os
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -17,6 +16,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from aster.sandbox._procs import CgroupTree, Worker, Zygote, send_msg
+from aster.sandbox._remove import remove_tree
 from aster.sandbox._report import Protection, protections
 from aster.sandbox._slots import SlotGate
 from aster.sandbox.config import SandboxConfig
@@ -262,13 +262,13 @@ class SandboxPool:
                if self._is_root and self.config.drop_privileges else None)
         request = {"dir": name, "uid": uid, "cgroup": group and os.path.basename(group)}
         try:
-            sock, lifeline = self._zygote.fork(request)
+            sock, lifeline, out = self._zygote.fork(request)
         except OSError:  # killed, and exiting now: poll() did not know yet
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._zygote.proc.wait(timeout=5)
             self._live_zygote_locked()
-            sock, lifeline = self._zygote.fork(request)
-        worker = Worker(-1, sock, os.path.join(self._root, name), group, lifeline)
+            sock, lifeline, out = self._zygote.fork(request)
+        worker = Worker(-1, sock, os.path.join(self._root, name), group, lifeline, out)
         self._starting.add(worker)  # the pool's cleanup kills it if it closes meanwhile
         return worker
 
@@ -343,17 +343,24 @@ class SandboxPool:
 
     @staticmethod
     def _cleanup(zygote, spares, live, starting, cgroups, dirs) -> None:
+        # one session's leftovers never stop the others' cleanup, nor make close() raise
         for worker in list(spares) + list(live) + list(starting):
-            worker.kill()
+            try:
+                worker.kill()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("sandbox: killing a session failed: %s: %s",
+                            type(exc).__name__, exc)
         spares.clear()
         live.clear()
         starting.clear()
-        if cgroups is not None:
-            cgroups.remove()
-        zygote.close()
-        for path in dirs:
-            if path is not None:  # the view's mount point is empty on this side
-                shutil.rmtree(path, ignore_errors=True)
+        for step in ((cgroups.remove if cgroups is not None else None), zygote.close):
+            try:
+                if step is not None:
+                    step()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("sandbox: pool cleanup: %s: %s", type(exc).__name__, exc)
+        for path in dirs:  # the view's mount point is empty on this side
+            remove_tree(path)
 
 
 class Session:
@@ -410,53 +417,68 @@ class Session:
         self.close()
 
     def _call(self, code: str, timeout: float) -> ExecResult:
-        cfg = self._pool.config
         worker = self._worker
         worker.seq += 1
         start = time.monotonic()
-        max_bytes = 16 * cfg.max_output_chars + (1 << 16)
         try:
             send_msg(worker.sock, {"seq": worker.seq, "code": code})
-            reply = worker.read_msg(start + timeout, max_bytes)
+            reply = worker.read_msg(start + timeout, MAX_REPLY_BYTES)
             if reply is None:
-                return self._interrupt(worker, start, timeout, max_bytes)
-        except (EOFError, OSError, ValueError, TypeError):
-            reply = None
-        if not isinstance(reply, dict) or reply.get("seq") != worker.seq:
-            return self._crashed(worker, start)
-        status = reply.get("status")
-        output = str(reply.get("output", ""))
+                return self._interrupt(worker, start, timeout)
+            status = _status(reply, worker.seq)
+        except (EOFError, OSError, ValueError, TypeError) as exc:
+            return self._crashed(worker, start, exc)
         if status not in ("ok", "error"):
             status = "error"  # a KeyboardInterrupt the code raised itself
+        output = worker.take_output(self._pool.config.max_output_chars)
         return ExecResult(output, status, time.monotonic() - start)
 
-    def _interrupt(self, worker: Worker, start: float, timeout: float,
-                   max_bytes: int) -> ExecResult:
-        """Past the deadline: SIGINT, a grace period, then SIGKILL and a fresh interpreter."""
+    def _interrupt(self, worker: Worker, start: float, timeout: float) -> ExecResult:
+        """Past the deadline: the session's other processes SIGKILLed, SIGINT to the
+        interpreter, a grace period, then SIGKILL and a fresh interpreter."""
         cfg = self._pool.config
         note = f"TimeoutError: the code ran longer than {timeout:g} s and was interrupted"
         try:
+            worker.kill_others()
             worker.interrupt()
-            reply = worker.read_msg(time.monotonic() + cfg.grace_s, max_bytes)
-        except (EOFError, OSError, ValueError):
-            reply = None
-        if isinstance(reply, dict) and reply.get("seq") == worker.seq:
-            output = str(reply.get("output", ""))
+            reply = worker.read_msg(time.monotonic() + cfg.grace_s, MAX_REPLY_BYTES)
+            stopped = reply is not None and _status(reply, worker.seq) is not None
+        except (EOFError, OSError, ValueError, TypeError):
+            stopped = False
+        output = worker.take_output(cfg.max_output_chars)
+        if stopped:
             if output.endswith("KeyboardInterrupt\n"):
                 output = output[: -len("KeyboardInterrupt\n")]
             return ExecResult(_append(output, note), "timeout", time.monotonic() - start)
-        partial = worker.peek_output(cfg.max_output_chars)
         self._worker = self._pool._replace(worker)
         note += ("; it did not stop, so the interpreter was restarted and all variables were "
                  "lost")
-        return ExecResult(_append(partial, note), "timeout", time.monotonic() - start,
+        return ExecResult(_append(output, note), "timeout", time.monotonic() - start,
                           state_reset=True)
 
-    def _crashed(self, worker: Worker, start: float) -> ExecResult:
+    def _crashed(self, worker: Worker, start: float, why: Exception) -> ExecResult:
+        if not (isinstance(why, ValueError) or str(why).startswith("a reply")):
+            note = ("the Python process crashed (a segfault, os._exit or a kill); the "
+                    "interpreter was restarted and all variables were lost")
+        else:  # something in the session wrote onto the sandbox's own channel
+            note = (f"the sandbox's reply to this call was not valid ({why}); the interpreter "
+                    "was restarted and all variables were lost")
         self._worker = self._pool._replace(worker)
-        note = ("the Python process crashed (a segfault, os._exit or a kill); the interpreter "
-                "was restarted and all variables were lost")
         return ExecResult(note, "crashed", time.monotonic() - start, state_reset=True)
+
+
+# A reply is {"seq": n, "status": s}: the output never travels in it (the pool reads its own
+# buffer), so anything longer is not the worker's
+MAX_REPLY_BYTES = 256
+
+
+def _status(reply, seq: int) -> str:
+    """The status of a well-formed reply to call `seq`; ValueError for anything else."""
+    if not isinstance(reply, dict) or set(reply) != {"seq", "status"}:
+        raise ValueError("not a reply of the sandbox's protocol")
+    if reply["seq"] != seq or not isinstance(reply["status"], str):
+        raise ValueError("a reply out of sequence")
+    return reply["status"]
 
 
 def _close_opened(opening) -> None:
