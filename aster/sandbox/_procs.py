@@ -132,6 +132,7 @@ class Worker:
         self.pid = pid  # in the pool's pid namespace (the worker's own view may differ)
         self.sock = sock
         self.out = out  # the pool's own descriptor of the session's output memfd
+        self.start_time: str | None = None  # the worker's, to tell a reused pid (no cgroup)
         self.workdir = workdir  # on the host; the session sees it as its cwd
         self.group = group
         self.lifeline = lifeline  # closing it ends the session's pid namespace
@@ -240,6 +241,33 @@ class Worker:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
+
+    def pause(self) -> None:
+        """SIGSTOP the whole session between calls: whatever a cell left running (a thread, a
+        child, a cell that forged its reply and went on) runs only inside a call's time."""
+        self._signal_session(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal_session(signal.SIGCONT)
+
+    def _signal_session(self, sig: int) -> None:
+        if self.dead or self.pid <= 1:
+            return
+        if self.group is not None:  # exact: the cgroup lists only this session's processes
+            pids = [p for p in self.pids() if not _namespace_init(p)]
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
+            return
+        if self.start_time is None:
+            self.start_time = _start_time(self.pid)
+        if self.start_time is not None and _start_time(self.pid) == self.start_time:
+            try:  # the worker's process group (still this worker: same start time)
+                os.killpg(self.pid, sig)
+            except OSError:
+                pass
 
     def interrupt(self) -> None:
         """SIGINT to the worker, only while it is certainly still this session's process."""
@@ -420,6 +448,11 @@ def _stat_fields(pid: int) -> list[str]:
             return fh.read().rsplit(b")", 1)[1].decode().split()
     except (OSError, IndexError):
         return []
+
+
+def _start_time(pid: int) -> str | None:
+    fields = _stat_fields(pid)
+    return fields[19] if len(fields) > 19 else None
 
 
 def _namespace_init(pid: int) -> bool:

@@ -420,14 +420,22 @@ class Session:
         worker = self._worker
         worker.seq += 1
         start = time.monotonic()
+        worker.resume()
         try:
             send_msg(worker.sock, {"seq": worker.seq, "code": code})
             reply = worker.read_msg(start + timeout, MAX_REPLY_BYTES)
             if reply is None:
-                return self._interrupt(worker, start, timeout)
-            status = _status(reply, worker.seq)
+                result = self._interrupt(worker, start, timeout)
+            else:
+                result = self._result(worker, _status(reply, worker.seq), start)
         except (EOFError, OSError, ValueError, TypeError) as exc:
-            return self._crashed(worker, start, exc)
+            result = self._crashed(worker, start, exc)
+        # A reply cannot be told from one the cell forged (same process, same uid): so the
+        # session stops until its next call, and nothing of it runs outside a call's time
+        self._worker.pause()
+        return result
+
+    def _result(self, worker: Worker, status: str, start: float) -> ExecResult:
         if status not in ("ok", "error"):
             status = "error"  # a KeyboardInterrupt the code raised itself
         output = worker.take_output(self._pool.config.max_output_chars)

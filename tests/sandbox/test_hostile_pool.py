@@ -127,6 +127,37 @@ def test_a_forged_reply_is_not_taken_as_the_result(pool):
     _serves_all_slots(pool)
 
 
+def _cpu_seconds(pid: int) -> float:
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def test_a_well_formed_forged_reply_buys_no_time_outside_the_call(pool):
+    """A reply the cell forges exactly as the worker would ({seq, status}) cannot be told
+    from the worker's own (same process, same uid); so the session is stopped between calls
+    and the busy loop the cell went on with gets no CPU until its next call. Before: it ran
+    on, unbounded, between calls."""
+    code = FIND_SOCKET + (
+        "f = sys._getframe()\nwhile 'req' not in f.f_locals:\n    f = f.f_back\n"
+        "send(json.dumps({'seq': f.f_locals['req']['seq'], 'status': 'ok'}).encode())\n"
+        "while True:\n    pass")
+    with pool.session() as s:
+        worker = s._worker
+        r = _bounded(lambda: s.run(code, timeout=2), 20)
+        assert len(r.output) <= LIMIT + 300
+        time.sleep(0.3)  # the stop has landed
+        before = _cpu_seconds(worker.pid)
+        time.sleep(1.0)
+        assert _cpu_seconds(worker.pid) - before < 0.05, "the cell ran between calls"
+        # the next call runs the stale cell for its own time only, then a fresh interpreter
+        nxt = _bounded(lambda: s.run("6 * 7", timeout=1), 20)
+        assert nxt.status == "timeout" and nxt.duration_s < 3
+        assert s.run("6 * 7").output == "42\n"
+    _serves_all_slots(pool)
+
+
 def test_a_3000_deep_tree_is_removed_and_frees_the_slot(pool):
     """Before: shutil.rmtree raised RecursionError in Session.close() before the slot was
     freed; the tree stayed on the host and every later pool.close() raised."""
