@@ -133,6 +133,8 @@ class Worker:
         self.sock = sock
         self.out = out  # the pool's own descriptor of the session's output memfd
         self.start_time: str | None = None  # the worker's, to tell a reused pid (no cgroup)
+        self._init: int | None = None
+        self._stopped: list[int] | None = None  # the pids the last pause stopped
         self.workdir = workdir  # on the host; the session sees it as its cwd
         self.group = group
         self.lifeline = lifeline  # closing it ends the session's pid namespace
@@ -232,7 +234,7 @@ class Worker:
             return
         keep = {self.pid}
         if self.group is not None:
-            pids = [p for p in self.pids() if not _namespace_init(p)]
+            pids = [p for p in self.pids() if p != self._init_pid()]
         else:  # no cgroup: the worker's process group (a child that left it escapes this)
             pids = [p for p in _all_pids() if p not in keep and _pgid(p) == self.pid]
         for pid in pids:
@@ -245,22 +247,32 @@ class Worker:
     def pause(self) -> None:
         """SIGSTOP the whole session between calls: whatever a cell left running (a thread, a
         child, a cell that forged its reply and went on) runs only inside a call's time."""
-        self._signal_session(signal.SIGSTOP)
+        self._stopped = self._signal_session(signal.SIGSTOP, None)
 
     def resume(self) -> None:
-        self._signal_session(signal.SIGCONT)
+        # the processes stopped are all there are: a stopped session forks nothing
+        self._signal_session(signal.SIGCONT, self._stopped)
+        self._stopped = None
 
-    def _signal_session(self, sig: int) -> None:
+    def _signal_session(self, sig: int, pids: list[int] | None) -> list[int] | None:
         if self.dead or self.pid <= 1:
-            return
+            return None
         if self.group is not None:  # exact: the cgroup lists only this session's processes
-            pids = [p for p in self.pids() if not _namespace_init(p)]
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except OSError:
-                    pass
-            return
+            todo, done = pids, set()
+            for _ in range(4):  # again for any child forked while the list was read
+                if todo is None:
+                    todo = [p for p in self.pids()
+                            if p not in done and p != self._init_pid() and p > 1]
+                if not todo:
+                    break
+                for pid in todo:
+                    try:
+                        os.kill(pid, sig)
+                    except OSError:
+                        pass
+                done.update(todo)
+                todo = None if sig == signal.SIGSTOP else []
+            return sorted(done)
         if self.start_time is None:
             self.start_time = _start_time(self.pid)
         if self.start_time is not None and _start_time(self.pid) == self.start_time:
@@ -268,6 +280,13 @@ class Worker:
                 os.killpg(self.pid, sig)
             except OSError:
                 pass
+        return None
+
+    def _init_pid(self) -> int:
+        """The session's pid namespace init (0: none), looked up once: it lives as long."""
+        if self._init is None:
+            self._init = next((p for p in self.pids() if _namespace_init(p)), 0)
+        return self._init
 
     def interrupt(self) -> None:
         """SIGINT to the worker, only while it is certainly still this session's process."""
