@@ -135,6 +135,7 @@ class Worker:
         self.start_time: str | None = None  # the worker's, to tell a reused pid (no cgroup)
         self._init: int | None = None
         self._stopped: list[int] | None = None  # the pids the last pause stopped
+        self._out_lock = threading.Lock()
         self.workdir = workdir  # on the host; the session sees it as its cwd
         self.group = group
         self.lifeline = lifeline  # closing it ends the session's pid namespace
@@ -209,6 +210,10 @@ class Worker:
     def take_output(self, limit: int) -> str:
         """The output the cell has written so far (head and tail past `limit`), read through
         the pool's own descriptor and bounded whatever the cell did; empties the buffer."""
+        with self._out_lock:
+            return self._take_output(limit)
+
+    def _take_output(self, limit: int) -> str:
         if self.out is None:
             return ""
         try:
@@ -325,9 +330,10 @@ class Worker:
                 except OSError:
                     pass
         self.sock.close()
-        if self.out is not None:
-            os.close(self.out)
-            self.out = None
+        with self._out_lock:  # a call reading it meanwhile must not read a reused fd number
+            if self.out is not None:
+                os.close(self.out)
+                self.out = None
         remove_tree(self.workdir)
 
 
