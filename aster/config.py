@@ -145,6 +145,16 @@ class AsterConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
+    def __post_init__(self):
+        # Every trajectory in flight holds its sandbox session to the end: with fewer sessions
+        # the rest wait, and a long trajectory makes them give up (sandbox_unavailable).
+        sessions, concurrency = self.sandbox.max_sessions, self.rollout.max_concurrency
+        if sessions < concurrency:
+            raise ValueError(f"sandbox.max_sessions={sessions} is below rollout.max_concurrency="
+                             f"{concurrency} (each trajectory in flight holds a session): set "
+                             f"sandbox.max_sessions>={concurrency} or lower "
+                             "rollout.max_concurrency")
+
     def to_dict(self) -> dict:
         return to_dict(self)
 

@@ -111,6 +111,9 @@ def summarize_rows(rows: list[dict], pass_k: list[int]) -> dict:
             "tool_errors_mean": _mean(r["tool_errors"] for r in bench_rows),
             "response_tokens_mean": _mean(r["response_tokens"] for r in bench_rows),
             "finish_reasons": dict(Counter(r["finish_reason"] for r in bench_rows)),
+            # samples the sandbox failed (scored 0): their rate, so that it is never hidden
+            "sandbox_unavailable": _mean(r["finish_reason"] == "sandbox_unavailable"
+                                         for r in bench_rows),
         })
         out[bench] = entry
     return out

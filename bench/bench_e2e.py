@@ -94,7 +94,7 @@ def _config(backend, quick: bool, sizes: dict):
                  f"rl.mini_batch_prompts={sizes['prompts']}",
                  "rl.max_tokens_per_micro_batch="
                  + ("4096" if backend.device_type == "cpu" else "16384"),
-                 "rl.ppo_epochs=1", "rollout.max_concurrency=256",
+                 "rl.ppo_epochs=1", "rollout.max_concurrency=256", "sandbox.max_sessions=256",
                  "rollout.engine=" + ("hf" if backend.device_type == "cpu" else "auto"),
                  f"rollout.max_tool_calls={sizes['calls'] + 1}",
                  f"rollout.max_response_tokens={_max_tokens(sizes)}",

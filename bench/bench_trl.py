@@ -56,6 +56,7 @@ def _aster_step(model_dir: str, sizes: dict, workdir: Path) -> tuple[float, dict
         f"rl.prompts_per_step={sizes['prompts']}", f"rl.group_size={sizes['group']}",
         f"rl.mini_batch_prompts={sizes['prompts']}", "rl.ppo_epochs=1", "rl.clip_low=0.2", "rl.clip_high=0.28", "rollout.engine=hf",
         f"rollout.max_concurrency={sizes['prompts'] * sizes['group']}",
+        f"sandbox.max_sessions={max(128, sizes['prompts'] * sizes['group'])}",
         f"rollout.max_response_tokens={sizes['tokens']}", "rollout.temperature=1.0",
         "distributed.strategy=none", "logging.tensorboard=false", "run.seed=0"])
     ctx = make_context(cfg, backend, model_dir, workdir, None)

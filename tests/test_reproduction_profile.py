@@ -44,7 +44,8 @@ def test_one_rl_step_under_the_profile(qwen3_dirs, tmp_path, monkeypatch, capsys
                "rl.prompts_per_step=2", "rl.group_size=2", "rl.mini_batch_prompts=2",
                "rl.stage1.max_steps=1", "rl.stage1.max_response_tokens=24",
                "rollout.max_response_tokens=24", "rollout.engine=hf",
-               "sandbox.max_sessions=4", "sandbox.spare_workers=1"])
+               "sandbox.max_sessions=4", "rollout.max_concurrency=4",
+               "sandbox.spare_workers=1"])
     err = capsys.readouterr().err
     assert rc == 0 and "Traceback" not in err, err[-2000:]
     records = [json.loads(x) for x in

@@ -25,8 +25,11 @@ from aster.rollout.engine import Engine, GenerationOutput, SamplingParams
 
 log = logging.getLogger("aster")
 
-FINISH_REASONS = ("answer", "length", "max_tool_calls", "no_tool_call", "tool_parse_error")
-TRUNCATED = ("length", "max_tool_calls")  # these score 0 whatever the text holds
+# sandbox_unavailable: no session within sandbox.acquire_timeout_s, or the sandbox failed
+# under the trajectory (a worker that could not start, a pool closed); it scores 0
+FINISH_REASONS = ("answer", "length", "max_tool_calls", "no_tool_call", "tool_parse_error",
+                  "sandbox_unavailable")
+TRUNCATED = ("length", "max_tool_calls", "sandbox_unavailable")  # score 0 whatever the text
 
 
 @dataclass

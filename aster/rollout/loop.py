@@ -103,7 +103,7 @@ class AgentLoop:
             finally:
                 self._batcher.live -= 1
                 with self._tools.span():
-                    await stack.aclose()  # the sandbox session, if one was opened
+                    await _close_quietly(stack)  # the sandbox session, if one was opened
             traj.timing["wall_s"] = time.perf_counter() - start
         traj.text = self.tokenizer.decode(traj.response_ids, skip_special_tokens=False)
         traj.answer = extract_answer(traj.final_text)
@@ -151,10 +151,16 @@ class AgentLoop:
             if traj.num_tool_calls + sum(c.error is None for c in calls) > cfg.max_tool_calls:
                 traj.finish_reason = "max_tool_calls"
                 return
-            if session is None and any(c.error is None for c in calls):
-                with self._tools.span():
-                    session = await stack.enter_async_context(self.pool.asession())
-            outputs = [await self._call(traj, session, c) for c in calls]
+            try:
+                if session is None and any(c.error is None for c in calls):
+                    with self._tools.span():
+                        session = await stack.enter_async_context(self.pool.asession())
+                outputs = [await self._call(traj, session, c) for c in calls]
+            except Exception as exc:  # noqa: BLE001 - a sandbox condition ends this one only
+                log.warning("sandbox unavailable for trajectory %d: %s: %s", number,
+                            type(exc).__name__, exc)
+                traj.finish_reason = "sandbox_unavailable"
+                return
             turn.calls, turn.tool_errors, turn.exec_errors = (
                 traj.num_tool_calls - before[0], traj.tool_errors - before[1],
                 traj.exec_errors - before[2])
@@ -201,6 +207,15 @@ class AgentLoop:
         text = format_tool_response(result)
         limit = self.cfg.max_tool_output_chars
         return truncate_middle(text, limit) if limit else text
+
+
+async def _close_quietly(stack: contextlib.AsyncExitStack) -> None:
+    """Close the trajectory's sandbox session; a failure there is logged, never raised: the
+    trajectory is complete and the pool frees the slot whatever the close met."""
+    try:
+        await stack.aclose()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("sandbox session close failed: %s: %s", type(exc).__name__, exc)
 
 
 def run_rollouts(engine: Engine, pool, prompts, cfg, *, tokenizer, samples_per_prompt: int = 1,

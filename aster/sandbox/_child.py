@@ -100,7 +100,7 @@ def zygote_main(cfg: dict, ctl_fd: int) -> None:
     while True:
         try:
             (size,) = _HEADER.unpack(recv_exact(ctl, _HEADER.size))
-            data, fds, _, _ = socket.recv_fds(ctl, size, 2)
+            data, fds, _, _ = socket.recv_fds(ctl, size, 3)
             while len(data) < size:
                 data += recv_exact(ctl, size - len(data))
         except (EOFError, OSError):
@@ -144,9 +144,14 @@ def _leave_network(cfg: dict) -> list:
 
 def _fork_worker(cfg: dict, conf, req: dict, fds: list[int], zygote_pid: int,
                  ctl: socket.socket) -> None:
-    """One worker (in a pid namespace of its own where the machine allows); fds: its socket
-    and the lifeline's read end. A failure closes the socket: the pool sees the worker die."""
-    pidns = conf.pidns and len(fds) > 1
+    """One worker (in a pid namespace of its own where the machine allows); fds: its socket,
+    the lifeline's read end and the pool's output buffer. A failure closes the socket: the
+    pool sees the worker die."""
+    if len(fds) != 3:
+        for fd in fds:
+            os.close(fd)
+        return
+    pidns = conf.pidns
     pid = -1
     try:
         if pidns:
@@ -161,7 +166,7 @@ def _fork_worker(cfg: dict, conf, req: dict, fds: list[int], zygote_pid: int,
     if pid == 0:
         try:
             ctl.close()
-            worker_main(cfg, conf, req, fds[0], zygote_pid if not pidns else None)
+            worker_main(cfg, conf, req, fds[0], fds[2], zygote_pid if not pidns else None)
         finally:
             os._exit(0)
     for fd in fds:
@@ -195,11 +200,12 @@ def _setup_process(cfg: dict, conf, req: dict, zygote_pid: int | None) -> None:
     conf.drop_privileges(uid, cfg["max_processes"])
 
 
-def _setup_streams(sock_fd: int) -> int:
-    """stdin from /dev/null; stdout and stderr into one memfd (order kept); other fds closed."""
+def _setup_streams(sock_fd: int, out: int) -> int:
+    """stdin from /dev/null; stdout and stderr into the pool's memfd `out` (order kept; the
+    pool reads it through its own descriptor, whatever a cell does to fds 1 and 2); other fds
+    closed."""
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
-    out = os.memfd_create("aster-cell-output")
     os.dup2(out, 1)
     os.dup2(out, 2)
     keep = sorted({0, 1, 2, sock_fd, out})
@@ -225,9 +231,8 @@ def _make_stream(fd: int) -> io.TextIOWrapper:
 class _Cell:
     """Jupyter-like execution of cells in one persistent namespace."""
 
-    def __init__(self, out_fd: int, max_chars: int):
+    def __init__(self, out_fd: int):
         self.out_fd = out_fd
-        self.max_chars = max_chars
         self.stdout = _make_stream(1)
         self.stderr = _make_stream(2)
         self.ns = {"__name__": "__main__", "__builtins__": builtins}
@@ -236,7 +241,7 @@ class _Cell:
         self._repr = repr
         self._write = os.write
 
-    def run(self, code: str) -> dict:
+    def run(self, code: str) -> tuple[str, str]:
         self.count += 1
         name = f"<cell-{self.count}>"
         linecache.cache[name] = (len(code), None, code.splitlines(True), name)
@@ -254,7 +259,16 @@ class _Cell:
         finally:
             self.in_cell = False
         self._restore()
-        return {"status": status, "output": self._collect(tail)}
+        return status, tail
+
+    def write_tail(self, tail: str) -> None:
+        """The traceback after the cell's own output, in the pool's buffer (the pool reads
+        it there; replies carry no output)."""
+        if tail:
+            try:
+                os.write(self.out_fd, tail.encode("utf-8", "backslashreplace"))
+            except OSError:  # the buffer is over RLIMIT_FSIZE: the output says enough
+                pass
 
     def prelude(self, code: str) -> str | None:
         """Run sandbox.prelude in the session's namespace before its first cell; the names it
@@ -262,12 +276,17 @@ class _Cell:
         fine, so only a limit of the session can make it fail here)."""
         if not code.strip():
             return None
-        reply = self.run(code)
+        status, tail = self.run(code)
         self.count = 0  # the model's first cell is still <cell-1>
-        if reply["status"] == "ok":
+        try:  # its output is dropped: the pool's buffer starts empty for the first cell
+            os.ftruncate(self.out_fd, 0)
+            os.lseek(self.out_fd, 0, os.SEEK_SET)
+        except OSError:
+            pass
+        if status == "ok":
             return None
-        lines = reply["output"].strip().splitlines()
-        return lines[-1] if lines else reply["status"]
+        lines = tail.strip().splitlines()
+        return lines[-1] if lines else status
 
     def _exec(self, code: str, name: str) -> str:
         try:
@@ -309,23 +328,6 @@ class _Cell:
         sys.stdout, sys.stderr = self.stdout, self.stderr
         sys.__stdout__, sys.__stderr__ = self.stdout, self.stderr
 
-    def _collect(self, tail: str) -> str:
-        """The cell's output (head and tail past max_chars) plus `tail`; empties the buffer."""
-        fd, limit = self.out_fd, self.max_chars
-        size = os.fstat(fd).st_size
-        if size <= 4 * limit:
-            text = os.pread(fd, size, 0).decode("utf-8", "replace") + tail
-        else:
-            half = limit // 2
-            head = os.pread(fd, 4 * half, 0).decode("utf-8", "replace")[:half]
-            end = os.pread(fd, 4 * half, size - 4 * half).decode("utf-8", "replace") + tail
-            end = end[-(limit - half):]
-            text = (f"{head}\n[... about {size - len(head) - len(end)} characters of output "
-                    f"truncated ...]\n{end}")
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        return clip(text, limit + 100)
-
 
 def _hide_own_frames(te: traceback.TracebackException, seen: set) -> None:
     """Drop the worker's frames (input(), exit()) from a traceback and its chain."""
@@ -339,16 +341,6 @@ def _hide_own_frames(te: traceback.TracebackException, seen: set) -> None:
             _hide_own_frames(other, seen)
 
 
-def clip(text: str, limit: int) -> str:
-    """Keep the first and last limit/2 characters with a marker saying how many were cut."""
-    if len(text) <= limit:
-        return text
-    half = limit // 2
-    omitted = len(text) - limit
-    return (f"{text[:half]}\n[... {omitted} characters of output truncated ...]\n"
-            f"{text[len(text) - (limit - half):]}")
-
-
 def _no_input(*args, **kwargs):
     raise EOFError("input() is not available in the sandbox: nobody is there to type; "
                    "put the data in the code")
@@ -358,12 +350,13 @@ def _exit(code=None):
     raise SystemExit(code)
 
 
-def worker_main(cfg: dict, conf, req: dict, sock_fd: int, zygote_pid: int | None) -> None:
+def worker_main(cfg: dict, conf, req: dict, sock_fd: int, out_fd: int,
+                zygote_pid: int | None) -> None:
     """Set the worker up, say ready, then run cells until the session ends."""
     _setup_process(cfg, conf, req, zygote_pid)
-    out_fd = _setup_streams(sock_fd)
+    out_fd = _setup_streams(sock_fd, out_fd)
     sock = socket.socket(fileno=sock_fd)
-    cell = _Cell(out_fd, cfg["max_output_chars"])
+    cell = _Cell(out_fd)
     cell._restore()
     builtins.input = _no_input
     builtins.exit = builtins.quit = _exit
@@ -381,12 +374,12 @@ def worker_main(cfg: dict, conf, req: dict, sock_fd: int, zygote_pid: int | None
             req = recv_msg(sock)
         except (EOFError, OSError, ValueError):
             os._exit(0)
-        reply = cell.run(req["code"])
+        status, tail = cell.run(req["code"])
         if os.getpid() != me:  # a fork made inside the cell came back here: not a worker
             os._exit(0)
-        reply["seq"] = req["seq"]
+        cell.write_tail(tail)
         try:
-            send_msg(sock, reply)
+            send_msg(sock, {"seq": req["seq"], "status": status})
         except (OSError, ValueError, TypeError):
             os._exit(3)
 

@@ -6,7 +6,6 @@ import itertools
 import json
 import os
 import select
-import shutil
 import signal
 import socket
 import struct
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from aster.errors import ConfigError
 from aster.sandbox._child import _HEADER, recv_exact, send_msg
+from aster.sandbox._remove import remove_tree
 from aster.sandbox.config import SandboxConfig
 from aster.sandbox.result import SandboxError
 
@@ -129,9 +129,14 @@ class Worker:
     """The pool's handle on one worker process (a session's interpreter)."""
 
     def __init__(self, pid: int, sock: socket.socket, workdir: str, group: str | None,
-                 lifeline: int | None = None):
+                 lifeline: int | None = None, out: int | None = None):
         self.pid = pid  # in the pool's pid namespace (the worker's own view may differ)
         self.sock = sock
+        self.out = out  # the pool's own descriptor of the session's output memfd
+        self.start_time: str | None = None  # the worker's, to tell a reused pid (no cgroup)
+        self._init: int | None = None
+        self._stopped: list[int] | None = None  # the pids the last pause stopped
+        self._out_lock = threading.Lock()
         self.workdir = workdir  # on the host; the session sees it as its cwd
         self.group = group
         self.lifeline = lifeline  # closing it ends the session's pid namespace
@@ -178,11 +183,14 @@ class Worker:
             return None
         (size,) = _HEADER.unpack(head)
         if size > max_bytes:
-            raise EOFError(f"reply of {size} bytes is over the protocol limit")
+            raise EOFError(f"a reply of {size} bytes, over the protocol's {max_bytes}")
         body = self._read(max(deadline, time.monotonic() + 5.0), size)
         if body is None:
             raise EOFError("reply cut short")
-        return json.loads(body)
+        try:
+            return json.loads(body)
+        except Exception as exc:  # noqa: BLE001 - RecursionError (nesting) included
+            raise ValueError(f"a reply that is not valid JSON ({type(exc).__name__})") from None
 
     def _read(self, deadline: float, n: int) -> bytes | None:
         poller = select.poll()
@@ -200,23 +208,91 @@ class Worker:
             buf += chunk
         return buf
 
-    def peek_output(self, limit: int) -> str:
-        """The output the running cell has written so far (read via /proc; empty on failure)."""
-        try:
-            fd = os.open(f"/proc/{self.pid}/fd/1", os.O_RDONLY)
-        except OSError:
+    def take_output(self, limit: int) -> str:
+        """The output the cell has written so far (head and tail past `limit`), read through
+        the pool's own descriptor and bounded whatever the cell did; empties the buffer."""
+        with self._out_lock:
+            return self._take_output(limit)
+
+    def _take_output(self, limit: int) -> str:
+        if self.out is None:
             return ""
         try:
-            size = os.fstat(fd).st_size
+            size = os.fstat(self.out).st_size
             if size <= 4 * limit:
-                return os.pread(fd, size, 0).decode("utf-8", "replace")
-            head = os.pread(fd, 2 * limit, 0).decode("utf-8", "replace")[: limit // 2]
-            tail = os.pread(fd, 2 * limit, size - 2 * limit).decode("utf-8", "replace")
-            return f"{head}\n[... output truncated ...]\n{tail[-(limit // 2):]}"
+                text = os.pread(self.out, size, 0).decode("utf-8", "replace")
+            else:
+                head = os.pread(self.out, 4 * limit, 0).decode("utf-8", "replace")[:limit // 2]
+                tail = os.pread(self.out, 4 * limit, size - 4 * limit).decode("utf-8", "replace")
+                tail = tail[-(limit - limit // 2):]
+                text = (f"{head}\n[... about {size - len(head) - len(tail)} characters of "
+                        f"output truncated ...]\n{tail}")
+            os.ftruncate(self.out, 0)
+            os.lseek(self.out, 0, os.SEEK_SET)  # the worker's fds 1 and 2 share this offset
         except OSError:
             return ""
-        finally:
-            os.close(fd)
+        return clip(text, limit + 100)
+
+    def kill_others(self) -> None:
+        """SIGKILL every process of the session but the worker (and its pid namespace's
+        init): a timed-out cell's children, daemons included, stop with it."""
+        if self.pid <= 1:
+            return
+        keep = {self.pid}
+        if self.group is not None:
+            pids = [p for p in self.pids() if p != self._init_pid()]
+        else:  # no cgroup: the worker's process group (a child that left it escapes this)
+            pids = [p for p in _all_pids() if p not in keep and _pgid(p) == self.pid]
+        for pid in pids:
+            if pid > 1 and pid not in keep:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+    def pause(self) -> None:
+        """SIGSTOP the whole session between calls: whatever a cell left running (a thread, a
+        child, a cell that forged its reply and went on) runs only inside a call's time."""
+        self._stopped = self._signal_session(signal.SIGSTOP, None)
+
+    def resume(self) -> None:
+        # the processes stopped are all there are: a stopped session forks nothing
+        self._signal_session(signal.SIGCONT, self._stopped)
+        self._stopped = None
+
+    def _signal_session(self, sig: int, pids: list[int] | None) -> list[int] | None:
+        if self.dead or self.pid <= 1:
+            return None
+        if self.group is not None:  # exact: the cgroup lists only this session's processes
+            todo, done = pids, set()
+            for _ in range(4):  # again for any child forked while the list was read
+                if todo is None:
+                    todo = [p for p in self.pids()
+                            if p not in done and p != self._init_pid() and p > 1]
+                if not todo:
+                    break
+                for pid in todo:
+                    try:
+                        os.kill(pid, sig)
+                    except OSError:
+                        pass
+                done.update(todo)
+                todo = None if sig == signal.SIGSTOP else []
+            return sorted(done)
+        if self.start_time is None:
+            self.start_time = _start_time(self.pid)
+        if self.start_time is not None and _start_time(self.pid) == self.start_time:
+            try:  # the worker's process group (still this worker: same start time)
+                os.killpg(self.pid, sig)
+            except OSError:
+                pass
+        return None
+
+    def _init_pid(self) -> int:
+        """The session's pid namespace init (0: none), looked up once: it lives as long."""
+        if self._init is None:
+            self._init = next((p for p in self.pids() if _namespace_init(p)), 0)
+        return self._init
 
     def interrupt(self) -> None:
         """SIGINT to the worker, only while it is certainly still this session's process."""
@@ -255,7 +331,11 @@ class Worker:
                 except OSError:
                     pass
         self.sock.close()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        with self._out_lock:  # a call reading it meanwhile must not read a reused fd number
+            if self.out is not None:
+                os.close(self.out)
+                self.out = None
+        remove_tree(self.workdir)
 
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -340,24 +420,27 @@ class Zygote:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def fork(self, request: dict) -> tuple[socket.socket, int]:
-        """Ask for one worker; returns the pool's end of its socket and of its lifeline."""
+    def fork(self, request: dict) -> tuple[socket.socket, int, int]:
+        """Ask for one worker; returns the pool's end of its socket and of its lifeline, and
+        the pool's descriptor of its output memfd (made here: the cell cannot swap it)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         # before the worker can exist: its ready message must carry its credentials
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         life_r, life_w = os.pipe()
+        out = os.memfd_create("aster-cell-output", os.MFD_CLOEXEC)
         try:
             data = json.dumps(request).encode()
             self.ctl.sendall(_HEADER.pack(len(data)))
-            socket.send_fds(self.ctl, [data], [theirs.fileno(), life_r])
+            socket.send_fds(self.ctl, [data], [theirs.fileno(), life_r, out])
         except OSError:
             ours.close()
             os.close(life_w)
+            os.close(out)
             raise
         finally:
             theirs.close()
             os.close(life_r)
-        return ours, life_w
+        return ours, life_w, out
 
     def close(self) -> None:
         self.ctl.close()
@@ -371,4 +454,50 @@ class Zygote:
             self.proc.wait()
 
 
-__all__ = ["CgroupTree", "Worker", "Zygote", "send_msg"]
+def clip(text: str, limit: int) -> str:
+    """Keep the first and last limit/2 characters with a marker saying how many were cut."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    omitted = len(text) - limit
+    return (f"{text[:half]}\n[... {omitted} characters of output truncated ...]\n"
+            f"{text[len(text) - (limit - half):]}")
+
+
+def _all_pids() -> list[int]:
+    try:
+        return [int(n) for n in os.listdir("/proc") if n.isdigit()]
+    except OSError:
+        return []
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name (which may hold spaces and parentheses)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].decode().split()
+    except (OSError, IndexError):
+        return []
+
+
+def _start_time(pid: int) -> str | None:
+    fields = _stat_fields(pid)
+    return fields[19] if len(fields) > 19 else None
+
+
+def _namespace_init(pid: int) -> bool:
+    """Whether pid is pid 1 of a pid namespace below ours (a session's `cat` init)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            nspid = next((line.split()[1:] for line in fh if line.startswith("NSpid:")), [])
+    except OSError:
+        return False
+    return len(nspid) > 1 and nspid[-1] == "1"
+
+
+def _pgid(pid: int) -> int:
+    fields = _stat_fields(pid)
+    return int(fields[2]) if len(fields) > 2 else -1
+
+
+__all__ = ["CgroupTree", "Worker", "Zygote", "clip", "send_msg"]

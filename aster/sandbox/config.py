@@ -14,7 +14,11 @@ def _default_preload() -> list[str]:
 class SandboxConfig:
     """Every limit of the sandbox. Limits are per call unless named per session.
 
-    timeout_s: wall clock per call (a call may pass its own); grace_s: time between the SIGINT
+    max_sessions: live sessions at once; a run's config needs at least
+    rollout.max_concurrency of them (each trajectory in flight holds one to its end).
+    acquire_timeout_s: how long an open waits for a free session (then the trajectory ends
+    with finish reason sandbox_unavailable). timeout_s: wall clock per call (a call may pass
+    its own); grace_s: time between the SIGINT
     sent at the deadline and the SIGKILL of the session's processes. memory_mb: address space
     (RLIMIT_AS and RLIMIT_DATA) of each session. max_output_chars: the output a call returns;
     beyond it the middle is cut out and a marker says how much. max_code_chars: the largest cell
@@ -42,7 +46,7 @@ class SandboxConfig:
 
     timeout_s: float = 10.0
     grace_s: float = 0.5
-    max_sessions: int = 64
+    max_sessions: int = 256  # >= rollout.max_concurrency (checked at load): one per trajectory
     spare_workers: int = 2
     acquire_timeout_s: float = 300.0
     start_timeout_s: float = 60.0

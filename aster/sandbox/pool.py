@@ -7,7 +7,6 @@ import contextlib
 import itertools
 import logging
 import os
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -17,7 +16,9 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from aster.sandbox._procs import CgroupTree, Worker, Zygote, send_msg
+from aster.sandbox._remove import remove_tree
 from aster.sandbox._report import Protection, protections
+from aster.sandbox._slots import SlotGate
 from aster.sandbox.config import SandboxConfig
 from aster.sandbox.result import (
     ExecResult,
@@ -47,7 +48,8 @@ class SandboxPool:
         self._cwd = os.getcwd()  # the trainer's: it must not be inside the sessions' view
         self._lock = threading.Lock()  # zygote use, spares, live set
         self._wake = threading.Condition(self._lock)
-        self._slots = threading.BoundedSemaphore(self.config.max_sessions)
+        self._slots = SlotGate(self.config.max_sessions,
+                               lambda: SandboxClosedError("the sandbox pool is closed"))
         self._spares: deque[Worker] = deque()
         self._live: set[Worker] = set()
         self._starting: set[Worker] = set()  # asked of the zygote, not ready yet
@@ -59,7 +61,9 @@ class SandboxPool:
         self._cgroups = CgroupTree.create()
         self._uids = itertools.count()
         self._zygote = self._new_zygote()
-        self._executor = ThreadPoolExecutor(max_workers=self.config.max_sessions,
+        # runs calls, closes and the fork part of opens, never a wait for a slot: each task
+        # holds a slot, so max_sessions threads (+ the closes finishing) never queue
+        self._executor = ThreadPoolExecutor(max_workers=self.config.max_sessions + 2,
                                             thread_name_prefix="aster-sandbox")
         self._finalizer = weakref.finalize(self, SandboxPool._cleanup, self._zygote,
                                            self._spares, self._live, self._starting,
@@ -121,9 +125,17 @@ class SandboxPool:
 
     @contextlib.asynccontextmanager
     async def asession(self):
-        """The asyncio twin of ``session()``."""
+        """The asyncio twin of ``session()``: the wait for a slot holds no thread."""
+        self._check_open()
+        if not await self._slots.aacquire(self.config.acquire_timeout_s):
+            raise self._busy()
         loop = asyncio.get_running_loop()
-        session = await loop.run_in_executor(self._executor, self.open_session)
+        opening = loop.run_in_executor(self._executor, self._open_with_slot)
+        try:
+            session = await asyncio.shield(opening)
+        except asyncio.CancelledError:  # the open goes on in its thread: close what it gives
+            opening.add_done_callback(_close_opened)
+            raise
         try:
             yield session
         finally:
@@ -132,15 +144,21 @@ class SandboxPool:
     def open_session(self) -> Session:
         """A new Session; close it with ``Session.close()`` (or use ``session()``)."""
         self._check_open()
-        if not self._slots.acquire(timeout=self.config.acquire_timeout_s):
-            raise SandboxBusyError(f"no free sandbox session within sandbox.acquire_timeout_s="
-                                   f"{self.config.acquire_timeout_s} (sandbox.max_sessions="
-                                   f"{self.config.max_sessions} are open)")
+        if not self._slots.acquire(self.config.acquire_timeout_s):
+            raise self._busy()
+        return self._open_with_slot()
+
+    def _open_with_slot(self) -> Session:
         try:
             return Session(self, self._take_worker())
         except BaseException:
             self._slots.release()
             raise
+
+    def _busy(self) -> SandboxBusyError:
+        return SandboxBusyError(f"no free sandbox session within sandbox.acquire_timeout_s="
+                                f"{self.config.acquire_timeout_s} (sandbox.max_sessions="
+                                f"{self.config.max_sessions} are open)")
 
     def close(self) -> None:
         """Kill every session and spare, stop the zygote, remove the cgroups and directories."""
@@ -149,6 +167,7 @@ class SandboxPool:
                 return
             self._closed = True
             self._wake.notify_all()
+        self._slots.close()
         if self._filler.ident is not None:  # started
             self._filler.join(timeout=10)
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -253,13 +272,13 @@ class SandboxPool:
                if self._is_root and self.config.drop_privileges else None)
         request = {"dir": name, "uid": uid, "cgroup": group and os.path.basename(group)}
         try:
-            sock, lifeline = self._zygote.fork(request)
+            sock, lifeline, out = self._zygote.fork(request)
         except OSError:  # killed, and exiting now: poll() did not know yet
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._zygote.proc.wait(timeout=5)
             self._live_zygote_locked()
-            sock, lifeline = self._zygote.fork(request)
-        worker = Worker(-1, sock, os.path.join(self._root, name), group, lifeline)
+            sock, lifeline, out = self._zygote.fork(request)
+        worker = Worker(-1, sock, os.path.join(self._root, name), group, lifeline, out)
         self._starting.add(worker)  # the pool's cleanup kills it if it closes meanwhile
         return worker
 
@@ -337,17 +356,24 @@ class SandboxPool:
 
     @staticmethod
     def _cleanup(zygote, spares, live, starting, cgroups, dirs) -> None:
+        # one session's leftovers never stop the others' cleanup, nor make close() raise
         for worker in list(spares) + list(live) + list(starting):
-            worker.kill()
+            try:
+                worker.kill()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("sandbox: killing a session failed: %s: %s",
+                            type(exc).__name__, exc)
         spares.clear()
         live.clear()
         starting.clear()
-        if cgroups is not None:
-            cgroups.remove()
-        zygote.close()
-        for path in dirs:
-            if path is not None:  # the view's mount point is empty on this side
-                shutil.rmtree(path, ignore_errors=True)
+        for step in ((cgroups.remove if cgroups is not None else None), zygote.close):
+            try:
+                if step is not None:
+                    step()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("sandbox: pool cleanup: %s: %s", type(exc).__name__, exc)
+        for path in dirs:  # the view's mount point is empty on this side
+            remove_tree(path)
 
 
 class Session:
@@ -392,8 +418,10 @@ class Session:
         with self._lock:
             worker, self._worker = self._worker, None
         if worker is not None:
-            self._pool._retire(worker)
-            self._pool._slots.release()
+            try:
+                self._pool._retire(worker)
+            finally:  # the slot is free whatever the removal of the session met
+                self._pool._slots.release()
 
     def __enter__(self) -> Session:
         return self
@@ -402,53 +430,82 @@ class Session:
         self.close()
 
     def _call(self, code: str, timeout: float) -> ExecResult:
-        cfg = self._pool.config
         worker = self._worker
         worker.seq += 1
         start = time.monotonic()
-        max_bytes = 16 * cfg.max_output_chars + (1 << 16)
+        worker.resume()
         try:
             send_msg(worker.sock, {"seq": worker.seq, "code": code})
-            reply = worker.read_msg(start + timeout, max_bytes)
+            reply = worker.read_msg(start + timeout, MAX_REPLY_BYTES)
             if reply is None:
-                return self._interrupt(worker, start, timeout, max_bytes)
-        except (EOFError, OSError, ValueError, TypeError):
-            reply = None
-        if not isinstance(reply, dict) or reply.get("seq") != worker.seq:
-            return self._crashed(worker, start)
-        status = reply.get("status")
-        output = str(reply.get("output", ""))
+                result = self._interrupt(worker, start, timeout)
+            else:
+                result = self._result(worker, _status(reply, worker.seq), start)
+        except (EOFError, OSError, ValueError, TypeError) as exc:
+            result = self._crashed(worker, start, exc)
+        # A reply cannot be told from one the cell forged (same process, same uid): so the
+        # session stops until its next call, and nothing of it runs outside a call's time
+        self._worker.pause()
+        return result
+
+    def _result(self, worker: Worker, status: str, start: float) -> ExecResult:
         if status not in ("ok", "error"):
             status = "error"  # a KeyboardInterrupt the code raised itself
+        output = worker.take_output(self._pool.config.max_output_chars)
         return ExecResult(output, status, time.monotonic() - start)
 
-    def _interrupt(self, worker: Worker, start: float, timeout: float,
-                   max_bytes: int) -> ExecResult:
-        """Past the deadline: SIGINT, a grace period, then SIGKILL and a fresh interpreter."""
+    def _interrupt(self, worker: Worker, start: float, timeout: float) -> ExecResult:
+        """Past the deadline: the session's other processes SIGKILLed, SIGINT to the
+        interpreter, a grace period, then SIGKILL and a fresh interpreter."""
         cfg = self._pool.config
         note = f"TimeoutError: the code ran longer than {timeout:g} s and was interrupted"
         try:
+            worker.kill_others()
             worker.interrupt()
-            reply = worker.read_msg(time.monotonic() + cfg.grace_s, max_bytes)
-        except (EOFError, OSError, ValueError):
-            reply = None
-        if isinstance(reply, dict) and reply.get("seq") == worker.seq:
-            output = str(reply.get("output", ""))
+            reply = worker.read_msg(time.monotonic() + cfg.grace_s, MAX_REPLY_BYTES)
+            stopped = reply is not None and _status(reply, worker.seq) is not None
+        except (EOFError, OSError, ValueError, TypeError):
+            stopped = False
+        output = worker.take_output(cfg.max_output_chars)
+        if stopped:
             if output.endswith("KeyboardInterrupt\n"):
                 output = output[: -len("KeyboardInterrupt\n")]
             return ExecResult(_append(output, note), "timeout", time.monotonic() - start)
-        partial = worker.peek_output(cfg.max_output_chars)
         self._worker = self._pool._replace(worker)
         note += ("; it did not stop, so the interpreter was restarted and all variables were "
                  "lost")
-        return ExecResult(_append(partial, note), "timeout", time.monotonic() - start,
+        return ExecResult(_append(output, note), "timeout", time.monotonic() - start,
                           state_reset=True)
 
-    def _crashed(self, worker: Worker, start: float) -> ExecResult:
+    def _crashed(self, worker: Worker, start: float, why: Exception) -> ExecResult:
+        if not (isinstance(why, ValueError) or str(why).startswith("a reply")):
+            note = ("the Python process crashed (a segfault, os._exit or a kill); the "
+                    "interpreter was restarted and all variables were lost")
+        else:  # something in the session wrote onto the sandbox's own channel
+            note = (f"the sandbox's reply to this call was not valid ({why}); the interpreter "
+                    "was restarted and all variables were lost")
         self._worker = self._pool._replace(worker)
-        note = ("the Python process crashed (a segfault, os._exit or a kill); the interpreter "
-                "was restarted and all variables were lost")
         return ExecResult(note, "crashed", time.monotonic() - start, state_reset=True)
+
+
+# A reply is {"seq": n, "status": s}: the output never travels in it (the pool reads its own
+# buffer), so anything longer is not the worker's
+MAX_REPLY_BYTES = 256
+
+
+def _status(reply, seq: int) -> str:
+    """The status of a well-formed reply to call `seq`; ValueError for anything else."""
+    if not isinstance(reply, dict) or set(reply) != {"seq", "status"}:
+        raise ValueError("not a reply of the sandbox's protocol")
+    if reply["seq"] != seq or not isinstance(reply["status"], str):
+        raise ValueError("a reply out of sequence")
+    return reply["status"]
+
+
+def _close_opened(opening) -> None:
+    """Done callback of an open whose waiter was cancelled: close the session it made."""
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
 
 
 def _append(text: str, line: str) -> str:

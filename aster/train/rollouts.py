@@ -38,6 +38,7 @@ def trajectory_stats(ctx, trajs) -> dict:
              "tool_calls_p50": _quantile(calls, 0.5), "tool_calls_p90": _quantile(calls, 0.9),
              "trajectories": int(n)}
     reasons = Counter(str(t.finish_reason) for t in trajs)
+    stats["finish_sandbox_unavailable"] = 0.0  # always logged: a nonzero rate is the sandbox's
     for reason, count in reasons.items():
         stats[f"finish_{reason}"] = count / max(1, len(trajs))
     return stats
