@@ -166,6 +166,7 @@ def _setup_process(cfg: dict, conf, req: dict, zygote_pid: int | None) -> None:
         conf.join_cgroup(req["cgroup"])
     uid = req.get("uid")
     conf.enter_workdir(req["dir"], uid if conf.uid_mode in ("own", "keep_read") else None)
+    conf.own_namespaces()  # IPC and network of its own (needs CAP_SYS_ADMIN: before the drop)
     mem = cfg["memory_mb"] << 20
     for res, value in ((resource.RLIMIT_AS, mem), (resource.RLIMIT_DATA, mem),
                        (resource.RLIMIT_FSIZE, cfg["max_file_mb"] << 20),

@@ -31,9 +31,13 @@ class SandboxConfig:
     HOME, LANG, TMPDIR, thread counts); nothing else of the trainer's environment reaches it.
     read_only_paths: host directories a session sees read-only at their own path, beside the
     interpreter, site-packages and /usr. tmp_mb: size of each session's private /tmp (a
-    RAM-backed tmpfs). require_confinement: refuse to start (a one-line error) unless every
-    protection is in force: own filesystem view, pid namespace, uid, no capabilities, no
-    network, a pids cgroup, the environment allow-list.
+    RAM-backed tmpfs). disk_mb: size of each session's /sandbox (its cwd and HOME), a tmpfs of
+    its own with disk_mb * 64 inodes; like /tmp it counts toward memory_mb. memory_mb also
+    bounds the whole session (all its processes, memfds, shared memory and tmpfs files)
+    through a memory cgroup with swap off, where one can be made. require_confinement: refuse
+    to start (a one-line error) unless every protection is in force: own filesystem view, pid
+    namespace, uid, no capabilities, no network, pids and memory cgroups, own /sandbox, IPC
+    namespace, keyring, seccomp filter, the environment allow-list.
     """
 
     timeout_s: float = 10.0
@@ -57,13 +61,15 @@ class SandboxConfig:
     env: list[str] = field(default_factory=list)
     read_only_paths: list[str] = field(default_factory=list)
     tmp_mb: int = 64
+    disk_mb: int = 256
     require_confinement: bool = False
 
     def __post_init__(self):
         positive = ("timeout_s", "grace_s", "acquire_timeout_s", "start_timeout_s")
         for key in positive:
             _check(key, getattr(self, key), (int, float), lambda v: v > 0, "a number > 0")
-        at_least_one = ("max_sessions", "memory_mb", "max_file_mb", "blas_threads", "tmp_mb")
+        at_least_one = ("max_sessions", "memory_mb", "max_file_mb", "blas_threads", "tmp_mb",
+                        "disk_mb")
         for key in at_least_one:
             _check(key, getattr(self, key), int, lambda v: v >= 1, "an integer >= 1")
         _check("spare_workers", self.spare_workers, int, lambda v: v >= 0, "an integer >= 0")
