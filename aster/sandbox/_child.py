@@ -326,11 +326,20 @@ def _exit(code=None):
     raise SystemExit(code)
 
 
+def _detach_fd(fd: int) -> None:
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, fd)  # the number stays valid (the worker's socket object owns it)
+    os.close(null)
+
+
 def worker_main(cfg: dict, conf, req: dict, sock_fd: int, zygote_pid: int | None) -> None:
     """Set the worker up, say ready, then run cells until the session ends."""
     _setup_process(cfg, conf, req, zygote_pid)
     out_fd = _setup_streams(sock_fd)
     sock = socket.socket(fileno=sock_fd)
+    # a child forked by a cell must not hold the pool's socket: the pool sees the worker's
+    # death (an OOM kill of the session's largest process) as EOF, not as a silent timeout
+    os.register_at_fork(after_in_child=lambda: _detach_fd(sock_fd))
     cell = _Cell(out_fd, cfg["max_output_chars"])
     cell._restore()
     builtins.input = _no_input
