@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import struct
 
@@ -76,6 +77,7 @@ def _assemble(code: list[tuple]) -> bytes:
     return b"".join(out)
 
 
+@functools.lru_cache(maxsize=4)  # built once in the zygote (probe), reused by every worker
 def seccomp_program(machine: str | None = None) -> bytes:
     """The filter for this machine's arch; ValueError for an arch without a table."""
     machine = machine or os.uname().machine
@@ -103,7 +105,7 @@ def seccomp_program(machine: str | None = None) -> bytes:
 
 def install_seccomp() -> None:
     """Load the filter on this thread (needs no_new_privs or CAP_SYS_ADMIN); OSError if not."""
-    prog = seccomp_program()
+    prog = seccomp_program(os.uname().machine)
     buf = ctypes.create_string_buffer(prog, len(prog))
     fprog = _SockFprog(len(prog) // 8, ctypes.cast(buf, ctypes.c_void_p))
     rc = _LIBC.prctl(PR_SET_SECCOMP, ctypes.c_ulong(SECCOMP_MODE_FILTER),
@@ -134,6 +136,10 @@ def own_namespaces(network: bool) -> None:
 def probe(cfg: dict) -> dict:
     """In the zygote (root, before any session): which of these this machine allows, each
     None (works) or why not. Run in a throwaway child, so the zygote itself keeps its state."""
+    try:
+        seccomp_program(os.uname().machine)  # cached before the workers fork
+    except ValueError:
+        pass  # an arch without a table: the seccomp check below says so
     checks = {"ipc": lambda: own_namespaces(False), "keyring": new_session_keyring,
               "seccomp": _probe_seccomp}
     if cfg["no_network"]:
