@@ -274,7 +274,8 @@ class SandboxPool:
             uid, fd = self._uid_pool.acquire()
         except BaseException:
             if group is not None:
-                CgroupTree.kill_group(group)
+                for made in [group, *self._cgroups.siblings(group)]:
+                    CgroupTree.kill_group(made)
             raise
         return uid, lambda: self._uid_pool.release(uid, fd)
 
