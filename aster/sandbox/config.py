@@ -21,7 +21,8 @@ class SandboxConfig:
     accepted. max_file_mb: the largest file a session may write (its output buffer included).
     max_open_files / max_processes: per session (processes via a pids cgroup where one can be
     created, else RLIMIT_NPROC under a per-session uid). drop_privileges: when the pool runs as
-    root, each session runs under its own unprivileged uid (uid_base + n); off, sessions run as
+    root, each session runs under its own unprivileged uid (from uid_base, leased machine-wide
+    so that no two live sessions of any pools share one); off, sessions run as
     uid 0 (still without capabilities). no_network: put the sessions in an empty network
     namespace where the machine allows. work_dir: where the private per-session directories
     are made (default: the system temp dir).
