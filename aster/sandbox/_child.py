@@ -191,6 +191,7 @@ def _setup_process(cfg: dict, conf, req: dict, zygote_pid: int | None) -> None:
         conf.join_cgroup(req["cgroup"])
     uid = req.get("uid")
     conf.enter_workdir(req["dir"], uid if conf.uid_mode in ("own", "keep_read") else None)
+    conf.own_namespaces()  # IPC and network of its own (needs CAP_SYS_ADMIN: before the drop)
     mem = cfg["memory_mb"] << 20
     for res, value in ((resource.RLIMIT_AS, mem), (resource.RLIMIT_DATA, mem),
                        (resource.RLIMIT_FSIZE, cfg["max_file_mb"] << 20),
@@ -350,12 +351,21 @@ def _exit(code=None):
     raise SystemExit(code)
 
 
+def _detach_fd(fd: int) -> None:
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, fd)  # the number stays valid (the worker's socket object owns it)
+    os.close(null)
+
+
 def worker_main(cfg: dict, conf, req: dict, sock_fd: int, out_fd: int,
                 zygote_pid: int | None) -> None:
     """Set the worker up, say ready, then run cells until the session ends."""
     _setup_process(cfg, conf, req, zygote_pid)
     out_fd = _setup_streams(sock_fd, out_fd)
     sock = socket.socket(fileno=sock_fd)
+    # a child forked by a cell must not hold the pool's socket: the pool sees the worker's
+    # death (an OOM kill of the session's largest process) as EOF, not as a silent timeout
+    os.register_at_fork(after_in_child=lambda: _detach_fd(sock_fd))
     cell = _Cell(out_fd)
     cell._restore()
     builtins.input = _no_input

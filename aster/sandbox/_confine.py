@@ -19,6 +19,11 @@ import shutil
 import stat
 import sys
 
+if __name__ == "_confine":  # the zygote's sibling import (it imports nothing from aster)
+    import _harden as harden
+else:
+    from aster.sandbox import _harden as harden
+
 CLONE_NEWNS = 0x00020000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
@@ -206,8 +211,12 @@ def view_readable(paths: list[str]) -> bool:
 
 
 def enter_session_view(name: str, uid: int | None, tmp_mb: int, own_proc: bool,
-                       staged: list[list[str]]) -> str:
-    """In a fresh worker (still root): own mount namespace, /sandbox, private /tmp and /proc."""
+                       staged: list[list[str]], disk_mb: int = 256) -> str:
+    """In a fresh worker (still root): own mount namespace, /sandbox, private /tmp and /proc.
+
+    /sandbox is a tmpfs of disk_mb (and disk_mb * 64 inodes) owned by the session's uid: a
+    session cannot fill the host's disk or inode table, and its files vanish with its mount
+    namespace. The host directory is still made (empty): the pool removes it on close."""
     unshare(CLONE_NEWNS)
     mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
           f"mode=1777,size={tmp_mb}m,nr_inodes={max(1024, tmp_mb * 256)}")
@@ -218,12 +227,18 @@ def enter_session_view(name: str, uid: int | None, tmp_mb: int, own_proc: bool,
     os.mkdir(host_dir, 0o700)
     if uid is not None:
         os.chown(host_dir, uid, uid)
-    mount(host_dir, SESSION_DIR, None, MS_BIND)
-    mount(None, SESSION_DIR, None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV)
+    owner = "" if uid is None else f",uid={uid},gid={uid}"
+    mount("tmpfs", SESSION_DIR, "tmpfs", MS_NOSUID | MS_NODEV,
+          f"mode=0700,size={disk_mb}m,nr_inodes={disk_inodes(disk_mb)}{owner}")
     _ok(_LIBC.umount2(_b(POOL_MOUNT), MNT_DETACH), "umount the pool directory")
     if own_proc:  # a procfs of this session's pid namespace; read-only: no /proc/sys writes
         mount("proc", "/proc", "proc", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     return SESSION_DIR
+
+
+def disk_inodes(disk_mb: int) -> int:
+    """The inode limit of a session's /sandbox: 64 per MB (16384 for the default 256 MB)."""
+    return max(1024, disk_mb * 64)
 
 
 # ----------------------------------------------------------------------------- capabilities
@@ -273,7 +288,7 @@ class Confinement:
         self.view = False
         self.pidns_fd: int | None = None
         self.init_path: str | None = None
-        self.cgroup_fd: int | None = None
+        self.cgroup_fds: list[int] = []  # the pool's root group in each hierarchy
         self.uid_mode = "same"  # own | root | keep_read | same (see _uid_mode)
         self.report: dict = {"view_error": None, "pidns_error": None, "paths": []}
         self.staged: list[list[str]] = []
@@ -285,8 +300,8 @@ class Confinement:
     def setup(self) -> None:
         """Open the cgroup root, probe pid namespaces and enter the view (zygote start)."""
         cfg = self.cfg
-        if cfg["cgroup_root"]:
-            self.cgroup_fd = os.open(cfg["cgroup_root"], os.O_RDONLY | os.O_DIRECTORY)
+        self.cgroup_fds = [os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+                           for root in cfg["cgroup_roots"]]
         if os.geteuid() != 0:
             self.report["view_error"] = self.report["pidns_error"] = "the pool does not run as root"
         else:
@@ -295,6 +310,9 @@ class Confinement:
         self.report["uid_mode"] = self.uid_mode
         self.report["pidns"] = self.pidns
         self.report["view"] = self.view
+        # what the per-session hardening can do here (None: it works; else why not)
+        self.hardening = harden.probe(cfg)
+        self.report["hardening"] = self.hardening
 
     def _enter_view_and_probe(self) -> None:
         try:
@@ -355,12 +373,13 @@ class Confinement:
         setns(self.pidns_fd, CLONE_NEWPID)  # later children are ours again (until the next)
 
     def join_cgroup(self, group: str, pid: int = 0) -> None:
-        """Move pid (0: the caller) into the session's pids cgroup, through the root's fd."""
-        fd = os.open(f"{group}/cgroup.procs", os.O_WRONLY, dir_fd=self.cgroup_fd)
-        try:
-            os.write(fd, str(pid).encode())
-        finally:
-            os.close(fd)
+        """Move pid (0: the caller) into the session's cgroups, through the roots' fds."""
+        for root_fd in self.cgroup_fds:
+            fd = os.open(f"{group}/cgroup.procs", os.O_WRONLY, dir_fd=root_fd)
+            try:
+                os.write(fd, str(pid).encode())
+            finally:
+                os.close(fd)
 
     # ------------------------------------------------------------------ per worker
 
@@ -368,7 +387,7 @@ class Confinement:
         """The worker's own directory (and view), made and entered; returns its path."""
         if self.view:
             workdir = enter_session_view(name, uid, self.cfg["tmp_mb"], self.pidns,
-                                         self.staged)
+                                         self.staged, self.cfg["disk_mb"])
             tmp = "/tmp"
         else:
             workdir = tmp = os.path.join(self.cfg["pool_root"], name)
@@ -382,6 +401,8 @@ class Confinement:
     def drop_privileges(self, uid: int | None, max_processes: int) -> None:
         """The session's uid and capabilities, by ``uid_mode``; no new privileges after."""
         mode = self.uid_mode
+        if self.hardening.get("keyring") is None:  # while still root: the trainer's keys
+            harden.new_session_keyring()  # are no longer possessed, whatever the uid
         if mode in ("own", "keep_read") and uid is None:
             mode = "root"  # no uid to give: stay uid 0, but without any capability
         if mode in ("own", "keep_read"):
@@ -398,3 +419,14 @@ class Confinement:
             os.setresuid(uid, uid, uid)
         clear_capabilities(keep)
         prctl(PR_SET_NO_NEW_PRIVS, 1)
+        if self.hardening.get("seccomp") is None:  # last: the setup above needs no filter
+            harden.install_seccomp()
+
+    def own_namespaces(self) -> None:
+        """The session's own IPC (and, with no_network, network) namespace, as probed."""
+        found = self.hardening
+        ipc = found.get("ipc", "") is None
+        net = self.cfg["no_network"] and found.get("session_network", "") is None
+        flags = (harden.CLONE_NEWIPC if ipc else 0) | (harden.CLONE_NEWNET if net else 0)
+        if flags:
+            unshare(flags)

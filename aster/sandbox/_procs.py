@@ -25,8 +25,9 @@ from aster.sandbox.result import SandboxError
 CHILD_SCRIPT = str(Path(__file__).with_name("_child.py"))
 
 
-def _pids_cgroup_mount() -> Path | None:
-    """The pids controller's directory (cgroup v1 or v2), if this process may create groups."""
+def _cgroup_mount(controller: str) -> Path | None:
+    """The directory of a controller's hierarchy (cgroup v1 or v2), if its groups may be made
+    here: v1 mounts each controller on its own; v2 has one tree whose root must delegate it."""
     try:
         mounts = Path("/proc/mounts").read_text().splitlines()
     except OSError:
@@ -35,60 +36,126 @@ def _pids_cgroup_mount() -> Path | None:
         parts = line.split()
         if len(parts) < 4:
             continue
-        if parts[2] == "cgroup" and "pids" in parts[3].split(","):
+        if parts[2] == "cgroup" and controller in parts[3].split(","):
             return Path(parts[1])
         if parts[2] == "cgroup2":
             ctl = Path(parts[1]) / "cgroup.subtree_control"
-            if ctl.exists() and "pids" in ctl.read_text().split():
+            if ctl.exists() and controller in ctl.read_text().split():
                 return Path(parts[1])
     return None
 
 
-class CgroupTree:
-    """A pids cgroup per worker under one root per pool: bounds and finds every process."""
+def _pids_cgroup_mount() -> Path | None:
+    return _cgroup_mount("pids")
 
-    def __init__(self, root: Path):
-        self.root = root
+
+def _memory_cgroup_mount() -> Path | None:
+    return _cgroup_mount("memory")
+
+
+# what a session's memory group is limited by, per version: the limit, then swap off (v1's
+# memsw is memory + swap, so the same number; absent without swap accounting) and, on v2, an
+# OOM kill of the whole session rather than of its largest process
+_MEMORY_FILES = {"v1": ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes"),
+                 "v2": ("memory.max", "memory.swap.max", "memory.oom.group")}
+
+
+class CgroupTree:
+    """A cgroup per worker under one root per pool and controller (pids, memory): bounds and
+    finds every process of a session. On cgroup v2 both controllers share one group; on v1
+    each has its own hierarchy and a worker joins a group of the same name in each."""
+
+    def __init__(self, roots: dict[str, Path]):
+        self.roots = roots  # controller -> this pool's root group in its hierarchy
+        self.root = roots.get("pids", next(iter(roots.values())))
+        self.dirs = list(dict.fromkeys(roots.values()))  # distinct, the primary first
+        self.dirs.sort(key=lambda d: d != self.root)
         self._ids = itertools.count()
+        self.memory_bytes = 0  # set by the pool: sandbox.memory_mb for the whole session
+
+    @property
+    def controllers(self) -> set[str]:
+        return set(self.roots)
 
     @classmethod
-    def create(cls) -> CgroupTree | None:
-        """A fresh root group, or None where pids cgroups cannot be made here."""
-        mount = _pids_cgroup_mount()
-        if mount is None:
+    def create(cls, memory_bytes: int = 1 << 30) -> CgroupTree | None:
+        """Fresh root groups, or None where neither controller can be used here."""
+        name = f"aster-sandbox-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        roots: dict[str, Path] = {}
+        for controller, mount in (("pids", _pids_cgroup_mount()),
+                                  ("memory", _memory_cgroup_mount())):
+            if mount is None:
+                continue
+            root = mount / name
+            try:
+                root.mkdir(exist_ok=True)
+            except OSError:
+                continue
+            if cls._delegate(root, controller, memory_bytes):
+                roots[controller] = root
+            elif root not in roots.values():
+                cls._rmdir(root)
+        if not roots:
             return None
-        root = mount / f"aster-sandbox-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            root.mkdir()
-        except OSError:
-            return None
-        tree = cls(root)
-        if not tree._delegate_pids():
-            tree.remove()
-            return None
+        tree = cls(roots)
+        tree.memory_bytes = memory_bytes
         return tree
 
-    def _delegate_pids(self) -> bool:
-        """Give the per-worker groups a pids controller, and prove it with a probe group.
+    @staticmethod
+    def _delegate(root: Path, controller: str, memory_bytes: int) -> bool:
+        """Give the per-worker groups the controller, and prove it with a probe group.
 
         cgroup v2 gives a group's children a controller only when the group lists it in its
         cgroup.subtree_control (v1 gives every group every controller of its hierarchy): the
         children of a fresh v2 group have no pids.max, and writing one is EACCES."""
-        control = self.root / "cgroup.subtree_control"
+        control = root / "cgroup.subtree_control"
+        probe = root / f"probe-{controller}"
         try:
             if control.exists():
-                control.write_text("+pids")
-            os.rmdir(self.new_group(1))
+                control.write_text(f"+{controller}")
+            probe.mkdir()
+            try:
+                CgroupTree._limit(probe, controller, 1, memory_bytes)
+            finally:
+                CgroupTree._rmdir(probe)
         except OSError:
             return False
         return True
 
+    @staticmethod
+    def _limit(group: Path, controller: str, max_processes: int, memory_bytes: int) -> None:
+        if controller == "pids":
+            (group / "pids.max").write_text(str(max_processes))
+            return
+        version = "v2" if (group / "memory.max").exists() else "v1"
+        limit, swap, *oom = _MEMORY_FILES[version]
+        (group / limit).write_text(str(memory_bytes))
+        for name, value in ((swap, "0" if version == "v2" else str(memory_bytes)),
+                            *((o, "1") for o in oom)):
+            if (group / name).exists():
+                (group / name).write_text(value)
+
+    @staticmethod
+    def _rmdir(path: Path) -> None:
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
+
     def new_group(self, max_processes: int) -> str:
-        """A fresh group allowing max_processes; its path (the zygote gets its name)."""
-        group = self.root / f"w{next(self._ids)}"
-        group.mkdir()
-        (group / "pids.max").write_text(str(max_processes))
-        return str(group)
+        """A fresh group allowing max_processes and memory_bytes; the primary one's path (the
+        zygote gets its name; ``siblings`` gives the others)."""
+        name = f"w{next(self._ids)}"
+        for controller, root in self.roots.items():
+            group = root / name
+            group.mkdir(exist_ok=True)
+            self._limit(group, controller, max_processes, self.memory_bytes)
+        return str(self.root / name)
+
+    def siblings(self, group: str) -> list[str]:
+        """The same group in the other hierarchies (cgroup v1), emptied by killing the primary."""
+        name = os.path.basename(group)
+        return [str(d / name) for d in self.dirs[1:]]
 
     @staticmethod
     def kill_group(group: str, timeout: float = 5.0) -> bool:
@@ -117,12 +184,11 @@ class CgroupTree:
         return False
 
     def remove(self) -> None:
-        for group in list(self.root.glob("w*")):
-            self.kill_group(str(group))
-        try:
-            os.rmdir(self.root)
-        except OSError:
-            pass
+        for root in self.dirs:
+            for group in list(root.glob("w*")):
+                self.kill_group(str(group))
+        for root in self.dirs:
+            self._rmdir(root)
 
 
 class Worker:
@@ -140,6 +206,8 @@ class Worker:
         self.workdir = workdir  # on the host; the session sees it as its cwd
         self.group = group
         self.lifeline = lifeline  # closing it ends the session's pid namespace
+        self.extra_groups: list[str] = []  # its groups in other cgroup v1 hierarchies
+        self.uid_release = None  # frees the session's uid once its processes are dead
         self.seq = 0
         self.dead = False
         self._kill_lock = threading.Lock()
@@ -324,6 +392,8 @@ class Worker:
             self.lifeline = None
         if self.group is not None:  # exact: only this session's live processes are listed
             CgroupTree.kill_group(self.group)
+            for group in self.extra_groups:
+                CgroupTree.kill_group(group)
         elif self.pid > 1:  # never -1 or 0: kill(-1) would signal every process we may
             for kill in (os.killpg, os.kill):
                 try:
@@ -336,6 +406,9 @@ class Worker:
                 os.close(self.out)
                 self.out = None
         remove_tree(self.workdir)
+        if self.uid_release is not None:
+            self.uid_release()
+            self.uid_release = None
 
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -369,15 +442,16 @@ class Zygote:
     """The warm parent: a fresh interpreter that confines itself, preloads and forks workers."""
 
     def __init__(self, config: SandboxConfig, pool_root: str, view_root: str | None,
-                 cgroup_root: str | None):
+                 cgroup_roots: list[str]):
         self.config = config
         self.report: dict = {}
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         cfg = {k: getattr(config, k) for k in ("no_network", "preload", "memory_mb",
                                                 "max_file_mb", "max_open_files",
                                                 "max_processes", "max_output_chars",
-                                                "drop_privileges", "tmp_mb", "prelude")}
-        cfg.update(pool_root=pool_root, view_root=view_root, cgroup_root=cgroup_root,
+                                                "drop_privileges", "tmp_mb", "disk_mb",
+                                                "prelude")}
+        cfg.update(pool_root=pool_root, view_root=view_root, cgroup_roots=cgroup_roots,
                    read_only_paths=[os.path.abspath(p) for p in config.read_only_paths])
         self.proc = subprocess.Popen(
             [sys.executable, "-I", CHILD_SCRIPT, json.dumps(cfg), str(child.fileno())],

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aster.sandbox._confine import SESSION_DIR
+from aster.sandbox._confine import SESSION_DIR, disk_inodes
 from aster.sandbox._procs import LOCALE_VARS
 from aster.sandbox.config import SandboxConfig
 
 PROTECTIONS = ("environment", "network", "filesystem", "processes", "capabilities", "uid",
-               "process_limit")
+               "process_limit", "memory_limit", "disk", "ipc", "keyring", "seccomp")
 
 
 @dataclass(frozen=True)
@@ -26,18 +26,21 @@ class Protection:
         return f"{self.name}: {state}{self.detail}"
 
 
-def protections(cfg: SandboxConfig, ready: dict, cgroups: bool,
+def protections(cfg: SandboxConfig, ready: dict, cgroups: set[str],
                 trainer_cwd: str) -> dict[str, Protection]:
-    """Every kind in PROTECTIONS; `ready` is the zygote's ready message."""
+    """Every kind in PROTECTIONS; `ready` is the zygote's ready message, `cgroups` the
+    controllers (pids, memory) the pool made session groups with."""
     conf = ready["confinement"]
+    hard = conf.get("hardening", {})
     found = [
         Protection("environment", True, "allow-list: PATH, HOME, TMPDIR, "
                    f"{'/'.join(LOCALE_VARS)}, BLAS thread counts"
                    + (f", sandbox.env: {', '.join(cfg.env)}" if cfg.env else "")
                    + "; nothing else of the trainer's environment"),
-        Protection("network", *ready["network"]),
+        _network(ready, hard),
         _filesystem(cfg, conf, trainer_cwd), _processes(conf), _capabilities(conf), _uid(cfg, conf),
-        _process_limit(cfg, conf, cgroups),
+        _process_limit(cfg, conf, "pids" in cgroups), _memory_limit(cfg, "memory" in cgroups),
+        _disk(cfg, conf), *_hardening(hard),
     ]
     return {p.name: p for p in found}
 
@@ -82,8 +85,10 @@ def _capabilities(conf: dict) -> Protection:
 def _uid(cfg: SandboxConfig, conf: dict) -> Protection:
     mode = conf["uid_mode"]
     if mode in ("own", "keep_read"):
-        return Protection("uid", True, f"each session runs as its own uid >= {cfg.uid_base}; "
-                                       "it cannot signal or read other sessions")
+        return Protection("uid", True, f"each session runs as its own uid >= {cfg.uid_base}, "
+                                       "leased machine-wide (no live session of any pool on "
+                                       "this machine shares it); it cannot signal or read "
+                                       "other sessions")
     if mode == "same":
         why = "the pool does not run as root: sessions run as the pool's uid"
     elif not cfg.drop_privileges:
@@ -102,3 +107,54 @@ def _process_limit(cfg: SandboxConfig, conf: dict, cgroups: bool) -> Protection:
     nproc = "; RLIMIT_NPROC per session uid" if conf["uid_mode"] in ("own", "keep_read") else ""
     return Protection("process_limit", False, f"no pids cgroup here: process group kill "
                                               f"only{nproc}")
+
+
+def _network(ready: dict, hard: dict) -> Protection:
+    in_force, detail = ready["network"]
+    if not in_force:
+        return Protection("network", False, detail)
+    why = hard.get("session_network", "not probed")
+    if why is None:
+        return Protection("network", True, "none: an empty network namespace per session "
+                                           "(no socket, abstract or inet, joins two sessions)")
+    return Protection("network", False, (
+        f"one empty network namespace for the whole pool, none per session ({why}): sessions "
+        "can reach each other through abstract unix sockets"))
+
+
+def _memory_limit(cfg: SandboxConfig, cgroup: bool) -> Protection:
+    if cgroup:
+        return Protection("memory_limit", True, (
+            f"memory cgroup, {cfg.memory_mb} MB for the whole session (all its processes, "
+            "memfds, shared memory and tmpfs files), swap off"))
+    return Protection("memory_limit", False, (
+        f"no memory cgroup here (not root, or no delegable memory controller): only "
+        f"RLIMIT_AS {cfg.memory_mb} MB per process; memfds, shared memory and forked "
+        "children are not bounded"))
+
+
+def _disk(cfg: SandboxConfig, conf: dict) -> Protection:
+    if conf["view"]:
+        return Protection("disk", True, (
+            f"{SESSION_DIR} is a tmpfs of its own: {cfg.disk_mb} MB, {disk_inodes(cfg.disk_mb)} "
+            "inodes, gone with the session"))
+    return Protection("disk", False, (
+        f"no filesystem view: a session's directory is on the host's disk, bounded only by "
+        f"RLIMIT_FSIZE {cfg.max_file_mb} MB per file"))
+
+
+def _hardening(hard: dict) -> list[Protection]:
+    lines = {"ipc": ("an IPC namespace per session: no SysV shared memory, queue or semaphore "
+                     "of the host or of another session; its own die with it",
+                     "sessions share the host's SysV IPC and POSIX queues"),
+             "keyring": ("a fresh empty session keyring: the trainer's keys are not reachable",
+                         "sessions inherit the trainer's session keyring"),
+             "seccomp": ("seccomp filter: user namespaces, setns, keyrings, io_uring, bpf, "
+                         "perf_event_open, ptrace and process_vm_* refused (EPERM), other ABIs "
+                         "refused", "the kernel's whole syscall surface is open")}
+    found = []
+    for name, (good, bad) in lines.items():
+        why = hard.get(name, "not probed")
+        found.append(Protection(name, True, good) if why is None
+                     else Protection(name, False, f"{bad} ({why})"))
+    return found

@@ -25,7 +25,8 @@ class SandboxConfig:
     accepted. max_file_mb: the largest file a session may write (its output buffer included).
     max_open_files / max_processes: per session (processes via a pids cgroup where one can be
     created, else RLIMIT_NPROC under a per-session uid). drop_privileges: when the pool runs as
-    root, each session runs under its own unprivileged uid (uid_base + n); off, sessions run as
+    root, each session runs under its own unprivileged uid (from uid_base, leased machine-wide
+    so that no two live sessions of any pools share one); off, sessions run as
     uid 0 (still without capabilities). no_network: put the sessions in an empty network
     namespace where the machine allows. work_dir: where the private per-session directories
     are made (default: the system temp dir). preload: modules the warm zygote imports once, so
@@ -39,9 +40,13 @@ class SandboxConfig:
     HOME, LANG, TMPDIR, thread counts); nothing else of the trainer's environment reaches it.
     read_only_paths: host directories a session sees read-only at their own path, beside the
     interpreter, site-packages and /usr. tmp_mb: size of each session's private /tmp (a
-    RAM-backed tmpfs). require_confinement: refuse to start (a one-line error) unless every
-    protection is in force: own filesystem view, pid namespace, uid, no capabilities, no
-    network, a pids cgroup, the environment allow-list.
+    RAM-backed tmpfs). disk_mb: size of each session's /sandbox (its cwd and HOME), a tmpfs of
+    its own with disk_mb * 64 inodes; like /tmp it counts toward memory_mb. memory_mb also
+    bounds the whole session (all its processes, memfds, shared memory and tmpfs files)
+    through a memory cgroup with swap off, where one can be made. require_confinement: refuse
+    to start (a one-line error) unless every protection is in force: own filesystem view, pid
+    namespace, uid, no capabilities, no network, pids and memory cgroups, own /sandbox, IPC
+    namespace, keyring, seccomp filter, the environment allow-list.
     """
 
     timeout_s: float = 10.0
@@ -66,13 +71,15 @@ class SandboxConfig:
     env: list[str] = field(default_factory=list)
     read_only_paths: list[str] = field(default_factory=list)
     tmp_mb: int = 64
+    disk_mb: int = 256
     require_confinement: bool = False
 
     def __post_init__(self):
         positive = ("timeout_s", "grace_s", "acquire_timeout_s", "start_timeout_s")
         for key in positive:
             _check(key, getattr(self, key), (int, float), lambda v: v > 0, "a number > 0")
-        at_least_one = ("max_sessions", "memory_mb", "max_file_mb", "blas_threads", "tmp_mb")
+        at_least_one = ("max_sessions", "memory_mb", "max_file_mb", "blas_threads", "tmp_mb",
+                        "disk_mb")
         for key in at_least_one:
             _check(key, getattr(self, key), int, lambda v: v >= 1, "an integer >= 1")
         _check("spare_workers", self.spare_workers, int, lambda v: v >= 0, "an integer >= 0")

@@ -19,6 +19,7 @@ from aster.sandbox._procs import CgroupTree, Worker, Zygote, send_msg
 from aster.sandbox._remove import remove_tree
 from aster.sandbox._report import Protection, protections
 from aster.sandbox._slots import SlotGate
+from aster.sandbox._uids import UidAllocator
 from aster.sandbox.config import SandboxConfig
 from aster.sandbox.result import (
     ExecResult,
@@ -58,8 +59,10 @@ class SandboxPool:
         self._is_root = os.geteuid() == 0
         # the empty directory the zygote mounts its view on (in its own mount namespace)
         self._view = tempfile.mkdtemp(prefix="aster-sandbox-view-") if self._is_root else None
-        self._cgroups = CgroupTree.create()
+        self._cgroups = CgroupTree.create(self.config.memory_mb << 20)
         self._uids = itertools.count()
+        self._uid_pool = (UidAllocator(self.config.uid_base)
+                          if self._is_root and self.config.drop_privileges else None)
         self._zygote = self._new_zygote()
         # runs calls, closes and the fork part of opens, never a wait for a slot: each task
         # holds a slot, so max_sessions threads (+ the closes finishing) never queue
@@ -85,7 +88,7 @@ class SandboxPool:
         with self._lock:
             self._zygote.wait_ready()
             ready = self._zygote.report
-        return protections(self.config, ready, self._cgroups is not None, self._cwd)
+        return protections(self.config, ready, self._controllers, self._cwd)
 
     @property
     def missing(self) -> list[str]:
@@ -188,9 +191,13 @@ class SandboxPool:
             self._zygote.wait_ready()
             return self._zygote.report["confinement"]["uid_mode"] in ("own", "keep_read")
 
+    @property
+    def _controllers(self) -> set[str]:
+        return self._cgroups.controllers if self._cgroups is not None else set()
+
     def _new_zygote(self) -> Zygote:
-        cgroup_root = str(self._cgroups.root) if self._cgroups is not None else None
-        return Zygote(self.config, self._root, self._view, cgroup_root)
+        roots = [str(d) for d in self._cgroups.dirs] if self._cgroups is not None else []
+        return Zygote(self.config, self._root, self._view, roots)
 
     def _require_confinement(self) -> None:
         """sandbox.require_confinement: a one-line error unless every protection holds."""
@@ -268,19 +275,38 @@ class SandboxPool:
         if self._cgroups is not None:  # + the pid namespace's init, where there is one
             pidns = self._zygote.report["confinement"]["pidns"]
             group = self._cgroups.new_group(self.config.max_processes + int(pidns))
-        uid = (self.config.uid_base + n % (1 << 20)
-               if self._is_root and self.config.drop_privileges else None)
+        uid, release = self._lease_uid(group)
         request = {"dir": name, "uid": uid, "cgroup": group and os.path.basename(group)}
         try:
-            sock, lifeline, out = self._zygote.fork(request)
-        except OSError:  # killed, and exiting now: poll() did not know yet
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._zygote.proc.wait(timeout=5)
-            self._live_zygote_locked()
-            sock, lifeline, out = self._zygote.fork(request)
+            try:
+                sock, lifeline, out = self._zygote.fork(request)
+            except OSError:  # killed, and exiting now: poll() did not know yet
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._zygote.proc.wait(timeout=5)
+                self._live_zygote_locked()
+                sock, lifeline, out = self._zygote.fork(request)
+        except BaseException:
+            if release is not None:
+                release()
+            raise
         worker = Worker(-1, sock, os.path.join(self._root, name), group, lifeline, out)
+        worker.uid_release = release
+        worker.extra_groups = self._cgroups.siblings(group) if group is not None else []
         self._starting.add(worker)  # the pool's cleanup kills it if it closes meanwhile
         return worker
+
+    def _lease_uid(self, group: str | None):
+        """A uid no live session on this machine has (see _uids), and what frees it."""
+        if self._uid_pool is None:
+            return None, None
+        try:
+            uid, fd = self._uid_pool.acquire()
+        except BaseException:
+            if group is not None:
+                for made in [group, *self._cgroups.siblings(group)]:
+                    CgroupTree.kill_group(made)
+            raise
+        return uid, lambda: self._uid_pool.release(uid, fd)
 
     def _live_zygote_locked(self) -> None:
         self._zygote.wait_ready()
