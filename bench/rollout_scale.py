@@ -426,7 +426,7 @@ def run(backend=None, quick: bool = True) -> dict:
                                      "value": float(r[key]), "unit": "", "target": "",
                                      "ok": None})
             target = result["new"]
-            if setup.shape.name == "stage2":
+            if setup.shape.name == "stage2" and setup.trajectories >= 128:  # the done shape
                 rows.append({"metric": "stage2 new: utilisation >= 85% and <= 1.3x ideal",
                              "value": float(target["slot_util"]), "unit": "frac",
                              "target": ">= 0.85, <= 1.3x",

@@ -44,6 +44,7 @@ def _load_section(name: str):
         return None
     spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
     sys.path.insert(0, str(HERE))
     try:
         spec.loader.exec_module(module)

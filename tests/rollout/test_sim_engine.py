@@ -213,3 +213,32 @@ def test_block_pool_evicts_least_recently_freed_and_tail_first():
     assert pool.evictions == 1 and pool.lookup([100, 101], 2) == [a[0]]
     pool.touch([a[0]])  # a prefix hit takes a cached block back out of the free queue
     assert pool.num_free == 0 and a[0].ref == 1
+
+
+def _harness():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "rollout_scale.py"
+    spec = importlib.util.spec_from_file_location("rollout_scale", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["rollout_scale"] = module  # dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("mode", ["new", "barrier"])
+def test_harness_turns_run_through_the_real_agent_loop_and_sandbox(tokenizer, pool, mode):
+    """The scripted turns parse as real tool calls, run in real sessions, and every
+    trajectory ends answered after exactly its drawn number of calls (both modes)."""
+    harness = _harness()
+    shape = harness.Shape("tiny", 6000, turn_median=120.0, calls_median=3.0, max_calls=6,
+                          tool_median_s=0.05)
+    setup = harness.Setup(shape, 8, scale=1e4, group=4, kv_tokens=8192)
+    result = harness.run_mode(setup, mode, tokenizer, pool)
+    plans = harness.draw_plans(shape, 8, setup.seed)
+    assert result["finish"] == {"answer": 8} and result["scored"] == 8
+    assert result["tool_calls"] == sum(len(p.tool_s) for p in plans)
+    assert result["decode_tokens"] > 0 and result["prefix_hit_tokens"] > 0
+    assert result["ideal_s"] > 0 and 0 < result["slot_util"] <= 1.0
