@@ -335,14 +335,15 @@ class SimEngine(Engine):
         return True
 
     def _admit(self, req: _Request, budget: int) -> int:
-        """Take `req`'s cached prefix and blocks for its first chunk; tokens scheduled or 0."""
-        self._extend_hashes(req, req.num_tokens)
-        hits = self.pool.lookup(req.hashes, (req.num_tokens - 1) // self.block_size)
+        """Take `req`'s cached prefix and blocks for its first chunk; tokens scheduled or 0.
+        As vLLM 0.32 (scheduler_reserve_full_isl, on by default) a waiting request is
+        admitted only if its whole sequence so far fits in the free blocks."""
+        hits = self._hits(req)
+        if not self._fits(req, hits):
+            return 0
         computed = len(hits) * self.block_size
         n = min(req.num_tokens - computed, budget)
         need = self._blocks_for(computed + n) - len(hits)
-        if need + self.pool.free_in(hits) > self.pool.num_free:
-            return 0
         self.pool.touch(hits)
         req.blocks = hits + self.pool.allocate(need)
         req.computed = computed
@@ -432,14 +433,17 @@ class SimEngine(Engine):
             self._advance(req, 1)
         self._account(start, ends[done - 1], done, n, (held0 + held1) / 2)
 
-    def _fits(self, req: _Request) -> bool:
-        """Whether admitting `req` now would get blocks (a dry run of `_admit`)."""
+    def _hits(self, req: _Request) -> list:
+        """The cached blocks of `req`'s longest cached prefix (at most num_tokens - 1)."""
         self._extend_hashes(req, req.num_tokens)
-        hits = self.pool.lookup(req.hashes, (req.num_tokens - 1) // self.block_size)
-        computed = len(hits) * self.block_size
-        n = min(req.num_tokens - computed, self.max_num_batched_tokens)
-        need = self._blocks_for(computed + n) - len(hits)
-        return need + self.pool.free_in(hits) <= self.pool.num_free
+        return self.pool.lookup(req.hashes, (req.num_tokens - 1) // self.block_size)
+
+    def _fits(self, req: _Request, hits: list | None = None) -> bool:
+        """Whether `req`'s whole sequence would get blocks now (hits taken from the free
+        queue count against the free blocks, as in vLLM's get_num_blocks_to_allocate)."""
+        hits = self._hits(req) if hits is None else hits
+        need = self._blocks_for(req.num_tokens) - len(hits) + self.pool.free_in(hits)
+        return need <= self.pool.num_free
 
     def _steps_with_blocks(self, steps: int) -> int:
         """The most decode steps (up to `steps`) for which every running request gets its

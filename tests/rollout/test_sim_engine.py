@@ -242,3 +242,15 @@ def test_harness_turns_run_through_the_real_agent_loop_and_sandbox(tokenizer, po
     assert result["tool_calls"] == sum(len(p.tool_s) for p in plans)
     assert result["decode_tokens"] > 0 and result["prefix_hit_tokens"] > 0
     assert result["ideal_s"] > 0 and 0 < result["slot_util"] <= 1.0
+
+
+def test_a_waiting_request_is_admitted_only_if_its_whole_prompt_fits():
+    """vLLM 0.32's scheduler_reserve_full_isl: a first chunk that fits is not enough."""
+    engine = _engine(n_out=20, kv_tokens=256, max_num_batched_tokens=32)  # 16 blocks
+    try:
+        # the first holds 10-11 blocks while it runs; the second needs 7 (its first chunk: 2)
+        outs = engine.generate([_prompt(10, 150), _prompt(11, 100)], _params())
+        assert all(o.finish_reason == "stop" for o in outs)
+        assert engine.stats["peak_running"] == 1 and engine.stats["preemptions"] == 0
+    finally:
+        engine.close()
