@@ -171,10 +171,10 @@ class SimEngine(Engine):
         if self._thread is not None:
             self._thread.join(timeout=10)
 
-    def _fail_pending(self) -> None:
-        closed = RuntimeError("the sim engine was closed with requests in flight")
+    def _fail_pending(self, error: BaseException | None = None) -> None:
+        error = error or RuntimeError("the sim engine was closed with requests in flight")
         for req in [*self._inbox, *self.waiting, *self.running]:
-            req.done(closed)
+            req.done(error)
         self._inbox.clear()
         self.waiting.clear()
         self.running.clear()
@@ -233,6 +233,16 @@ class SimEngine(Engine):
 
     # ---- the engine thread ------------------------------------------------------------------
     def _serve(self) -> None:
+        """The engine thread. A failure inside it (a bug, or a stall) fails every request in
+        flight with the error instead of leaving their callers waiting for ever."""
+        try:
+            self._serve_loop()
+        except Exception as exc:  # noqa: BLE001 - handed to every waiting caller
+            with self._cond:
+                self._closed = True
+                self._fail_pending(exc)
+
+    def _serve_loop(self) -> None:
         cpu0 = time.thread_time()
         while True:
             self.stats["engine_cpu_s"] = time.thread_time() - cpu0
@@ -247,14 +257,15 @@ class SimEngine(Engine):
                 self._inbox.clear()
             if idle:  # the model clock ran on while there was nothing to do
                 self._now = max(self._now, (time.perf_counter() - self._t0) * self.scale)
-            if self.running or self.waiting:
-                self._step()
-                self._decode_span()
+            if (self.running or self.waiting) and not self._step():
+                raise RuntimeError(f"the sim engine stalled: {len(self.waiting)} requests wait "
+                                   "and none can be scheduled")
+            self._decode_span()
 
-    def _step(self) -> None:
+    def _step(self) -> bool:
         scheduled = self._schedule()
         if not scheduled:
-            return
+            return bool(self.running)  # nothing scheduled with nothing running: a stall
         start = self._start_step()
         kv_read = sum(r.computed + n for r, n in scheduled)
         sampled = sum(r.computed + n >= r.num_tokens for r, n in scheduled)
@@ -270,6 +281,7 @@ class SimEngine(Engine):
             else:
                 self.stats["prefill_tokens"] += n
             self._advance(req, n)
+        return True
 
     def _account(self, start: float, dt: float, steps: int, running: int, held: float) -> None:
         s = self.stats

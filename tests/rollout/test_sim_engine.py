@@ -254,3 +254,19 @@ def test_a_waiting_request_is_admitted_only_if_its_whole_prompt_fits():
         assert engine.stats["peak_running"] == 1 and engine.stats["preemptions"] == 0
     finally:
         engine.close()
+
+
+def test_a_failure_or_stall_inside_the_engine_fails_the_callers_instead_of_hanging(monkeypatch):
+    def boom():
+        raise RuntimeError("boom")
+
+    for patch, message in ((boom, "boom"), (lambda: [], "stalled")):
+        engine = _engine()
+        monkeypatch.setattr(engine, "_schedule", patch)
+        try:
+            with pytest.raises(RuntimeError, match=message):
+                engine.generate([_prompt(1, 20)], _params())
+            with pytest.raises(RuntimeError, match="closed"):
+                engine.generate([_prompt(2, 20)], _params())
+        finally:
+            engine.close()
