@@ -5,8 +5,9 @@
     python bench/throughput.py --device cpu --quick --sections e2e  # one full GRPO step
     python bench/throughput.py --compare A.json B.json              # two machines side by side
     python bench/throughput.py --device cpu --sections trl          # aster vs TRL's GRPOTrainer
+    python bench/throughput.py --quick --sections rollout_scale     # the rollout scale harness
 
-Each section lives in bench/bench_<section>.py and exposes `run(backend, quick) -> dict` with
+Each section lives in bench/bench_<section>.py (or bench/<section>.py) and exposes `run(backend, quick) -> dict` with
 {"section", "rows": [dict, ...], "notes": [str, ...]}; it measures aster next to a baseline in
 the same run where one exists. Records go to bench/results/<device>-<timestamp>.json with the
 device, versions, config and git commit. Speed targets live here as reported figures, never as
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("kernels", "sandbox", "rollout", "training", "e2e", "trl")
+SECTIONS = ("kernels", "sandbox", "rollout", "rollout_scale", "training", "e2e", "trl")
 RESULTS = HERE / "results"
 
 
@@ -37,10 +38,13 @@ def default_sections() -> list[str]:
 
 def _load_section(name: str):
     path = HERE / f"bench_{name}.py"
+    if not path.is_file():  # a section that is also a script of its own (rollout_scale.py)
+        path = HERE / f"{name}.py"
     if not path.is_file():
         return None
     spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
     sys.path.insert(0, str(HERE))
     try:
         spec.loader.exec_module(module)
