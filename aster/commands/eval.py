@@ -49,7 +49,7 @@ def load_engine(model_path: str, backend, cfg, *, max_model_len: int | None = No
 
     chat_format(tokenizer)  # a template without append-only tool turns fails here, in one line
     dtype = "float32" if cfg.model.dtype == "auto" else cfg.model.dtype
-    max_model_len = max_model_len or cfg.eval.max_tokens + 4096
+    max_model_len = max_model_len or cfg.eval.max_tokens + cfg.rollout.max_prompt_tokens
     limit = _model_context(model_path)
     if limit and max_model_len > limit:  # vLLM refuses a longer one; the budget still applies
         max_model_len = limit
