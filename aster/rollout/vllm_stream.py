@@ -24,6 +24,7 @@ import asyncio
 import itertools
 import logging
 import queue
+import time
 from concurrent.futures import Future
 
 from aster.errors import CapabilityError
@@ -94,6 +95,10 @@ class VLLMStreamEngine(VLLMEngine):
                 self._take(engine, item)
             else:
                 self._step(engine)
+                # hand the GIL over: the agent loop's thread resolves the finished turns and
+                # sends the next ones; without a pause it waits for the interpreter's 5 ms
+                # switch interval behind every step
+                time.sleep(0)
 
     def _next_or_none(self):
         try:
