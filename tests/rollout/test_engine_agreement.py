@@ -141,8 +141,9 @@ def test_vllm_continuous_engines_trajectories_and_weight_update(tmp_path, mode, 
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_vllm_colocated_under_torchrun(tmp_path):
-    """Two ranks, gloo, external_launcher: generate, update in place, match the new weights,
-    and the trainer's process group survives the engine."""
+    """Two ranks, gloo, external_launcher, the default continuous mode: generate, update in
+    place, match the new weights, one GRPO step of the real pipeline on the same engine (sized
+    from the run's budgets), and the trainer's process group survives the engine."""
     pytest.importorskip("vllm")
     script = REPO / "tests" / "rollout" / "vllm_colocated_main.py"
     results = _run_json([sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -154,3 +155,10 @@ def test_vllm_colocated_under_torchrun(tmp_path):
         assert _bounded(res["before"]) and _bounded(res["after"])
         assert res["after_vs_old_weights"]["mean_abs_diff"] > 1e-3
         assert res["all_reduce_after_close"] == 2.0
+        assert res["mode"] == "continuous"
+        assert res["capacity"]["max_model_len"] == 2048 + 64  # prompt + the stage's budget
+        grpo = res["grpo"]
+        assert grpo["engines_made"] == 1 and grpo["closed"]  # the run took (and closed) this one
+        assert grpo["agenerate_calls"] >= 2  # this rank's trajectories, one request a turn
+    rank0 = next(r for r in results if r["rank"] == 0)
+    assert rank0["grpo"]["rl_steps"] == 1 and rank0["grpo"]["trajectories"] == 4
