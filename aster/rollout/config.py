@@ -23,6 +23,10 @@ class RolloutConfig:
     # prompt tokens the engine makes room for: max_model_len = this + the largest response
     # budget the run uses (RL stages, evaluation); the reproduction's data.max_prompt_length
     max_prompt_tokens: int = 2048
+    # hf only. batched: each turn's requests are decoded as one batch (TurnBatcher);
+    # continuous: requests join one running decode batch between steps (aster/rollout/
+    # hf_stream.py). Measured in docs/rollouts.md.
+    hf_mode: Literal["batched", "continuous"] = "batched"
     # vLLM only
     # continuous: every trajectory turn is its own request into vLLM's running batch, the
     # in-process engine stepped by the engine's own thread (uni and external_launcher, so

@@ -149,6 +149,8 @@ def build_engine(backend, model_path: str, rollout_cfg, *, dtype: str = "float32
     if name == "hf":
         from aster.rollout.hf_engine import HFEngine
 
+        if rollout_cfg.hf_mode == "continuous":
+            from aster.rollout.hf_stream import HFStreamEngine as HFEngine
         # one decode batch per turn batch: the agent loop sends up to max_concurrency requests
         # (a decode step costs about the same for 64 rows as for 128 on CPU)
         return HFEngine(model if model is not None else model_path, device=backend.device(),
