@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -107,6 +108,7 @@ class HFStreamEngine(HFEngine):
                     self._sample_and_finish()
                     if self._rows:
                         self._decode()
+                    time.sleep(0)  # hand the GIL to the agent loop (as VLLMStreamEngine)
                 except Exception as exc:  # noqa: BLE001 - every waiter hears it, none hangs
                     self._fail(exc)
 
