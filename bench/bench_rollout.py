@@ -4,8 +4,8 @@
     python bench/bench_rollout.py --full --engines vllm,vllm-continuous --repeat 3
 
 Engines: hf (rollout.hf_mode=batched, the default), hf-continuous (rollout.hf_mode=continuous:
-requests join one running decode batch between steps), vllm-continuous (rollout.vllm_mode=continuous, the default: every turn its own
-request into the in-process engine's running batch), vllm (rollout.vllm_mode=batched: per-turn
+requests join one running decode batch between steps), vllm-continuous (rollout.vllm_mode=continuous: every turn its own
+request into the in-process engine's running batch), vllm (rollout.vllm_mode=batched, the default: per-turn
 batches through `LLM.generate`) and, outside --quick, vllm-async (AsyncLLM,
 rollout.vllm_mode=async); --quick skips vllm-async because its separate engine start would
 double the section's time. `--engines a,b` picks engines, in that order. Workloads, all through

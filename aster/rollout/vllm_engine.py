@@ -1,5 +1,9 @@
 """VLLMEngine: vLLM's offline `LLM` API, colocated with the trainer in the same process.
 
+This class is `rollout.vllm_mode=batched` (the default; one blocking `LLM.generate` per turn
+batch); `continuous` is its subclass aster.rollout.vllm_stream.VLLMStreamEngine,
+which steps the same in-process engine itself so that every turn is its own request.
+
 The engine core runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so new weights go straight
 into the live model after each optimizer step through aster's worker extension
 (`LLM.collective_rpc`; aster.rollout.vllm_worker picks the worker's layerwise `reload_weights`

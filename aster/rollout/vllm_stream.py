@@ -1,5 +1,5 @@
 """VLLMStreamEngine: continuous batching on vLLM's in-process engine (`rollout.vllm_mode=
-continuous`, the default), for the `uni` and `external_launcher` executors alike.
+continuous`), for the `uni` and `external_launcher` executors alike.
 
 `LLM.generate` is `add_request` for every prompt, then `LLMEngine.step()` until
 `has_unfinished_requests()` is false (vllm.entrypoints.common.offline `_run_engine`): it returns

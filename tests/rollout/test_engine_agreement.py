@@ -141,7 +141,7 @@ def test_vllm_continuous_engines_trajectories_and_weight_update(tmp_path, mode, 
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_vllm_colocated_under_torchrun(tmp_path):
-    """Two ranks, gloo, external_launcher, the default continuous mode: generate, update in
+    """Two ranks, gloo, external_launcher, rollout.vllm_mode=continuous: generate, update in
     place, match the new weights, one GRPO step of the real pipeline on the same engine (sized
     from the run's budgets), and the trainer's process group survives the engine."""
     pytest.importorskip("vllm")

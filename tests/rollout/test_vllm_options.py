@@ -35,8 +35,8 @@ def test_executor_is_uni_alone_and_external_launcher_under_torchrun():
     assert alone["enforce_eager"] and alone["gpu_memory_utilization"] == 0.1
     ranks, _ = engine_options(cpu, RolloutConfig(engine="vllm"), world_size=2)
     assert ranks["distributed_executor_backend"] == "external_launcher"
-    # continuous batching is the default mode, on every torchrun rank too
-    assert RolloutConfig().vllm_mode == "continuous"
+    # continuous batching runs on every torchrun rank too (batched stays the default)
+    assert RolloutConfig().vllm_mode == "batched"
     for mode in ("continuous", "batched"):
         ranks, _ = engine_options(cpu, RolloutConfig(engine="vllm", vllm_mode=mode),
                                   world_size=2)

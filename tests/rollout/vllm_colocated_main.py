@@ -3,7 +3,7 @@
 its own prompts, takes the same weight update, pushes it through the trainer's path
 (aster.train.rollouts.push_weights: in place, no checkpoint), and checks the engine's log-probs
 against the new weights; then one real GRPO step of the trainer (aster.train.pipeline, stage
-rl_stage1) on the same engine, in the default continuous mode, the engine sized from the run's
+rl_stage1) on the same engine, in the continuous mode, the engine sized from the run's
 budgets; the trainer's group must survive the engine's shutdown. Prints one JSON line per rank. Usage: torchrun --standalone --nproc_per_node=2
 tests/rollout/vllm_colocated_main.py OUT_DIR"""
 
