@@ -57,7 +57,7 @@ def load_engine(model_path: str, backend, cfg, *, max_model_len: int | None = No
     # a template without append-only tool turns, or one that drops the tool schema, fails here
     chat_format(tokenizer, tool_schemas(cfg.rollout.tools))
     dtype = "float32" if cfg.model.dtype == "auto" else cfg.model.dtype
-    max_model_len = max_model_len or cfg.eval.budget_list[-1] + 4096
+    max_model_len = max_model_len or cfg.eval.budget_list[-1] + cfg.rollout.max_prompt_tokens
     limit = _model_context(model_path)
     if limit and max_model_len > limit:  # vLLM refuses a longer one; the budget still applies
         max_model_len = limit

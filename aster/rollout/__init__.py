@@ -1,5 +1,5 @@
-"""Multi-turn tool rollouts: chat format, tool-call parsing, engines (hf, vllm batched, vllm
-async), agent loop.
+"""Multi-turn tool rollouts: chat format, tool-call parsing, engines (hf, vllm continuous,
+batched and async), agent loop.
 
 Engines import their heavy dependencies lazily: `from aster.rollout import HFEngine` does not
 import vLLM.
@@ -23,7 +23,7 @@ __all__ = [
     "CODE_INTERPRETER_TOOL", "FINISH_REASONS", "AgentLoop", "ChatFormat", "ChatTemplateError",
     "Engine", "GenerationOutput", "HFEngine", "RolloutConfig", "SamplingParams", "ToolCall",
     "Trajectory", "chat_format",
-    "VLLMAsyncEngine", "VLLMEngine", "build_engine", "encode_prompt", "parse_tool_calls", "prompt_messages",
+    "VLLMAsyncEngine", "VLLMEngine", "VLLMStreamEngine", "build_engine", "encode_prompt", "parse_tool_calls", "prompt_messages",
     "rollout_metrics", "run_rollouts",
 ]
 
@@ -37,6 +37,10 @@ def __getattr__(name):
         from aster.rollout.vllm_engine import VLLMEngine
 
         return VLLMEngine
+    if name == "VLLMStreamEngine":
+        from aster.rollout.vllm_stream import VLLMStreamEngine
+
+        return VLLMStreamEngine
     if name == "VLLMAsyncEngine":
         from aster.rollout.vllm_async import VLLMAsyncEngine
 

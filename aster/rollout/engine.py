@@ -71,6 +71,8 @@ class Engine(ABC):
     asleep: bool = False  # between sleep() and wake()
     sleep_note: str = "this engine has no sleep mode"  # why not, when supports_sleep is False
     continuous_batching: bool = False
+    # what a started engine got (vLLM: max_model_len, KV tokens and blocks, max_num_seqs, ...)
+    capacity: dict | None = None
 
     @abstractmethod
     def generate(self, prompts: list[list[int]],
@@ -125,7 +127,7 @@ def build_engine(backend, model_path: str, rollout_cfg, *, dtype: str = "float32
     """The rollout engine `backend.engine` names ("hf" or "vllm") for `model_path`.
 
     `rollout_cfg` is a RolloutConfig; `rollout_cfg.engine` other than "auto" overrides the
-    backend's choice, `rollout_cfg.vllm_mode` picks the batched or the async vLLM engine.
+    backend's choice, `rollout_cfg.vllm_mode` picks the continuous, batched or async vLLM engine.
     `model` (hf only) shares an already-loaded module instead of loading.
     """
     name = backend.engine if rollout_cfg.engine == "auto" else rollout_cfg.engine
@@ -136,7 +138,9 @@ def build_engine(backend, model_path: str, rollout_cfg, *, dtype: str = "float32
         options, sleep_note = engine_options(backend, rollout_cfg, backend.dist.world_size)
         os.environ.update(backend.engine_env())
         cls = VLLMEngine
-        if rollout_cfg.vllm_mode == "async":
+        if rollout_cfg.vllm_mode == "continuous":
+            from aster.rollout.vllm_stream import VLLMStreamEngine as cls
+        elif rollout_cfg.vllm_mode == "async":
             from aster.rollout.vllm_async import VLLMAsyncEngine as cls
         engine = cls(model_path, dtype=dtype, seed=rollout_cfg.seed, max_model_len=max_model_len,
                      **options)
@@ -145,6 +149,8 @@ def build_engine(backend, model_path: str, rollout_cfg, *, dtype: str = "float32
     if name == "hf":
         from aster.rollout.hf_engine import HFEngine
 
+        if rollout_cfg.hf_mode == "continuous":
+            from aster.rollout.hf_stream import HFStreamEngine as HFEngine
         # one decode batch per turn batch: the agent loop sends up to max_concurrency requests
         # (a decode step costs about the same for 64 rows as for 128 on CPU)
         return HFEngine(model if model is not None else model_path, device=backend.device(),

@@ -244,6 +244,13 @@ class GrowingLayer(DynamicLayer):
             self._k, self._v = self._k[indices], self._v[indices]
             self.keys, self.values = self._k[..., :self._len, :], self._v[..., :self._len, :]
 
+    def drop_leading(self, n: int) -> None:
+        """Forget the first `n` tokens (columns no row attends to any more); a view, no copy."""
+        if self._len:
+            self._k, self._v = self._k[..., n:, :], self._v[..., n:, :]
+            self._len -= n
+            self.keys, self.values = self._k[..., :self._len, :], self._v[..., :self._len, :]
+
     def reset(self) -> None:
         self._k = self._v = None
         self._len = 0

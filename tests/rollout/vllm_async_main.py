@@ -1,7 +1,8 @@
-"""The async vLLM engine (rollout.vllm_mode=async, AsyncLLM continuous batching) through the
-real agent loop and sandbox, in its own process: multi-turn tool trajectories with their masks
-and sampled-token log-probs vs the trainer's recompute, before and after an in-place weight
-update. Prints one JSON line. Usage: python -m tests.rollout.vllm_async_main OUT_DIR"""
+"""A continuous-batching vLLM engine (rollout.vllm_mode=continuous: the in-process engine
+stepped by its own thread; async: AsyncLLM) through the real agent loop and sandbox, in its own
+process: multi-turn tool trajectories with their masks and sampled-token log-probs vs the
+trainer's recompute, before and after an in-place weight update. Prints one JSON line.
+Usage: python -m tests.rollout.vllm_async_main OUT_DIR [MODE]  (MODE: async, continuous)"""
 
 from __future__ import annotations
 
@@ -23,13 +24,13 @@ def _rollouts(engine, tokenizer, pool, seed: int):
     return trajs, stats
 
 
-def main(out_dir: str) -> dict:
+def main(out_dir: str, mode: str = "async") -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from aster.backend import select_backend
     from aster.config import TinyModelConfig
-    from aster.rollout import RolloutConfig, build_engine
+    from aster.rollout import RolloutConfig, SamplingParams, build_engine
     from aster.sandbox import SandboxConfig, SandboxPool
     from aster.tiny_model import build_tiny_model
     from tests.rollout.agreement import agreement, check_trajectories, perturb, prompts_for
@@ -39,8 +40,9 @@ def main(out_dir: str) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(path)
     start = time.perf_counter()
     engine = build_engine(select_backend("cpu"), path,
-                          RolloutConfig(engine="vllm", vllm_mode="async"), max_model_len=1024)
-    result = {"engine": type(engine).__name__, "startup_s": time.perf_counter() - start}
+                          RolloutConfig(engine="vllm", vllm_mode=mode), max_model_len=1024)
+    result = {"engine": type(engine).__name__, "startup_s": time.perf_counter() - start,
+              "capacity": engine.capacity}
     model = AutoModelForCausalLM.from_pretrained(path, dtype="float32").eval()
     try:
         with SandboxPool(SandboxConfig(max_sessions=12, preload=["math"])) as pool:
@@ -48,6 +50,9 @@ def main(out_dir: str) -> dict:
             result["rollouts"] = check_trajectories(trajs, model, tokenizer)
             result["mean_in_flight"] = stats["mean_batch"]
             result["single_turn"] = agreement(engine, model, prompts_for(tokenizer))
+            if mode == "continuous":  # a full context ends its trajectory, not the rollout
+                (full,) = engine.generate([[5] * 1024], SamplingParams(max_new_tokens=8))
+                result["full_context"] = [len(full.token_ids), full.finish_reason]
             stale = AutoModelForCausalLM.from_pretrained(path, dtype="float32").eval()
             perturb(model)
             start = time.perf_counter()
@@ -62,4 +67,4 @@ def main(out_dir: str) -> dict:
 
 
 if __name__ == "__main__":
-    print("ASYNC " + json.dumps(main(sys.argv[1])), flush=True)
+    print("ASYNC " + json.dumps(main(*sys.argv[1:3])), flush=True)
