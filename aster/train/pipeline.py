@@ -308,7 +308,7 @@ def evaluate_stage(ctx, engine, data, stage: str) -> dict:
     from aster.eval import evaluate, write_results
 
     summary, rows = evaluate(engine, ctx.pool, data["eval"], ctx.cfg.eval, ctx.tokenizer,
-                             rollout_cfg=ctx.cfg.rollout)
+                             rollout_cfg=ctx.cfg.rollout, dist=ctx.dist)
     if ctx.dist.is_main:
         write_results(summary, rows, ctx.run_dir / "eval" / stage)
     log.info("eval after %s: accuracy %.3f, tool calls per trajectory %.2f", stage,
