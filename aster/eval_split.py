@@ -6,7 +6,9 @@ r, r + world, ... so hard problems (long trajectories) spread over the ranks rat
 landing on one. Sampling seeds belong to the (problem, sample) pair, not to the rank
 (aster.rollout.loop numbers a trajectory by its place in the full order), so the rows are the
 ones a single rank would produce. The gathers are object collectives, which torch routes to
-the process group's CPU backend (gloo) whatever serves the device tensors.
+the process group's CPU backend (gloo) whatever serves the device tensors; the gather is in
+the rollout wait's own gloo group (aster.train.rollout_wait), whose timeout fits a long
+evaluation, as the ranks finish their shares at different times.
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ def gather_rows(rows: list[dict], dist, order: list[str]) -> list[dict]:
         return rows
     import torch.distributed as tdist
 
+    from aster.train.rollout_wait import rollout_group
+
     parts = [None] * dist.world_size if dist.is_main else None
-    tdist.gather_object(rows, parts, dst=0)
+    # under the rollout wait's timeout: the ranks finish their shares at different times
+    tdist.gather_object(rows, parts, dst=0, group=rollout_group())
     if not dist.is_main:
         return []
     place = {name: n for n, name in enumerate(order)}

@@ -367,6 +367,9 @@ def run_pipeline(cfg, backend, *, config_name: str | None = None, output_dir: st
     # hang the first collective instead
     check_world_size(cfg, DistInfo.from_env().world_size)
     dist = backend.init_distributed(cfg.distributed.timeout_s)
+    from aster.train.rollout_wait import set_rollout_timeout
+
+    set_rollout_timeout(cfg.distributed.rollout_timeout_s)
     if cfg.run.deterministic:
         backend.set_deterministic(cfg.run.seed)
     # before the run directory: sandbox.require_confinement refuses here, nothing written
