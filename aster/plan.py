@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 GiB = 2**30
-# CUDA context, the collective's buffers and allocator fragmentation, per device and phase (an
-# estimate: the context alone is ~0.5 GiB on an H100, NCCL's buffers a few hundred MiB)
+# the device runtime's context, the collective's buffers and allocator fragmentation, per device
+# and phase (an estimate: the context alone is ~0.5 GiB on an H100, the collective's buffers a
+# few hundred MiB)
 RUNTIME_RESERVE = 2.0 * GiB
-# vLLM's own activations at its profile run and its CUDA graphs, inside its utilisation budget
+# vLLM's own activations at its profile run and its captured graphs, inside its utilisation budget
 # (an estimate; vLLM logs the measured figure at start-up as "model ... took ... GiB")
 ENGINE_WORKSPACE = 2.0 * GiB
 PROMPT_TOKENS = 2048  # the reproduction's max_prompt_length: room for the prompt in a rollout

@@ -46,6 +46,6 @@ def register(sub) -> None:
                         default=80.0, metavar="GB",
                         help="memory per device in GiB (default 80; an '80 GB' H100 has 79.6)")
     parser.add_argument("--kernel-impl", choices=("triton", "chunked"), default="triton",
-                        help="the log-prob kernel the node runs (default triton: CUDA)")
+                        help="the log-prob kernel the node runs (default triton, the GPU backend's)")
     add_config_args(parser)
     parser.set_defaults(func=run_plan)
