@@ -265,12 +265,26 @@ def first_step_peak(terms: dict[str, float]) -> float:
     return max(backward, step)
 
 
+def _update_key(phase: Phase, node: Node, tokens_key: str, checkpointing: bool,
+                can_shard: bool) -> str:
+    """The key that makes an update fit: what dominates beyond the per-token terms first."""
+    engine = sum(v for k, v in phase.terms.items() if k.startswith("engine"))
+    if engine and phase.total - engine <= node.gpu_bytes:
+        return "rollout.enable_sleep_mode (true: the engine frees its memory for updates)"
+    fixed = sum(v for k, v in phase.terms.items()
+                if k.startswith(("trainer", "optimizer", "compute-dtype", "reference", "runtime")))
+    if fixed > node.gpu_bytes or (can_shard and fixed > node.gpu_bytes / 2):
+        return ("distributed.strategy (fsdp2 shards the fp32 state over the devices) or "
+                "distributed.cpu_offload")
+    return tokens_key if checkpointing else "model.gradient_checkpointing"
+
+
 def update_phase(name: str, cfg, shape, node, strategy, tokens: int, key: str,
                  impl: str) -> Phase:
     """An optimizer update on micro batches of `tokens` (SFT or RL)."""
     b = _dtype_bytes(cfg.model.dtype)
     ckpt = cfg.model.gradient_checkpointing
-    phase = Phase(name, key=key if ckpt else "model.gradient_checkpointing")
+    phase = Phase(name)
     phase.terms.update(update_terms(shape, tokens, strategy, node.gpus, cfg.distributed, b,
                                     ckpt, impl))
     if name.startswith("rl") and cfg.rl.kl_coef > 0:
@@ -278,6 +292,8 @@ def update_phase(name: str, cfg, shape, node, strategy, tokens: int, key: str,
         phase.terms["reference policy"] = b * shape.params / p_shards
     phase.terms.update(_engine_idle(cfg, node))
     phase.terms["runtime reserve"] = RUNTIME_RESERVE
+    can_shard = node.gpus > 1 and _shards(strategy, cfg.distributed.zero_stage, node.gpus)[0] == 1
+    phase.key = _update_key(phase, node, key, ckpt, can_shard)
     other = activations(shape, tokens, b, not ckpt)
     total_other = phase.total - phase.terms["activations"] + other
     fits = "fits" if total_other <= node.gpu_bytes else "does not fit"

@@ -91,6 +91,8 @@ def test_push_transient_is_one_bucket_and_the_largest_tensor():
     (["--gpus", "8", "rollout.gpu_memory_utilization=0.97"], "rollout.gpu_memory_utilization"),
     (["--gpus", "1"], "sft.cutoff_len"),
     (["--gpus", "8", "model.gradient_checkpointing=false"], "model.gradient_checkpointing"),
+    (["--gpus", "8", "distributed.strategy=ddp"], "distributed.strategy"),
+    (["--gpus", "8", "rollout.enable_sleep_mode=false"], "rollout.enable_sleep_mode"),
     (["--gpus", "8", "rollout.gpu_memory_utilization=0.1"], "raise rollout.gpu_memory_utilization"),
 ])
 def test_a_phase_that_does_not_fit_is_one_line_naming_the_key(capsys, args, key):
