@@ -21,23 +21,26 @@ DEFAULT_TIMEOUT_S = 4 * 3600.0
 # ranks this far apart (seconds, and a quarter of the slowest rank's time) are worth a line
 SPREAD_LOG_S = 60.0
 
-_state: dict = {"timeout_s": DEFAULT_TIMEOUT_S, "group": None}
+_state: dict = {"timeout_s": DEFAULT_TIMEOUT_S, "group": None, "world": None}
 
 
 def set_rollout_timeout(timeout_s: float) -> None:
-    """The timeout of the rollout group, before its first use (a run's start)."""
-    if _state["group"] is not None and timeout_s != _state["timeout_s"]:
-        raise RuntimeError("the rollout wait's group exists already with another timeout")
-    _state["timeout_s"] = float(timeout_s)
+    """The timeout of the rollout group (a run's start, on every rank); a group made with
+    another timeout is replaced at its next use."""
+    if float(timeout_s) != _state["timeout_s"]:
+        _state.update(timeout_s=float(timeout_s), group=None, world=None)
 
 
 def rollout_group():
-    """The gloo group of the rollout-phase waits (created collectively at first use)."""
-    if _state["group"] is None:
-        import torch.distributed as tdist
+    """The gloo group of the rollout-phase waits, created collectively at its first use under
+    the current process group (a new one after the process group was re-initialised)."""
+    import torch.distributed as tdist
 
+    world = tdist.group.WORLD
+    if _state["group"] is None or _state["world"] is not world:
         _state["group"] = tdist.new_group(backend="gloo",
                                           timeout=timedelta(seconds=_state["timeout_s"]))
+        _state["world"] = world
     return _state["group"]
 
 

@@ -65,7 +65,8 @@ def _rank_main(rank, world, port, out_dir, use_wait):
 def test_a_rank_late_past_the_process_group_timeout_is_waited_for(tmp_path, monkeypatch,
                                                                    use_wait):
     monkeypatch.setattr(rollout_wait, "SPREAD_LOG_S", 1.0)
-    monkeypatch.setattr(rollout_wait, "_state", {"timeout_s": 60.0, "group": None})
+    monkeypatch.setattr(rollout_wait, "_state", {"timeout_s": 60.0, "group": None,
+                                                "world": None})
     assert fork_ranks(_rank_main, 2, free_port(), str(tmp_path), use_wait) == 0
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     if not use_wait:  # the control: without the wait, the 1 s collective gives up on rank 1
