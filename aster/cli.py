@@ -14,7 +14,8 @@ from aster.backend import DEVICES_BLURB, EXAMPLE_CLUSTER_RUN
 from aster.errors import AsterUserError
 
 # Order is the order `aster --help` lists them in.
-COMMANDS = ("train", "sft", "rl", "eval", "data", "sandbox", "parity", "config", "plot")
+COMMANDS = ("train", "sft", "rl", "eval", "data", "sandbox", "parity", "config", "plan",
+            "plot")
 
 DESCRIPTION = f"""\
 aster trains language models to reason with a Python tool (the ASTER recipe): cold-start SFT

@@ -140,12 +140,14 @@ def eval_rollout_config(eval_cfg: EvalConfig, rollout_cfg=None):
 
 
 def _agent_rollouts(engine, pool, tokenizer, problems: list[str], eval_cfg: EvalConfig,
-                    rollout_cfg=None):
-    """k trajectories per problem (problem-major) through aster.rollout's agent loop."""
+                    rollout_cfg=None, only: list[tuple[int, int]] | None = None):
+    """k trajectories per problem (problem-major) through aster.rollout's agent loop, or the
+    (problem, sample) pairs `only` names."""
     from aster.rollout.loop import run_rollouts
 
     return run_rollouts(engine, pool, problems, eval_rollout_config(eval_cfg, rollout_cfg),
-                        tokenizer=tokenizer, samples_per_prompt=eval_cfg.k, seed=eval_cfg.seed)
+                        tokenizer=tokenizer, samples_per_prompt=eval_cfg.k, seed=eval_cfg.seed,
+                        only=only)
 
 
 def _row(bench: str, index: int, sample: int, prompt: dict, traj, budget: int,
@@ -164,7 +166,8 @@ def _row(bench: str, index: int, sample: int, prompt: dict, traj, budget: int,
 
 
 def evaluate(engine, pool, benchmarks: dict[str, list[dict]] | list[dict],
-             eval_cfg: EvalConfig, tokenizer, *, rollout_cfg=None) -> tuple[dict, list[dict]]:
+             eval_cfg: EvalConfig, tokenizer, *, rollout_cfg=None,
+             dist=None) -> tuple[dict, list[dict]]:
     """Evaluate `engine` on benchmarks (name -> prompts {problem, answer}, or one list).
 
     k samples per problem through aster.rollout's agent loop with the sandbox `pool`; the
@@ -172,36 +175,43 @@ def evaluate(engine, pool, benchmarks: dict[str, list[dict]] | list[dict],
     RolloutConfig: tool timeout, concurrency). Returns (summary, rows): summary
     ``{"benchmarks": {name: {avg@k, pass@k.., accuracy, tool_calls_mean, ...}}, "accuracy",
     "tool_calls_mean", "k", "samples"}`` and one row per sample (text, answer, score, calls).
+    `dist` (a DistInfo) with more than one rank: each rank rolls out its share of the
+    problems x samples (aster.eval_split), rank 0 gets every row, every rank the summary.
     """
+    from aster.eval_split import gather_rows, rank_share, share_from_main
+
     if not isinstance(benchmarks, dict):
         benchmarks = {"eval": benchmarks}
+    rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
     rows = []
     for bench, prompts in benchmarks.items():
         if eval_cfg.max_problems:
             prompts = prompts[: eval_cfg.max_problems]
+        share = rank_share(len(prompts), eval_cfg.k, rank, world)
         trajs = _agent_rollouts(engine, pool, tokenizer, [p["problem"] for p in prompts],
-                                eval_cfg, rollout_cfg)
-        if len(trajs) != len(prompts) * eval_cfg.k:
+                                eval_cfg, rollout_cfg, only=share)
+        if len(trajs) != len(share):
             raise RuntimeError(f"rollouts returned {len(trajs)} trajectories for "
-                               f"{len(prompts)} problems x k={eval_cfg.k}")
-        rows += budget_rows(bench, prompts, trajs, eval_cfg, tokenizer,
+                               f"{len(share)} (problem, sample) pairs")
+        rows += budget_rows(bench, prompts, share, trajs, eval_cfg, tokenizer,
                             eval_rollout_config(eval_cfg, rollout_cfg).reward_match)
         logger.info("eval %s: %d problems x %d samples done", bench, len(prompts), eval_cfg.k)
-    return summarize_budgets(rows, eval_cfg), rows
+    rows = gather_rows(rows, dist, list(benchmarks))
+    summary = share_from_main(summarize_budgets(rows, eval_cfg) if rank == 0 else None, dist)
+    return summary, rows
 
 
-def budget_rows(bench: str, prompts: list[dict], trajs, eval_cfg: EvalConfig,
+def budget_rows(bench: str, prompts: list[dict], pairs, trajs, eval_cfg: EvalConfig,
                 tokenizer, match: str = "math_verify") -> list[dict]:
-    """One row per sample per budget: the trajectories as generated (at the largest budget)
-    and, for each smaller budget, each one cut where that budget ends."""
+    """One row per (problem, sample) in `pairs` per budget: the trajectories as generated (at
+    the largest budget) and, for each smaller budget, each one cut where that budget ends."""
     from aster.eval_budgets import cut_at_budget
 
     rows, largest = [], eval_cfg.budget_list[-1]
     for budget in eval_cfg.budget_list:
-        for i, traj in enumerate(trajs):
+        for (i, sample), traj in zip(pairs, trajs):
             view = traj if budget == largest else cut_at_budget(traj, budget, tokenizer)
-            rows.append(_row(bench, i // eval_cfg.k, i % eval_cfg.k, prompts[i // eval_cfg.k],
-                             view, budget, match))
+            rows.append(_row(bench, i, sample, prompts[i], view, budget, match))
     return rows
 
 

@@ -316,6 +316,18 @@ def _random_packs(vocab: int, tokens: int, seq_len: int):
     return out
 
 
+def _planned_peak_gib(shape: dict, tokens: int, kernel_impl: str) -> float:
+    """aster plan's figure for this step: its first update (AdamW's moments appear at the
+    optimizer step) on one device, strategy none, bf16 autocast, gradient checkpointing."""
+    from aster.plan import GiB, first_step_peak, shape_from_hf_config, update_terms
+    from aster.train.config import DistributedConfig
+
+    model = shape_from_hf_config(shape, "step", "scripts/device_steps.py")
+    terms = update_terms(model, tokens, "none", 1, DistributedConfig(strategy="none"), 2, True,
+                         kernel_impl)
+    return first_step_peak(terms) / GiB
+
+
 def step_sft_qwen3_4b(work: Path) -> dict:
     """The SFT path (PolicyForward + aster's kernels + sft_micro_loss + AdamW step) on one
     16K-token pack of 8 sequences, with the model built the way load_policy builds one (fp32
@@ -360,18 +372,21 @@ def step_sft_qwen3_4b(work: Path) -> dict:
     _sync()
     opt_s = time.perf_counter() - t0
     peak = None if SMOKE else torch.cuda.max_memory_allocated() / 2**30
+    planned = _planned_peak_gib(shape, tokens, be.kernel_impl)
     flops = 6.0 * params * tokens  # the usual convention; recompute and attention not counted
     mfu = None if _peak_flops() is None else flops / fwd_bwd_s / _peak_flops()
     details = {"params": params, "tokens": tokens, "sequences": len(packs), "dtype": str(dtype),
                "attn_implementation": cfg._attn_implementation, "loss": loss.item(),
                "grad_norm": grad_norm, "build_s": build_s, "fwd_bwd_s": fwd_bwd_s,
                "optimizer_s": opt_s, "peak_mem_gib": peak, "tokens_per_s": tokens / fwd_bwd_s,
-               "mfu_6PT": mfu, "param_dtype": str(next(model.parameters()).dtype)}
+               "mfu_6PT": mfu, "param_dtype": str(next(model.parameters()).dtype),
+               "planned_peak_gib": planned}
     ok = torch.isfinite(loss).item() and grad_norm == grad_norm
     summary = (f"{params / 1e9:.2f}B params, {tokens} tokens: loss {loss.item():.3f}, fwd+bwd "
                f"{fwd_bwd_s:.2f} s ({tokens / fwd_bwd_s:,.0f} tok/s"
                + (f", MFU {100 * mfu:.0f}% by 6PT" if mfu else "") + f"), optimizer "
-               f"{opt_s:.2f} s, peak " + (f"{peak:.1f} GiB" if peak is not None else "n/a"))
+               f"{opt_s:.2f} s, peak " + (f"{peak:.1f} GiB" if peak is not None else "n/a")
+               + f" (aster plan: {planned:.1f} GiB)")
     return {"status": "ok" if ok else "fail", "summary": summary, "details": details}
 
 

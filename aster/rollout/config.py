@@ -59,6 +59,10 @@ class RolloutConfig:
     # WORLD_SIZE > 1 (continuous and batched modes)
     vllm_executor: Literal["auto", "uni", "external_launcher"] = "auto"
     gpu_memory_utilization: float = 0.6
+    # the weight push streams compute-dtype tensors into the engine in buckets of about this
+    # size (one parameter larger than it goes alone): the push holds one bucket plus the
+    # largest parameter beside the engine's weights, never a full copy
+    weight_bucket_mb: int = 512
     tensor_parallel_size: int = 1
     enable_sleep_mode: bool = True
     seed: int = 0
@@ -104,6 +108,9 @@ class RolloutConfig:
             raise ValueError(f"rollout.max_num_batched_tokens={self.max_num_batched_tokens} must "
                              f"be >= rollout.max_num_seqs={self.max_num_seqs} (one decode token "
                              "per running sequence per step)")
+        if not 1 <= self.weight_bucket_mb <= 65536:
+            raise ValueError(f"rollout.weight_bucket_mb={self.weight_bucket_mb!r} must be in "
+                             "[1, 65536] (MiB per bucket of the weight push)")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"rollout.gpu_memory_utilization={self.gpu_memory_utilization!r} "
                              "must be in (0, 1]")

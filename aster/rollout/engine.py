@@ -97,6 +97,28 @@ class Engine(ABC):
         raise CapabilityError(f"the {self.name} engine cannot sleep here; check "
                               "engine.supports_sleep before calling wake()")
 
+    # ---- the streamed weight push (aster.train.rollouts.push_weights) ----------------------
+    # begin_push, push_bucket for every bucket, end_push, then wake_cache. Engines that can
+    # take a partial update override them (vLLM: its weights woken alone, each bucket loaded
+    # in place, the KV cache woken last); this default gathers the buckets and loads them once.
+    def begin_push(self) -> None:
+        """Make the weights writable (wake them if asleep)."""
+        if self.supports_sleep and self.asleep:
+            self.wake()
+        self._pending_push: dict = {}
+
+    def push_bucket(self, bucket: list[tuple[str, torch.Tensor]]) -> None:
+        """Take one bucket of (checkpoint name, tensor) pairs."""
+        self._pending_push.update(bucket)
+
+    def end_push(self) -> None:
+        """Every bucket is in: the new weights are the model's."""
+        pending, self._pending_push = self._pending_push, {}
+        self.load_weights(pending)
+
+    def wake_cache(self) -> None:  # noqa: B027 - nothing left asleep by default
+        """After the push (and the trainer's cache release): bring back the KV cache."""
+
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release the engine's resources."""
 

@@ -53,13 +53,17 @@ class AgentLoop:
         self.stops = stop_token_ids(tokenizer)
         self.stats: dict = {}
 
-    def run(self, prompts, samples_per_prompt: int = 1) -> list[Trajectory]:
-        """Roll out every prompt `samples_per_prompt` times (prompt-major order)."""
-        return asyncio.run(self.arun(prompts, samples_per_prompt))
+    def run(self, prompts, samples_per_prompt: int = 1,
+            only: list[tuple[int, int]] | None = None) -> list[Trajectory]:
+        """Roll out every prompt `samples_per_prompt` times (prompt-major order), or only the
+        (prompt, sample) pairs `only` names, in its order."""
+        return asyncio.run(self.arun(prompts, samples_per_prompt, only))
 
-    async def arun(self, prompts, samples_per_prompt: int = 1) -> list[Trajectory]:
-        jobs = [(i, s, *_normalise_prompt(p)) for i, p in enumerate(prompts)
-                for s in range(samples_per_prompt)]
+    async def arun(self, prompts, samples_per_prompt: int = 1,
+                   only: list[tuple[int, int]] | None = None) -> list[Trajectory]:
+        pairs = only if only is not None else [
+            (i, s) for i in range(len(prompts)) for s in range(samples_per_prompt)]
+        jobs = [(i, s, *_normalise_prompt(prompts[i])) for i, s in pairs]
         if self.engine.continuous_batching:
             batcher = RequestStream(self.engine)
         else:
@@ -70,7 +74,10 @@ class AgentLoop:
         server = asyncio.create_task(batcher.serve())
         start = time.perf_counter()
         try:
-            trajs = await asyncio.gather(*(self._trajectory(n, job) for n, job in enumerate(jobs)))
+            # a trajectory's number (its sampling seeds) is its place in the full prompt-major
+            # order, so a subset samples what the whole run would have for those pairs
+            trajs = await asyncio.gather(*(self._trajectory(job[0] * samples_per_prompt + job[1],
+                                                            job) for job in jobs))
         finally:
             server.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -220,14 +227,17 @@ async def _close_quietly(stack: contextlib.AsyncExitStack) -> None:
 
 def run_rollouts(engine: Engine, pool, prompts, cfg, *, tokenizer, samples_per_prompt: int = 1,
                  seed: int | None = None, stats: dict | None = None,
-                 max_batch: int | None = None) -> list[Trajectory]:
+                 max_batch: int | None = None,
+                 only: list[tuple[int, int]] | None = None) -> list[Trajectory]:
     """Roll out `prompts` (problem strings or dicts with `prompt`/`messages` and `answer`)
     with `engine` and the sandbox `pool` under the limits of `cfg` (a RolloutConfig).
 
     `stats`, when given, receives the wall-time split (generation, tools, loop overhead).
+    `only` (prompt index, sample index) pairs: roll out just those (one rank's share of an
+    evaluation), with the seeds the full run gives them.
     """
     loop = AgentLoop(engine, tokenizer, pool, cfg, max_batch=max_batch, seed=seed)
-    trajs = loop.run(prompts, samples_per_prompt)
+    trajs = loop.run(prompts, samples_per_prompt, only)
     if stats is not None:
         stats.update(loop.stats)
     return trajs

@@ -156,6 +156,18 @@ def to_output(result) -> GenerationOutput:
     return GenerationOutput(ids, logps, "stop" if sample.finish_reason == "stop" else "length")
 
 
+def unfreeze_trainer_heap() -> None:
+    """Undo the gc.freeze() vLLM runs at engine start (vllm/v1/engine/core.py EngineCore
+    __init__ and v1/worker/gpu_worker.py, through vllm.utils.gc_utils.freeze_gc_heap): it
+    moves every object alive then into a permanent generation the collector never scans,
+    which in a serving process is vLLM's own static state, but here, colocated, is also the
+    trainer's: a stage's model, optimizer and their reference cycles (FSDP2 modules are
+    cyclic) would never be collected once dropped. Unfrozen, they are collected as usual."""
+    import gc
+
+    gc.unfreeze()
+
+
 @contextlib.contextmanager
 def _trainer_group_kept():
     """While vLLM tears down, keep the default process group: it is the trainer's.
@@ -211,12 +223,18 @@ class VLLMEngine(Engine):
         except BaseException:
             self._worker.shutdown(wait=False)
             raise
+        unfreeze_trainer_heap()
         self.executor = args.get("distributed_executor_backend") or "uni"
         self.capacity = engine_capacity(self.llm.llm_engine.vllm_config)
         log_capacity(f"vllm ({self.mode}, {self.executor})", self.capacity)
         self.supports_sleep = bool(enable_sleep_mode)
         self.push_path: str | None = None  # which worker path loads weights (first push)
         self.asleep = False
+        self.sleeping: set[str] = set()  # vLLM's sleep tags still asleep
+        # level 2 discards the weights, the cheaper sleep when every wake is followed by a
+        # full push (aster's: aster.train.rollouts.push_weights); until one, generate refuses
+        self.sleep_level = 2
+        self.weights_lost = False
 
     def _run(self, fn, *args, **kwargs):
         """Call `fn` on the engine's own thread and wait for it."""
@@ -224,6 +242,13 @@ class VLLMEngine(Engine):
 
     def generate(self, prompts, params):
         from vllm.inputs import TokensPrompt
+
+        if self.asleep or self.sleeping:
+            raise RuntimeError(f"vllm engine asleep ({', '.join(sorted(self.sleeping))}): wake "
+                               "it (or push weights) before generate")
+        if self.weights_lost:
+            raise RuntimeError("vllm engine: its weights were discarded by sleep level 2 and "
+                               "not pushed since; push the weights before generate")
 
         params = self._per_request(params, len(prompts))
         requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
@@ -246,19 +271,50 @@ class VLLMEngine(Engine):
             log.info("vllm: weights are pushed in place with the worker's %s", self.push_path)
         self._run(self.llm.reset_prefix_cache)  # cached KV blocks belong to the old weights
 
-    def sleep(self) -> None:
+    def sleep(self, level: int | None = None) -> None:
+        """Free the KV cache and the weights (level 2, the default: the next push overwrites
+        every weight) or offload the weights to the host (level 1)."""
         if not self.supports_sleep:
             super().sleep()
         if not self.asleep:
-            self._run(self.llm.sleep, level=1)
-            self.asleep = True
+            level = self.sleep_level if level is None else level
+            self._run(self.llm.sleep, level=level)
+            self.asleep, self.sleeping = True, {"weights", "kv_cache"}
+            self.weights_lost = level >= 2
 
     def wake(self) -> None:
+        """Everything back (after level 2 the weights still need a push)."""
         if not self.supports_sleep:
             super().wake()
-        if self.asleep:
-            self._run(self.llm.wake_up)
-            self.asleep = False
+        if self.sleeping:
+            self._run(self.llm.wake_up, tags=sorted(self.sleeping))
+        self.asleep, self.sleeping = False, set()
+
+    # ---- the streamed push: weights awake alone, buckets in place, then the KV cache -------
+    def begin_push(self) -> None:
+        if "weights" in self.sleeping:
+            self._run(self.llm.wake_up, tags=["weights"])
+            self.sleeping.discard("weights")
+        paths = self._run(self.llm.collective_rpc, "aster_begin_push")
+        if self.push_path is None:
+            self.push_path = paths[0]
+            log.info("vllm: weights are streamed in place with the worker's %s", self.push_path)
+
+    def push_bucket(self, bucket) -> None:
+        self._run(self.llm.collective_rpc, "aster_push_bucket", args=(list(bucket),))
+
+    def end_push(self) -> None:
+        self._run(self.llm.collective_rpc, "aster_end_push")
+        self.weights_lost = False
+
+    def wake_cache(self) -> None:
+        """The KV cache back (its memory comes from what the trainer just released); cached
+        prefixes belonged to the old weights."""
+        if "kv_cache" in self.sleeping:
+            self._run(self.llm.wake_up, tags=["kv_cache"])
+            self.sleeping.discard("kv_cache")
+        self.asleep = bool(self.sleeping)
+        self._run(self.llm.reset_prefix_cache)
 
     def close(self) -> None:
         """Shut the engine down now (not at garbage collection), keeping the trainer's group."""

@@ -66,12 +66,74 @@ def push_weights(worker, weights: list[tuple[str, torch.Tensor]]) -> str:
     return path
 
 
+def _vllm_config(worker):
+    """vLLM's current-config context, as Worker.reload_weights sets it (the layerwise loaders
+    read it); a no-op for workers without a config (the tests' stand-ins)."""
+    import contextlib
+
+    config = getattr(worker, "vllm_config", None)
+    if config is None:
+        return contextlib.nullcontext()
+    from vllm.config import set_current_vllm_config
+
+    return set_current_vllm_config(config)
+
+
+def begin_stream(worker) -> str:
+    """Start a push that arrives in buckets; returns the path. On the layerwise path this is
+    what GPUModelRunner.reload_weights does before loading (vLLM's own IPC weight transfer
+    splits it the same way: start_weight_update, receive_weights per chunk, finish)."""
+    path = push_path(worker)
+    if path == RELOAD:
+        from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
+
+        with _vllm_config(worker):
+            initialize_layerwise_reload(worker.model_runner.get_model())
+    return path
+
+
+def stream_bucket(worker, weights: list[tuple[str, torch.Tensor]]) -> None:
+    """Load one bucket of checkpoint-format weights (a layer whose tensors span two buckets
+    is processed once its last tensor is in)."""
+    path = push_path(worker)
+    runner = worker.model_runner
+    model = runner.get_model() if path == RELOAD else runner.model
+    with torch.no_grad(), _vllm_config(worker):
+        model.load_weights(iter(weights))
+
+
+def end_stream(worker) -> str:
+    """Finish a bucketed push: the layerwise path's post-processing and cache resets."""
+    path = push_path(worker)
+    if path == RELOAD:
+        from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
+
+        runner = worker.model_runner
+        with _vllm_config(worker):
+            finalize_layerwise_reload(runner.get_model(), worker.vllm_config.model_config)
+        for reset in ("reset_lora_state", "reset_encoder_cache", "reset_mm_cache"):
+            if hasattr(runner, reset):
+                getattr(runner, reset)()
+    return path
+
+
 class WeightReloadExtension:
     """Mixed into vLLM's worker class; called as ``collective_rpc("aster_load_weights")``
-    (in-process engines) or ``collective_rpc("aster_reload_weights")`` (bytes)."""
+    (in-process engines, one state dict), ``aster_begin_push`` / ``aster_push_bucket`` ... /
+    ``aster_end_push`` (in-process engines, a stream of buckets) or
+    ``collective_rpc("aster_reload_weights")`` (bytes)."""
 
     def aster_load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> str:
         return push_weights(self, weights)
+
+    def aster_begin_push(self) -> str:
+        return begin_stream(self)
+
+    def aster_push_bucket(self, weights: list[tuple[str, torch.Tensor]]) -> None:
+        stream_bucket(self, weights)
+
+    def aster_end_push(self) -> str:
+        return end_stream(self)
 
     def aster_reload_weights(self, blob: bytes) -> str:
         state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)

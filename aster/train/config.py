@@ -176,11 +176,17 @@ class DistributedConfig:
     reshard_after_forward: bool = True  # fsdp2
     deepspeed_config: str | None = None  # a DeepSpeed JSON merged over the generated config
     timeout_s: float = 1800.0
+    # how long ranks wait for the slowest one after their rollouts and evaluation shares (a
+    # gloo group of its own: aster.train.rollout_wait); stage-2 long tails run 10-30 minutes
+    rollout_timeout_s: float = 4 * 3600.0
 
     def __post_init__(self):
         if self.zero_stage not in (1, 2, 3):
             raise ValueError(f"distributed.zero_stage={self.zero_stage!r} must be 1, 2 or 3")
         _positive("distributed", self, "timeout_s")
+        if not 0 < self.rollout_timeout_s <= 7 * 86400:
+            raise ValueError(f"distributed.rollout_timeout_s={self.rollout_timeout_s!r} must be "
+                             "in (0, 604800] seconds")
 
 
 @dataclass

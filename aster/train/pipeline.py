@@ -317,7 +317,7 @@ def evaluate_stage(ctx, engine, data, stage: str) -> dict:
     from aster.eval import evaluate, write_results
 
     summary, rows = evaluate(engine, ctx.pool, data["eval"], ctx.cfg.eval, ctx.tokenizer,
-                             rollout_cfg=ctx.cfg.rollout)
+                             rollout_cfg=ctx.cfg.rollout, dist=ctx.dist)
     if ctx.dist.is_main:
         write_results(summary, rows, ctx.run_dir / "eval" / stage)
     log.info("eval after %s: accuracy %.3f, tool calls per trajectory %.2f", stage,
@@ -379,6 +379,9 @@ def run_pipeline(cfg, backend, *, config_name: str | None = None, output_dir: st
     check_world_size(cfg, DistInfo.from_env().world_size)
     dist = backend.init_distributed(cfg.distributed.timeout_s)
     _resolve_hub_name(cfg, dist)
+    from aster.train.rollout_wait import set_rollout_timeout
+
+    set_rollout_timeout(cfg.distributed.rollout_timeout_s)
     if cfg.run.deterministic:
         backend.set_deterministic(cfg.run.seed)
     # before the run directory: sandbox.require_confinement refuses here, nothing written

@@ -30,6 +30,7 @@ from aster.train.checkpoint import save_checkpoint
 from aster.train.common import build_optimizer, build_scheduler
 from aster.train.replay import finish_step, step_rollouts
 from aster.train.rl_batches import micro_batches, plan_step, to_origin
+from aster.train.rollout_wait import wait_for_rollouts
 from aster.train.rollouts import push_weights, trajectory_stats
 from aster.train.sft import _resume
 
@@ -262,6 +263,7 @@ def rl_step(ctx, engine, prompts, stage: str, stage_cfg, step: int,
     seed = ctx.cfg.run.seed * 1_000_003 + zlib.crc32(stage.encode()) % 1000 * 10_007 + step * 101 + dist.rank
     trajs, roll_metrics, trace = step_rollouts(ctx, engine, prompts, mine, stage, step,
                                                stage_cfg.max_response_tokens, seed)
+    wait = wait_for_rollouts(dist, time.perf_counter() - t0, f"{stage} step {step + 1}")
     t_roll = time.perf_counter()
     lr = ctx.updater.lr
     learned = learn_from_rollouts(ctx, trajs, f"{stage} step {step + 1}", last_good,
@@ -278,7 +280,8 @@ def rl_step(ctx, engine, prompts, stage: str, stage_cfg, step: int,
                "zero_adv_groups": adv.num_zero_groups, "groups": adv.num_groups,
                "time_rollout_s": t_roll - t0, "time_train_s": t_train - t_roll,
                "time_weight_sync_s": t_sync - t_train,
-               "tokens_per_s": tokens / max(1e-9, t_train - t0), **ctx.backend.memory_stats()}
+               "tokens_per_s": tokens / max(1e-9, t_train - t0), **wait,
+               **ctx.backend.memory_stats()}
     records = _prompt_records(mine, trajs, rl.group_size,
                               epoch, step + 1)
     return metrics, records

@@ -2,9 +2,10 @@
 push new weights, and summarise trajectories into metrics.
 
 Engine memory around the update: `generate` puts the engine to sleep once its rollouts are
-done (the KV cache is freed while the trainer recomputes log-probs and steps the optimizer)
-and `push_weights` wakes it before loading the new weights. Engines without a sleep mode stay
-awake; the reason is logged once per engine."""
+done (vLLM: level 2, the KV cache and the weights freed while the trainer recomputes
+log-probs and steps the optimizer: the push overwrites every weight) and `push_weights` wakes
+its weights, streams the new ones in and wakes its KV cache last. Engines without a sleep mode
+stay awake; the reason is logged once per engine."""
 
 from __future__ import annotations
 
@@ -167,14 +168,25 @@ def engine_weights(ctx) -> dict:
 
 
 def push_weights(ctx, engine) -> None:
-    """Wake the engine if asleep, then copy the trained weights into it. The training
-    allocator's cached blocks are released first, so the waking engine can take the memory
-    (its KV cache and weights come back into the space the update used)."""
-    weights = engine_weights(ctx)
+    """Stream the trained weights into the engine in the order its memory allows: the
+    training allocator's cached blocks released, the engine's weights woken alone (its KV
+    cache still asleep), the weights sent one bucket at a time (`rollout.weight_bucket_mb`,
+    compute dtype, each tensor made full on its own: aster.train.weight_stream), each bucket
+    dropped once loaded, the cache released again, and only then the KV cache woken. At no
+    point does a full copy of the weights sit beside the engine. Collective when sharded."""
+    from aster.train.weight_stream import iter_weight_buckets
+
+    bucket_bytes = ctx.cfg.rollout.weight_bucket_mb * 2**20
     if engine.supports_sleep:
-        ctx.backend.empty_cache()
-        engine.wake()  # a no-op when awake (the first push of a stage, eval)
-    engine.load_weights(weights)
+        ctx.backend.empty_cache()  # the update's blocks, before the engine maps its weights
+    engine.begin_push()  # wakes the weights alone; a no-op wake when awake
+    for bucket in iter_weight_buckets(ctx.hf_model, bucket_bytes, ctx.compute_dtype):
+        engine.push_bucket(bucket)
+        bucket.clear()  # the generator's own reference goes when it resumes
+    engine.end_push()
+    if engine.supports_sleep:
+        ctx.backend.empty_cache()  # the buckets' blocks, before the KV cache takes its memory
+    engine.wake_cache()
 
 
 def generate(ctx, engine, prompts: list[dict], samples: int, max_response_tokens: int,

@@ -12,6 +12,7 @@ from aster.backends.common import has_module
 from aster.backends.cuda import probes
 
 log = logging.getLogger("aster")
+_VARLEN_LOGGED = False  # the per-sequence sdpa fallback is logged once per process
 
 # Dense (no sparsity) peak tensor-core FLOP/s per GPU from NVIDIA's data sheets, for MFU.
 # Keys are matched as substrings of torch.cuda.get_device_name(), most specific first.
@@ -70,7 +71,7 @@ class CUDABackend(Backend):
         return Capabilities(
             bf16=usable and torch.cuda.is_bf16_supported(),
             flash_attention=flash.ok,
-            packed_attention=flash.ok,
+            packed_attention=usable,  # flash-attn's varlen, else per-sequence sdpa
             vllm=vllm.ok,
             sleep_mode=vllm.ok,
             triton_kernels=has_module("triton"),
@@ -86,13 +87,12 @@ class CUDABackend(Backend):
 
     def capability_hint(self, capability: str) -> str:
         why = {"vllm": probes.vllm_probe, "sleep_mode": probes.vllm_probe,
-               "flash_attention": probes.flash_attn_probe,
-               "packed_attention": probes.flash_attn_probe}
+               "flash_attention": probes.flash_attn_probe}
         hints = {"vllm": "pip install 'aster[cuda]' (vllm) or set rollout.engine=hf",
                  "sleep_mode": "pip install 'aster[cuda]' (vllm) or set rollout.engine=hf",
                  "flash_attention": "bash scripts/install.sh cuda (flash-attn)",
-                 "packed_attention": "bash scripts/install.sh cuda (flash-attn) or set "
-                                     "sft.packing=false",
+                 "packed_attention": "a usable NVIDIA GPU (packed rows run flash-attn's "
+                                     "varlen, else per-sequence sdpa)",
                  "triton_kernels": "pip install triton or set backend.kernel_impl=chunked"}
         hint = hints.get(capability, super().capability_hint(capability))
         if capability in why:
@@ -101,7 +101,25 @@ class CUDABackend(Backend):
         return hint
 
     def attn_implementation(self, packed: bool = False) -> str:
-        return "flash_attention_2" if self.capabilities.flash_attention else "sdpa"
+        """flash-attn 2 where it works. Without it, packed rows (training models) get one
+        causal sdpa call per sequence (aster.backends.cpu.attention: plain torch, any
+        device; torch's CUDA sdpa runs its flash / memory-efficient kernels under
+        is_causal): transformers' sdpa would build a dense [T, T] block-diagonal mask for a
+        packed row, 4 GiB held and 8-12 GiB per layer call at 65,536 tokens, and attend
+        over all T^2 positions instead of sum(L_i^2) / 2."""
+        if self.capabilities.flash_attention:
+            return "flash_attention_2"
+        if not packed:
+            return "sdpa"
+        from aster.backends.cpu.attention import register
+
+        global _VARLEN_LOGGED
+        if not _VARLEN_LOGGED:
+            log.info("attention: flash-attn unavailable (%s); packed rows use per-sequence "
+                     "causal sdpa, never a dense [T, T] mask",
+                     self._probe(probes.flash_attn_probe).reason or "not installed")
+            _VARLEN_LOGGED = True
+        return register(decode=False)
 
     def engine_options(self) -> dict:
         if self.engine != "vllm":

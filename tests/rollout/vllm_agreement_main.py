@@ -36,7 +36,32 @@ def main(out_dir: str) -> dict:
     result["after"] = agreement(engine, model, prompts, temperature=1.0)
     result["after_vs_old_weights"] = agreement(engine, stale, prompts, temperature=1.0)
     result["supports_sleep"] = engine.supports_sleep
+    result["streamed"] = streamed_push(engine, model, prompts)
     return result
+
+
+def streamed_push(engine, model, prompts) -> dict:
+    """aster.train.rollouts.push_weights' engine sequence with 16 KiB buckets, so that most
+    layers' tensors straddle two buckets (the layerwise reload must finish them across calls);
+    the engine must then sample as the new weights do."""
+    import torch
+
+    from aster.train.weight_stream import iter_weight_buckets
+    from tests.rollout.agreement import agreement, perturb
+
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    perturb(model, seed=12)
+    buckets = 0
+    engine.begin_push()
+    for bucket in iter_weight_buckets(model, 16 * 1024, torch.float32):
+        engine.push_bucket(bucket)
+        bucket.clear()
+        buckets += 1
+    engine.end_push()
+    engine.wake_cache()
+    moved = max((model.state_dict()[k] - v).abs().max().item() for k, v in before.items())
+    return {"buckets": buckets, "moved": moved, **agreement(engine, model, prompts,
+                                                            temperature=1.0)}
 
 
 if __name__ == "__main__":

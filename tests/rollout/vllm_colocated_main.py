@@ -86,7 +86,8 @@ def main(out_dir: str) -> dict:
     stale = AutoModelForCausalLM.from_pretrained(path, dtype="float32").eval()
     perturb(model, seed=11)  # the same update on every rank, as after a data-parallel step
     start = time.perf_counter()
-    push_weights(SimpleNamespace(dist=info, hf_model=model, backend=backend,
+    cfg.rollout.weight_bucket_mb = 1  # several buckets
+    push_weights(SimpleNamespace(dist=info, hf_model=model, backend=backend, cfg=cfg,
                                  compute_dtype=torch.float32), engine)
     result["push_weights_s"] = time.perf_counter() - start
     result["after"] = agreement(engine, model, prompts, seed=info.rank)

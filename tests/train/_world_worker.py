@@ -103,6 +103,7 @@ def run(backend, rank: int, world: int, out: Path, model_dir: str, prompts: list
     from aster.train.pipeline import make_context, prepare_run_dir
     from aster.train.replay import _token_quantities
     from aster.train.rl import _append_records, learn_from_rollouts, prepare_stage
+    from aster.train.rollout_wait import wait_for_rollouts
     from aster.train.rollouts import trajectory_stats
     from aster.train.sft import _resume, encode_dataset, run_sft
 
@@ -123,8 +124,10 @@ def run(backend, rank: int, world: int, out: Path, model_dir: str, prompts: list
     prepare_stage(ctx, cfg.rl.stage1)  # the stage's objective (rl.loss) on ctx
     everything = trajectories(ctx.hf_model.config.vocab_size)
     mine = [everything[GROUP * p + g] for p in prompts for g in range(GROUP)]
+    # the wait after rollouts: its own gloo group beside the device-only collective
+    waited = wait_for_rollouts(ctx.dist, 0.1 * rank, "rl step 1")
     learned = learn_from_rollouts(ctx, mine, "rl", None)  # the balanced plan's exchange too
-    stats = {**learned["metrics"], **trajectory_stats(ctx, mine)}
+    stats = {**learned["metrics"], **trajectory_stats(ctx, mine), **waited}
     quantities = _token_quantities(ctx, mine, learned["adv"].adv, learned["old_lp"])
     records = [{"prompt": p, "epoch": 0, "step": 1} for p in prompts]
     _append_records(ctx, run_dir / "rollouts" / "rl.jsonl", records)

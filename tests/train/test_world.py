@@ -59,6 +59,8 @@ def test_four_ranks_on_a_device_only_collective_match_one_process(four_ranks):
                 "response_len_mean", "trajectories"):
         assert got["rl"][key] == pytest.approx(ref["rl"][key], rel=1e-12), key
     assert ref["rl"]["clip_frac_upper"] > 0  # the second mini batch sees the first's update
+    assert got["rl"]["rollout_spread_s"] == pytest.approx(0.3)  # ranks 0..3 "took" 0.1 s more
+    assert "rollout_spread_s" not in ref["rl"]  # one process waits for nobody
     assert got["old_logp_sum"] == pytest.approx(ref["old_logp_sum"], rel=1e-6)
     assert got["trained_tokens"] == ref["trained_tokens"]
     assert got["records"] == ref["records"] == list(range(8))  # every rank's records, gathered
