@@ -1,0 +1,142 @@
+"""The sharded-checkpoint tests' runner (tests/train/test_sharded_checkpoint.py).
+
+    python _ckpt_worker.py OUT_DIR MODEL_DIR
+
+Imports once, then forks each phase's ranks (FSDP2 over gloo; one rank is strategy none):
+
+- whole/     2 ranks, 4 SFT steps, a checkpoint after every step
+- cut/       the same run, killed right after the step-2 checkpoint
+- resume-W/  a copy of cut/ resumed on W = 2, 1 and 4 ranks to the end
+- bytes/     2 fresh ranks load cut/'s step-2 checkpoint through a byte-counting DCP reader
+             (rank<R>.json: bytes read, and the checkpoint's shard bytes in all)
+
+Each run's rank 0 writes result.json (the SFT steps' metrics from metrics.jsonl).
+"""
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parents[2]))  # run as a script: `tests` importable
+
+from tests.train._dist_worker import conversations  # noqa: E402
+
+CUT_AFTER = 2
+# 8 conversations, 4 per step, 2 epochs: 4 steps; 4 per step splits over 1, 2 and 4 ranks
+OVERRIDES = ["sft.epochs=2", "sft.global_batch_size=4", "sft.micro_batch_size=1",
+             "sft.warmup_ratio=0", "sft.lr=1e-3", "sft.lr_schedule=cosine",
+             "sft.save_every_steps=1", "checkpoint.keep_last=4", "logging.tensorboard=false",
+             "distributed.strategy=fsdp2"]
+
+
+class Cut(Exception):
+    """The stand-in for a kill right after a checkpoint."""
+
+
+def context(backend, rank: int, out: Path):
+    from aster.config import load_config
+    from aster.metrics import MetricsWriter
+    from aster.train.pipeline import make_context
+
+    cfg = load_config(None, OVERRIDES)
+    return make_context(cfg, backend, os.environ["ASTER_TEST_MODEL"], out,
+                        MetricsWriter(out, is_main=rank == 0, tensorboard=False))
+
+
+def train(backend, rank: int, out: Path, cut: bool) -> None:
+    """Run (or resume) the SFT stage in `out`; with `cut`, stop after step CUT_AFTER's
+    checkpoint as a killed run would."""
+    from aster.metrics import read_metrics
+    from aster.train import sft
+
+    ctx = context(backend, rank, out)
+    data, _ = sft.encode_dataset(ctx.tokenizer, conversations(8), 1024)
+    real = sft.save_checkpoint
+
+    def save_then_die(ckpt_dir, step, **kwargs):
+        path = real(ckpt_dir, step, **kwargs)
+        if step == CUT_AFTER:
+            raise Cut(path)
+        return path
+
+    sft.save_checkpoint = save_then_die if cut else real
+    try:
+        sft.run_sft(ctx, data)
+    except Cut:
+        pass
+    finally:
+        sft.save_checkpoint = real
+    if rank == 0:
+        steps = [m for m in read_metrics(out) if m["stage"] == "sft"]
+        (out / "result.json").write_text(json.dumps(steps))
+
+
+def count_reads(backend, rank: int, out: Path, ckpt: Path) -> None:
+    """Load `ckpt` into a fresh model and optimizer through a reader that counts the bytes it
+    reads from the shard files."""
+    import torch.distributed.checkpoint as dcp
+
+    from aster.train.checkpoint import SHARDS, load_checkpoint
+    from aster.train.common import build_optimizer
+
+    class CountingReader(dcp.FileSystemReader):
+        read = 0
+
+        def _slice_file(self, file, sinfo):
+            self.read += sinfo.length
+            return super()._slice_file(file, sinfo)
+
+    ctx = context(backend, rank, out)
+    optimizer = build_optimizer(ctx.policy, 1e-3, 0.0)
+    reader = CountingReader(str(ckpt / SHARDS))
+    load_checkpoint(ckpt, model=ctx.policy, optimizer=optimizer, reader=reader)
+    total = sum(f.stat().st_size for f in (ckpt / SHARDS).glob("*.distcp"))
+    (out / f"rank{rank}.json").write_text(json.dumps({"read": reader.read, "total": total}))
+
+
+def rank_main(rank, world, port, phase, out, ckpt):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from aster.backend import select_backend
+
+    backend = select_backend("cpu", kernel_impl="chunked", engine="hf")
+    backend.init_distributed()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if phase == "bytes":
+        count_reads(backend, rank, out, Path(ckpt))
+    else:
+        train(backend, rank, out, cut=phase == "cut")
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def main(out_dir: str, model_dir: str) -> int:
+    import aster.train.pipeline  # noqa: F401 - the imports the forked ranks inherit
+    from tests.train.ranks import fork_ranks, free_port
+
+    os.environ["ASTER_TEST_MODEL"] = model_dir
+    out = Path(out_dir)
+    step = out / "cut" / "checkpoints" / "sft" / f"step-{CUT_AFTER:08d}"
+    phases = [("whole", 2), ("cut", 2), ("resume-2", 2), ("resume-1", 1), ("resume-4", 4),
+              ("bytes", 2)]
+    for phase, world in phases:
+        t0 = time.perf_counter()
+        if phase.startswith("resume"):
+            shutil.copytree(out / "cut", out / phase)
+        code = fork_ranks(rank_main, world, free_port(), phase, str(out / phase), str(step))
+        print(f"{phase} on {world}: {time.perf_counter() - t0:.1f}s", flush=True)
+        if code:
+            return code
+    return 0
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)  # one thread: no OpenMP pool exists when the ranks fork
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main(sys.argv[1], sys.argv[2]))
