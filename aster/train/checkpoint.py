@@ -136,14 +136,14 @@ def _save_shards(model, optimizer, directory: Path) -> None:
         dcp.save(state, storage_writer=dcp.FileSystemWriter(str(directory)))
 
 
-def _load_shards(model, optimizer, directory: Path, reader=None) -> None:
+def _load_shards(model, optimizer, directory: Path) -> None:
     """Read into the strategy's own tensors: each rank reads only the bytes of its shards."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
 
     state = _dcp_state(model, optimizer)
     with _quiet():
-        dcp.load(state, storage_reader=reader or dcp.FileSystemReader(str(directory)))
+        dcp.load(state, storage_reader=dcp.FileSystemReader(str(directory)))
     if optimizer is None:
         set_model_state_dict(model, state["model"])
     else:
@@ -210,11 +210,9 @@ def read_meta(path: str | Path) -> dict:
     return meta
 
 
-def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None,
-                    reader=None) -> dict:
+def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None) -> dict:
     """Restore model/optimizer/scheduler and this rank's RNG from `path` (written on any
-    world size, except DeepSpeed's format); returns its meta dict. Every rank must call it.
-    `reader`: a DCP StorageReader over path/dcp (default: the file system's)."""
+    world size, except DeepSpeed's format); returns its meta dict. Every rank must call it."""
     from aster.train.ds_engine import is_engine, load_engine
 
     path = Path(path)
@@ -227,7 +225,7 @@ def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None,
     if by_engine:
         load_engine(model, path)
     else:
-        _load_shards(model, optimizer, path / SHARDS, reader)
+        _load_shards(model, optimizer, path / SHARDS)
     side = _load_side_file(path, meta["world_size"])
     if scheduler is not None and side["scheduler"] is not None:
         scheduler.load_state_dict(side["scheduler"])

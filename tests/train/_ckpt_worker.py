@@ -1,14 +1,14 @@
 """The sharded-checkpoint tests' runner (tests/train/test_sharded_checkpoint.py).
 
-    python _ckpt_worker.py OUT_DIR MODEL_DIR
+    python _ckpt_worker.py OUT_DIR MODEL_DIR [PHASE,...]   (default: every phase, in order)
 
 Imports once, then forks each phase's ranks (FSDP2 over gloo; one rank is strategy none):
 
 - whole/     2 ranks, 4 SFT steps, a checkpoint after every step
 - cut/       the same run, killed right after the step-2 checkpoint
 - resume-W/  a copy of cut/ resumed on W = 2, 1 and 4 ranks to the end
-- bytes/     2 fresh ranks load cut/'s step-2 checkpoint through a byte-counting DCP reader
-             (rank<R>.json: bytes read, and the checkpoint's shard bytes in all)
+- bytes/     2 fresh ranks load cut/'s step-2 checkpoint (rank<R>.json: the bytes the rank
+             read meanwhile, and the checkpoint's bytes in all)
 
 Each run's rank 0 writes result.json (the SFT steps' metrics from metrics.jsonl).
 """
@@ -77,26 +77,29 @@ def train(backend, rank: int, out: Path, cut: bool) -> None:
 
 
 def count_reads(backend, rank: int, out: Path, ckpt: Path) -> None:
-    """Load `ckpt` into a fresh model and optimizer through a reader that counts the bytes it
-    reads from the shard files."""
+    """Load `ckpt` into a fresh model and optimizer through DCP's file reader, counting the
+    bytes of every stored chunk the rank reads (any format: "total" is every file's bytes)."""
     import torch.distributed.checkpoint as dcp
 
-    from aster.train.checkpoint import SHARDS, load_checkpoint
+    from aster.train.checkpoint import load_checkpoint
     from aster.train.common import build_optimizer
 
-    class CountingReader(dcp.FileSystemReader):
-        read = 0
+    read = {"bytes": 0}
 
+    class CountingReader(dcp.FileSystemReader):
         def _slice_file(self, file, sinfo):
-            self.read += sinfo.length
+            read["bytes"] += sinfo.length
             return super()._slice_file(file, sinfo)
 
     ctx = context(backend, rank, out)
     optimizer = build_optimizer(ctx.policy, 1e-3, 0.0)
-    reader = CountingReader(str(ckpt / SHARDS))
-    load_checkpoint(ckpt, model=ctx.policy, optimizer=optimizer, reader=reader)
-    total = sum(f.stat().st_size for f in (ckpt / SHARDS).glob("*.distcp"))
-    (out / f"rank{rank}.json").write_text(json.dumps({"read": reader.read, "total": total}))
+    real, dcp.FileSystemReader = dcp.FileSystemReader, CountingReader
+    try:
+        load_checkpoint(ckpt, model=ctx.policy, optimizer=optimizer)
+    finally:
+        dcp.FileSystemReader = real
+    total = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
+    (out / f"rank{rank}.json").write_text(json.dumps({"read": read["bytes"], "total": total}))
 
 
 def rank_main(rank, world, port, phase, out, ckpt):
@@ -116,7 +119,7 @@ def rank_main(rank, world, port, phase, out, ckpt):
         torch.distributed.destroy_process_group()
 
 
-def main(out_dir: str, model_dir: str) -> int:
+def main(out_dir: str, model_dir: str, only: list[str] | None = None) -> int:
     import aster.train.pipeline  # noqa: F401 - the imports the forked ranks inherit
     from tests.train.ranks import fork_ranks, free_port
 
@@ -126,6 +129,8 @@ def main(out_dir: str, model_dir: str) -> int:
     phases = [("whole", 2), ("cut", 2), ("resume-2", 2), ("resume-1", 1), ("resume-4", 4),
               ("bytes", 2)]
     for phase, world in phases:
+        if only and phase not in only:
+            continue
         t0 = time.perf_counter()
         if phase.startswith("resume"):
             shutil.copytree(out / "cut", out / phase)
@@ -139,4 +144,4 @@ def main(out_dir: str, model_dir: str) -> int:
 if __name__ == "__main__":
     torch.set_num_threads(1)  # one thread: no OpenMP pool exists when the ranks fork
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    sys.exit(main(sys.argv[1], sys.argv[2]))
+    sys.exit(main(sys.argv[1], sys.argv[2], sys.argv[3].split(",") if sys.argv[3:] else None))
