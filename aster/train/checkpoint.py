@@ -6,7 +6,8 @@ One checkpoint is a directory `step-<N>/`:
                      writes only its own shards (FSDP2) or its share of the replicated tensors
                      (DDP / none) and, on resume, reads only the bytes its new shards need, so
                      a run saved on N ranks resumes on M ranks
-    deepspeed/       instead of dcp/ under distributed.strategy=deepspeed: the engine's format
+    <format>/        instead of dcp/, a strategy's own format (Strategy.checkpoint_format and
+                     save_state / load_state: DeepSpeed's engine files)
     rank-<R>.pt      rank R's small state: RNG states, scheduler, step (resume bitwise on CPU)
     meta.json        written last: step, format, world size and the stage's extras
 
@@ -21,8 +22,6 @@ import json
 import logging
 import random
 import shutil
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +32,7 @@ from aster.errors import AsterUserError
 log = logging.getLogger("aster")
 
 PREFIX = "step-"
-SHARDS = "dcp"  # the DCP directory inside a checkpoint
-FORMAT_DCP, FORMAT_DEEPSPEED = "dcp", "deepspeed"
+SHARDS = "dcp"  # the directory of the DCP format (Strategy.checkpoint_format) in a checkpoint
 
 
 class CheckpointMismatchError(AsterUserError):
@@ -107,56 +105,12 @@ def _load_side_file(path: Path, saved_world: int) -> dict:
                       weights_only=False)
 
 
-def _dcp_state(model, optimizer) -> dict:
-    """Model and optimizer state as DCP saves and loads it: canonical parameter names (no
-    DDP `module.` prefix) and the tensors as the strategy holds them (FSDP2: DTensor shards),
-    so the files are independent of the strategy and world size that wrote them."""
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
-
-    if optimizer is None:
-        return {"model": get_model_state_dict(model)}
-    model_state, optim_state = get_state_dict(model, optimizer)
-    return {"model": model_state, "optimizer": optim_state}
-
-
-@contextmanager
-def _quiet():
-    """DCP warns that it runs in one process whenever there is no process group: that is
-    the single-process run, not a mistake."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is .*(disabled|unavailable)")
-        yield
-
-
-def _save_shards(model, optimizer, directory: Path) -> None:
-    import torch.distributed.checkpoint as dcp
-
-    state = _dcp_state(model, optimizer)
-    with _quiet():
-        dcp.save(state, storage_writer=dcp.FileSystemWriter(str(directory)))
-
-
-def _load_shards(model, optimizer, directory: Path) -> None:
-    """Read into the strategy's own tensors: each rank reads only the bytes of its shards."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
-
-    state = _dcp_state(model, optimizer)
-    with _quiet():
-        dcp.load(state, storage_reader=dcp.FileSystemReader(str(directory)))
-    if optimizer is None:
-        set_model_state_dict(model, state["model"])
-    else:
-        set_state_dict(model, optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optimizer"])
-
-
 def save_checkpoint(ckpt_dir: str | Path, step: int, *, model, optimizer=None, scheduler=None,
                     extra: dict | None = None, keep_last: int = 2, is_main: bool = True) -> Path:
     """Write `ckpt_dir/step-<step>/` atomically and prune to the newest `keep_last`. Every rank
     must call it (collective): each writes its own model/optimizer shards (a DeepSpeed engine,
     `model`, its own format) and its side file; rank 0 writes meta.json and renames."""
-    from aster.train.ds_engine import is_engine, save_engine
+    from aster.train.strategy import owner_of
 
     ckpt_dir = Path(ckpt_dir)
     final = ckpt_dir / f"{PREFIX}{step:08d}"
@@ -165,15 +119,12 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, *, model, optimizer=None, s
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     _barrier()
-    engine = is_engine(model)
-    if engine:
-        save_engine(model, tmp)
-    else:
-        _save_shards(model, optimizer, tmp / SHARDS)
+    kind = owner_of(model)  # the strategy whose wrapper `model` is writes its own format
+    kind.save_state(model, optimizer, tmp / kind.checkpoint_format)
     _save_side_file(tmp, step, scheduler)
     _barrier()  # every rank's files are on disk before rank 0 completes the checkpoint
     if is_main:
-        meta = {"step": step, "format": FORMAT_DEEPSPEED if engine else FORMAT_DCP,
+        meta = {"step": step, "format": kind.checkpoint_format,
                 "world_size": _world()[1], **(extra or {})}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         shutil.rmtree(final, ignore_errors=True)
@@ -213,19 +164,16 @@ def read_meta(path: str | Path) -> dict:
 def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None) -> dict:
     """Restore model/optimizer/scheduler and this rank's RNG from `path` (written on any
     world size, except DeepSpeed's format); returns its meta dict. Every rank must call it."""
-    from aster.train.ds_engine import is_engine, load_engine
+    from aster.train.strategy import owner_of
 
     path = Path(path)
     meta = read_meta(path)
-    by_engine = meta["format"] == FORMAT_DEEPSPEED
-    if by_engine != is_engine(model):
+    kind = owner_of(model)
+    if meta["format"] != kind.checkpoint_format:
         raise CheckpointMismatchError(
-            f"{path} was written {'with' if by_engine else 'without'} "
-            "distributed.strategy=deepspeed; resume with the strategy that wrote it")
-    if by_engine:
-        load_engine(model, path)
-    else:
-        _load_shards(model, optimizer, path / SHARDS)
+            f"{path} holds {meta['format']!r} files, which distributed.strategy={kind.name} "
+            "cannot read; resume with the strategy that wrote it")
+    kind.load_state(model, optimizer, path / kind.checkpoint_format)
     side = _load_side_file(path, meta["world_size"])
     if scheduler is not None and side["scheduler"] is not None:
         scheduler.load_state_dict(side["scheduler"])
@@ -236,7 +184,6 @@ def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None) 
 def full_checkpoint_state(path: str | Path) -> dict:
     """The whole model and optimizer state of a DCP checkpoint as plain tensors, read in this
     one process (inspection and consolidation; a training run loads through load_checkpoint)."""
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+    from aster.train.strategy.dcp_io import read_full_state
 
-    with _quiet():
-        return _load_state_dict_from_keys(checkpoint_id=str(Path(path) / SHARDS))
+    return read_full_state(Path(path) / SHARDS)

@@ -95,18 +95,13 @@ def sleep_engine(engine) -> bool:
 
 
 def engine_weights(ctx) -> dict:
-    """The trained weights as the engine takes them: in full (sharded ones gathered; a
-    collective when sharded) and in the compute dtype (the masters are fp32)."""
-    from aster.rollout.engine import state_dict_of
-    from aster.train.ds_engine import is_partitioned
-    from aster.train.parallel import full_state_dict
-    from aster.train.precision import cast_state
+    """The trained weights as the engine takes them: in full (sharded ones gathered one tensor
+    at a time; a collective when sharded) and in the compute dtype (the masters are fp32)."""
+    return {name: tensor for bucket in ctx.strategy.weight_buckets(WHOLE, ctx.hf_model)
+            for name, tensor in bucket}
 
-    if ctx.dist.world_size > 1 or is_partitioned(ctx.hf_model):  # ZeRO-3 even on one rank
-        weights = full_state_dict(ctx.hf_model, cpu_offload=False)
-    else:
-        weights = state_dict_of(ctx.hf_model)
-    return cast_state(weights, ctx.compute_dtype)
+
+WHOLE = 2 ** 62  # a bucket size no model reaches: one bucket
 
 
 def push_weights(ctx, engine) -> None:

@@ -51,10 +51,10 @@ def run(backend, rank: int, world: int, out: Path, model_dir: str) -> None:
     from aster.config import load_config
     from aster.metrics import MetricsWriter
     from aster.train.common import build_scheduler
-    from aster.train.parallel import full_state_dict
     from aster.train.pipeline import make_context
     from aster.train.rl import learn_from_rollouts, prepare_stage
     from aster.train.sft import _resume
+    from aster.train.strategy import full_state_dict
 
     out.mkdir(parents=True, exist_ok=True)
     strategy = "none" if world == 1 else "fsdp2"

@@ -9,6 +9,8 @@ Imports once, then forks each phase's ranks (FSDP2 over gloo; one rank is strate
 - resume-W/  a copy of cut/ resumed on W = 2, 1 and 4 ranks to the end
 - bytes/     2 fresh ranks load cut/'s step-2 checkpoint (rank<R>.json: the bytes the rank
              read meanwhile, and the checkpoint's bytes in all)
+- buckets/   2 fresh FSDP2 ranks in bf16 compute stream their weights (weight_buckets) and
+             compare them with the gathered state (rank<R>.json)
 
 Each run's rank 0 writes result.json (the SFT steps' metrics from metrics.jsonl).
 """
@@ -27,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).parents[2]))  # run as a script: `tests` i
 from tests.train._dist_worker import conversations  # noqa: E402
 
 CUT_AFTER = 2
+BUCKET = 100_000  # bytes: several buckets of the tiny model's bf16 weights
 # 8 conversations, 4 per step, 2 epochs: 4 steps; 4 per step splits over 1, 2 and 4 ranks
 OVERRIDES = ["sft.epochs=2", "sft.global_batch_size=4", "sft.micro_batch_size=1",
              "sft.warmup_ratio=0", "sft.lr=1e-3", "sft.lr_schedule=cosine",
@@ -102,6 +105,29 @@ def count_reads(backend, rank: int, out: Path, ckpt: Path) -> None:
     (out / f"rank{rank}.json").write_text(json.dumps({"read": read["bytes"], "total": total}))
 
 
+def stream_weights(backend, rank: int, out: Path) -> None:
+    """FSDP2's weight stream in bf16 against the gathered fp32 state: every weight, in full,
+    in buckets of at most BUCKET bytes (a larger tensor alone)."""
+    from aster.config import load_config
+    from aster.metrics import MetricsWriter
+    from aster.train.pipeline import make_context
+    from aster.train.strategy import full_state_dict
+
+    cfg = load_config(None, [*OVERRIDES, "model.dtype=bfloat16"])
+    ctx = make_context(cfg, backend, os.environ["ASTER_TEST_MODEL"], out,
+                       MetricsWriter(out, is_main=rank == 0, tensorboard=False))
+    full = full_state_dict(ctx.hf_model)  # rank 0's
+    buckets = list(ctx.strategy.weight_buckets(BUCKET))
+    sizes = [sum(t.numel() * t.element_size() for _, t in b) for b in buckets]
+    stream = {n: t for b in buckets for n, t in b}
+    result = {"strategy": ctx.strategy.name, "buckets": len(buckets),
+              "over": sum(s > BUCKET and len(b) > 1 for s, b in zip(sizes, buckets)),
+              "names": list(stream) == list(full) if rank == 0 else True,
+              "dtypes": sorted({str(t.dtype) for t in stream.values()}),
+              "equal": all(torch.equal(stream[n], full[n].bfloat16()) for n in full)}
+    (out / f"rank{rank}.json").write_text(json.dumps(result))
+
+
 def rank_main(rank, world, port, phase, out, ckpt):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -113,6 +139,8 @@ def rank_main(rank, world, port, phase, out, ckpt):
     out.mkdir(parents=True, exist_ok=True)
     if phase == "bytes":
         count_reads(backend, rank, out, Path(ckpt))
+    elif phase == "buckets":
+        stream_weights(backend, rank, out)
     else:
         train(backend, rank, out, cut=phase == "cut")
     if torch.distributed.is_initialized():
@@ -127,7 +155,7 @@ def main(out_dir: str, model_dir: str, only: list[str] | None = None) -> int:
     out = Path(out_dir)
     step = out / "cut" / "checkpoints" / "sft" / f"step-{CUT_AFTER:08d}"
     phases = [("whole", 2), ("cut", 2), ("resume-2", 2), ("resume-1", 1), ("resume-4", 4),
-              ("bytes", 2)]
+              ("bytes", 2), ("buckets", 2)]
     for phase, world in phases:
         if only and phase not in only:
             continue

@@ -99,12 +99,12 @@ def run(backend, rank: int, world: int, out: Path, model_dir: str, prompts: list
     from aster.metrics import MetricsWriter, read_metrics
     from aster.train.checkpoint import latest_checkpoint, load_checkpoint
     from aster.train.common import build_optimizer, build_scheduler
-    from aster.train.parallel import full_state_dict
     from aster.train.pipeline import make_context, prepare_run_dir
     from aster.train.replay import _token_quantities
     from aster.train.rl import _append_records, learn_from_rollouts, prepare_stage
     from aster.train.rollouts import trajectory_stats
     from aster.train.sft import _resume, encode_dataset, run_sft
+    from aster.train.strategy import full_state_dict
 
     strategy = "none" if world == 1 else "fsdp2"
     cfg = load_config(None, [*OVERRIDES, f"distributed.strategy={strategy}"])

@@ -127,18 +127,18 @@ def test_bf16_sft_and_grpo_steps_keep_fp32_masters(nccl_backend, tiny_model_dir,
 
 def test_fsdp2_mixed_precision_on_one_rank(nccl_backend, tiny_model_dir):
     """fully_shard with MixedPrecisionPolicy(bf16, reduce fp32) over fp32 shards (the one-rank
-    mesh apply_parallelism skips, built here through the same function)."""
+    mesh build_strategy skips, built here through the same function)."""
     from torch.distributed.tensor import DTensor
 
     from aster.algo import PolicyForward, build_micro_batch, policy_logprobs
     from aster.config import load_config
     from aster.train.common import load_policy
-    from aster.train.parallel import _fsdp2
+    from aster.train.strategy.fsdp2 import shard
 
     cfg = load_config(None, BF16_SFT)
     model, _ = load_policy(str(tiny_model_dir), cfg.model, nccl_backend)
-    policy = _fsdp2(PolicyForward(model, nccl_backend.kernel_impl, torch.bfloat16),
-                    nccl_backend, cfg.distributed, torch.bfloat16)
+    policy = shard(PolicyForward(model, nccl_backend.kernel_impl, torch.bfloat16),
+                   nccl_backend, cfg.distributed, torch.bfloat16)
     params = list(policy.parameters())
     assert all(isinstance(p, DTensor) and p.dtype == torch.float32 for p in params)
     mb = build_micro_batch([[5, 6, 7]], [[8, 9, 10, 11]], [[1, 1, 0, 1]], device="cuda")

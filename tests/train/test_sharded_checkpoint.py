@@ -112,3 +112,14 @@ def test_old_single_file_checkpoint_is_refused(tmp_path):
     model, optimizer = _tiny_state()
     with pytest.raises(CheckpointMismatchError, match="older aster.*start the stage afresh"):
         load_checkpoint(old, model=model, optimizer=optimizer)
+
+
+def test_fsdp2_weight_stream_is_the_full_weights_in_bf16(runs):
+    """strategy.weight_buckets on 2 FSDP2 ranks: one parameter gathered at a time, every rank
+    gets every weight in full, in the compute dtype, in buckets within the bound."""
+    for r in range(2):
+        got = json.loads((runs / "buckets" / f"rank{r}.json").read_text())
+        assert got["strategy"] == "fsdp2" and got["buckets"] > 1 and got["over"] == 0
+        assert got["names"] and got["dtypes"] == ["torch.bfloat16"]
+        if r == 0:  # rank 0 holds the gathered reference
+            assert got["equal"]
