@@ -90,3 +90,40 @@ def test_the_docs_name_every_registered_strategy():
         assert f"| `{name}` | `{module}.py` |" in text, name
         assert (Path(__file__).parents[2] / "aster" / "train" / "strategy"
                 / f"{module}.py").is_file()
+
+
+def test_a_strategy_refuses_what_it_cannot_do_before_loading(tmp_path):
+    """ZeRO-3 holds partitions only: no reference policy, no dump/replay weight checksums (the
+    refusals live in strategy/deepspeed.py; the callers ask the strategy)."""
+    from aster.config import load_config
+    from aster.errors import AsterUserError
+    from aster.train.reference import check_reference_policy
+    from aster.train.replay import check_rollout_dirs
+
+    zero3 = ["distributed.strategy=deepspeed", "distributed.zero_stage=3"]
+    with pytest.raises(AsterUserError, match="rl.kl_coef=0.5 needs a reference policy"):
+        check_reference_policy(load_config(None, [*zero3, "rl.kl_coef=0.5"]))
+    with pytest.raises(AsterUserError, match="dump/replay records need full parameters"):
+        check_rollout_dirs(load_config(None, [*zero3, f"rl.dump_rollouts_dir={tmp_path}"]))
+    check_reference_policy(load_config(None, ["distributed.strategy=deepspeed",
+                                              "distributed.zero_stage=2", "rl.kl_coef=0.5"]))
+    check_rollout_dirs(load_config(None, [f"rl.dump_rollouts_dir={tmp_path}"]))
+
+
+def test_deepspeed_is_named_in_one_code_file():
+    """Only strategy/deepspeed.py imports DeepSpeed or tests a value against its name; the
+    registry names its module once (docstrings and help texts aside)."""
+    import ast
+
+    root = Path(__file__).parents[2] / "aster"
+    found = {}
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                if any(n.split(".")[0] == "deepspeed" for n in names):
+                    found.setdefault(path.relative_to(root).as_posix(), []).append("import")
+            if isinstance(node, ast.Constant) and node.value == "deepspeed":
+                found.setdefault(path.relative_to(root).as_posix(), []).append("name")
+    assert set(found) == {"train/strategy/deepspeed.py", "train/strategy/__init__.py"}, found
+    assert found["train/strategy/__init__.py"] == ["name"]  # its _REGISTRY line

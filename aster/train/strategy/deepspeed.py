@@ -222,7 +222,15 @@ class DeepSpeedStrategy(Strategy):
 
     @classmethod
     def check_config(cls, cfg) -> None:
-        if cfg.rl.kl_coef and cfg.distributed.zero_stage == 3:
+        if cfg.distributed.zero_stage != 3:
+            return
+        if cfg.rl.dump_rollouts_dir or cfg.rl.replay_rollouts_dir:
+            # ZeRO-3 leaves each rank a partition of every parameter: the step record's weight
+            # checksums would read placeholders and agree vacuously
+            raise AsterUserError("rollout dump/replay records need full parameters on every "
+                                 "rank; use distributed.zero_stage=1 or 2, or "
+                                 "distributed.strategy=fsdp2")
+        if cfg.rl.kl_coef:
             raise AsterUserError(
                 f"rl.kl_coef={cfg.rl.kl_coef} needs a reference policy, which aster shards "
                 "with fsdp2 but not with DeepSpeed ZeRO-3; use distributed.strategy=fsdp2, or "
