@@ -114,21 +114,16 @@ def run_rl(strategy, backend, rank, world, out, model_dir, extra=()):
     from aster.config import load_config
     from aster.errors import AsterUserError
     from aster.metrics import MetricsWriter
-    from aster.train.common import build_optimizer, build_scheduler
     from aster.train.pipeline import make_context
-    from aster.train.rl import learn_from_rollouts, prepare_stage
-    from aster.train.sft import _resume
+    from aster.train.rl import learn_from_rollouts, start_rl_stage
     from aster.train.strategy import full_state_dict
 
     out.mkdir(parents=True, exist_ok=True)
     cfg = load_config(None, [*overrides(strategy, out), *RL, *extra])
     ctx = make_context(cfg, backend, model_dir, out,
                        MetricsWriter(out, is_main=rank == 0, tensorboard=False))
-    optimizer = build_optimizer(ctx.policy, cfg.rl.lr, cfg.rl.weight_decay)
-    scheduler = build_scheduler(optimizer, 10, 0, "constant")
-    _resume(ctx, "rl", optimizer, scheduler)
     try:
-        prepare_stage(ctx, cfg.rl.stage1)
+        start_rl_stage(ctx, "rl", cfg.rl.stage1, 10, warmup_steps=0)
     except AsterUserError as exc:
         if rank == 0:
             (out / "result.json").write_text(json.dumps({"refused": str(exc)}))

@@ -83,10 +83,9 @@ def _masters(ctx) -> dict:
 def test_bf16_sft_and_grpo_steps_keep_fp32_masters(nccl_backend, tiny_model_dir, tmp_path,
                                                    strategy):
     from aster.metrics import read_metrics
-    from aster.train.common import build_optimizer, build_scheduler
-    from aster.train.rl import learn_from_rollouts, prepare_stage
+    from aster.train.rl import learn_from_rollouts, start_rl_stage
     from aster.train.rollouts import engine_weights
-    from aster.train.sft import _resume, encode_dataset, run_sft
+    from aster.train.sft import encode_dataset, run_sft
 
     if strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
         pytest.skip("deepspeed is not installed")
@@ -99,9 +98,7 @@ def test_bf16_sft_and_grpo_steps_keep_fp32_masters(nccl_backend, tiny_model_dir,
     assert {v.dtype for v in _masters(ctx).values()} == {torch.float32}
     assert {v.dtype for v in engine_weights(ctx).values()} == {torch.bfloat16}
     ctx = _context(nccl_backend, tiny_model_dir, tmp_path / "rl", strategy)  # a stage's own
-    optimizer = build_optimizer(ctx.policy, ctx.cfg.rl.lr, 0.0)
-    _resume(ctx, "rl", optimizer, build_scheduler(optimizer, 10, 0, "constant"))
-    prepare_stage(ctx, ctx.cfg.rl.stage1)  # the objective (rl.loss) and penalties on ctx
+    start_rl_stage(ctx, "rl", ctx.cfg.rl.stage1, 10, weight_decay=0.0, warmup_steps=0)
     before = _masters(ctx)
     trajs = trajectories(ctx.hf_model.config.vocab_size)
     t0 = time.perf_counter()
