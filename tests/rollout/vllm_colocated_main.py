@@ -24,7 +24,9 @@ def main(out_dir: str) -> dict:
     from aster.config import TinyModelConfig
     from aster.rollout import RolloutConfig, build_engine
     from aster.tiny_model import build_tiny_model
+    from aster.train.config import DistributedConfig
     from aster.train.rollouts import push_weights
+    from aster.train.strategy import build_strategy
     from tests.rollout.agreement import agreement, perturb, prompts_for
 
     backend = select_backend("cpu", engine="vllm")
@@ -45,8 +47,9 @@ def main(out_dir: str) -> dict:
     stale = AutoModelForCausalLM.from_pretrained(path, dtype="float32").eval()
     perturb(model, seed=11)  # the same update on every rank, as after a data-parallel step
     start = time.perf_counter()
+    strategy = build_strategy(DistributedConfig(strategy="none"), backend, torch.float32)
     push_weights(SimpleNamespace(dist=info, hf_model=model, backend=backend,
-                                 compute_dtype=torch.float32), engine)
+                                 compute_dtype=torch.float32, strategy=strategy), engine)
     result["push_weights_s"] = time.perf_counter() - start
     result["after"] = agreement(engine, model, prompts, seed=info.rank)
     result["after_vs_old_weights"] = agreement(engine, stale, prompts, seed=info.rank)
