@@ -113,7 +113,8 @@ class TrainContext:
     Hugging Face model under it, tokenizer, run directory and metrics writer."""
 
     def __init__(self, cfg, backend, policy, hf_model, tokenizer, run_dir, writer,
-                 compute_dtype: torch.dtype = torch.float32, strategy=None):
+                 compute_dtype: torch.dtype = torch.float32, strategy=None,
+                 model_dir: str | None = None):
         from aster.train.strategy import build_strategy
 
         self.cfg, self.backend = cfg, backend
@@ -125,6 +126,7 @@ class TrainContext:
         # model.dtype: the forward/backward's dtype and what the engine and saved models get
         self.compute_dtype = compute_dtype
         self.updater: Updater | None = None  # the current stage's, set by the trainer
+        self.model_dir = model_dir  # the stage's starting weights (the KL reference policy's)
 
     @property
     def dist(self):

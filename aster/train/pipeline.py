@@ -163,8 +163,8 @@ def make_context(cfg, backend, model_dir: str, run_dir: Path, writer) -> TrainCo
     policy = strategy.wrap(PolicyForward(model, backend.kernel_impl, dtype))
     log.debug("policy from %s, parallelism %s, compute dtype %s", model_dir, strategy.name,
               dtype)
-    ctx = TrainContext(cfg, backend, policy, model, tokenizer, run_dir, writer, dtype, strategy)
-    ctx.model_dir = model_dir  # the stage's starting weights (the KL reference policy's)
+    ctx = TrainContext(cfg, backend, policy, model, tokenizer, run_dir, writer, dtype, strategy,
+                       model_dir=model_dir)
     return ctx
 
 
