@@ -38,17 +38,13 @@ def measure(model_dir: str, workdir: Path, overrides: list[str]) -> dict:
     from aster.backend import select_backend
     from aster.config import load_config
     from aster.metrics import MetricsWriter
-    from aster.train.common import build_optimizer, build_scheduler
     from aster.train.pipeline import make_context
-    from aster.train.rl import learn_from_rollouts, prepare_stage
-    from aster.train.sft import _resume
+    from aster.train.rl import learn_from_rollouts, start_rl_stage
 
     cfg = load_config("tiny", ["logging.tensorboard=false", *overrides])
     backend = select_backend("cpu", kernel_impl="chunked", engine="hf")
     ctx = make_context(cfg, backend, model_dir, workdir, MetricsWriter(workdir, tensorboard=False))
-    optimizer = build_optimizer(ctx.policy, cfg.rl.lr, 0.0)
-    _resume(ctx, "rl", optimizer, build_scheduler(optimizer, 10, 0))
-    prepare_stage(ctx, cfg.rl.stage1)
+    start_rl_stage(ctx, "rl", cfg.rl.stage1, 10, weight_decay=0.0, warmup_steps=0)
     trajs = _trajectories(ctx.hf_model.config.vocab_size)
     for _ in range(2):
         t0 = time.perf_counter()

@@ -90,3 +90,27 @@ def test_aster_eval_budgets_from_one_generation(tmp_path, capsys):
         assert big["text"].startswith(cut["text"].removesuffix("<|im_end|>"))
     summary = json.loads((out / "summary.json").read_text())
     assert sorted(summary["budgets"]) == ["16", "48"]
+
+
+def test_eval_engine_gets_the_training_compute_dtype(tmp_path, monkeypatch):
+    """model.dtype=auto means the same for `aster eval` as for training (bf16 where the backend
+    has it; before, eval turned auto into float32 everywhere)."""
+    from types import SimpleNamespace
+
+    from aster.commands import eval as eval_cmd
+    from aster.config import load_config
+    from aster.rollout import engine as engine_mod
+    from aster.tiny_model import build_tiny_model
+
+    model = str(build_tiny_model(tmp_path / "model"))
+    auto = load_config(None, ["model.dtype=auto"])
+    seen = {}
+    monkeypatch.setattr(engine_mod, "build_engine",
+                        lambda backend, path, rollout, **kw: seen.update(kw) or "engine")
+    gpu_like = SimpleNamespace(name="gpu", device_type="gpu",
+                               capabilities=SimpleNamespace(bf16=True))
+    engine, _ = eval_cmd.load_engine(model, gpu_like, auto)
+    assert engine == "engine" and seen["dtype"] == "bfloat16"
+    cpu = SimpleNamespace(name="cpu", device_type="cpu", capabilities=SimpleNamespace(bf16=True))
+    eval_cmd.load_engine(model, cpu, auto)
+    assert seen["dtype"] == "float32"  # bf16 matmuls are slow on CPU

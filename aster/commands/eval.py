@@ -31,11 +31,13 @@ def _model_context(model_path: str) -> int | None:
 
 def load_engine(model_path: str, backend, cfg, *, max_model_len: int | None = None):
     """(engine, tokenizer) for a checkpoint directory or Hugging Face model path: the engine
-    `cfg.rollout.engine` (or the backend) names, in `cfg.model.dtype` (auto: float32);
+    `cfg.rollout.engine` (or the backend) names, in `cfg.model.dtype` resolved as training
+    resolves it (aster.train.precision.compute_dtype);
     `max_model_len` defaults to the eval budget plus room for the prompt."""
     from transformers import AutoTokenizer
 
     from aster.rollout.engine import build_engine
+    from aster.train.precision import compute_dtype, dtype_name
 
     if not model_path:
         raise AsterUserError("no model to evaluate: give --model PATH (a checkpoint directory "
@@ -56,7 +58,8 @@ def load_engine(model_path: str, backend, cfg, *, max_model_len: int | None = No
     use_template(tokenizer, cfg.model.chat_template)
     # a template without append-only tool turns, or one that drops the tool schema, fails here
     chat_format(tokenizer, tool_schemas(cfg.rollout.tools))
-    dtype = "float32" if cfg.model.dtype == "auto" else cfg.model.dtype
+    # the dtype training computes in and pushes to its engine (auto: bf16 on GPUs and NPUs)
+    dtype = dtype_name(compute_dtype(cfg.model.dtype, backend))
     max_model_len = max_model_len or cfg.eval.budget_list[-1] + cfg.rollout.max_prompt_tokens
     limit = _model_context(model_path)
     if limit and max_model_len > limit:  # vLLM refuses a longer one; the budget still applies

@@ -1,6 +1,20 @@
-"""Atomic checkpoints for resume: model, optimizer, scheduler, every rank's RNG states, data
-position, stage and step. A checkpoint is written to a temporary directory and renamed into
-place, so a killed run leaves either the previous checkpoint or the new one, never half of one."""
+"""Sharded, atomic checkpoints for resume.
+
+One checkpoint is a directory `step-<N>/`:
+
+    dcp/             model + optimizer through torch.distributed.checkpoint (DCP): each rank
+                     writes only its own shards (FSDP2) or its share of the replicated tensors
+                     (DDP / none) and, on resume, reads only the bytes its new shards need, so
+                     a run saved on N ranks resumes on M ranks
+    <format>/        instead of dcp/, a strategy's own format (Strategy.checkpoint_format and
+                     save_state / load_state: DeepSpeed's engine files)
+    rank-<R>.pt      rank R's small state: RNG states, scheduler, step (resume bitwise on CPU)
+    meta.json        written last: step, format, world size and the stage's extras
+
+It is written into `.tmp-step-<N>/` and renamed into place once every rank's files are on disk,
+so a killed run leaves the previous checkpoint or the new one, never half of one (a directory
+without meta.json is not a checkpoint). Every rank must see the same file system.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +32,7 @@ from aster.errors import AsterUserError
 log = logging.getLogger("aster")
 
 PREFIX = "step-"
+SHARDS = "dcp"  # the directory of the DCP format (Strategy.checkpoint_format) in a checkpoint
 
 
 class CheckpointMismatchError(AsterUserError):
@@ -59,32 +74,6 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def all_rng_states() -> list[dict]:
-    """Every rank's RNG states, indexed by rank (collective: every rank must call it)."""
-    _, world = _world()
-    if world == 1:
-        return [rng_state()]
-    import torch.distributed as dist
-
-    gathered = [None] * world
-    dist.all_gather_object(gathered, rng_state())
-    return gathered
-
-
-def restore_rank_rng(saved, where: Path) -> None:
-    """This rank's entry of a per-rank list (a single dict: checkpoints written before RNG
-    states were saved per rank, restored on every rank)."""
-    rank, world = _world()
-    if isinstance(saved, dict):
-        set_rng_state(saved)
-        return
-    if len(saved) != world:
-        log.warning("%s holds RNG states of %d ranks, this run has %d: rank %d restores rank "
-                    "%d's (the resumed run will not reproduce the original exactly)",
-                    where, len(saved), world, rank, rank % len(saved))
-    set_rng_state(saved[rank % len(saved)])
-
-
 def _barrier() -> None:
     if _world()[1] > 1:
         import torch.distributed as dist
@@ -92,69 +81,59 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _model_state(model) -> dict:
-    from aster.train.parallel import full_state_dict
-
-    return full_state_dict(model)
+def _side_file(path: Path, rank: int) -> Path:
+    return path / f"rank-{rank:05d}.pt"
 
 
-def _optim_state(model, optimizer) -> dict:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+def _save_side_file(tmp: Path, step: int, scheduler) -> None:
+    """This rank's RNG states, scheduler and step: a few KB, restored bitwise."""
+    rank, _ = _world()
+    state = {"rng": rng_state(), "step": step,
+             "scheduler": scheduler.state_dict() if scheduler is not None else None}
+    torch.save(state, _side_file(tmp, rank))
 
-    return get_optimizer_state_dict(model, optimizer,
-                                    options=StateDictOptions(full_state_dict=True,
-                                                             cpu_offload=True))
+
+def _load_side_file(path: Path, saved_world: int) -> dict:
+    """This rank's side file; a rank the saving run did not have takes rank % saved_world's
+    (the scheduler and step are the same on every rank; its RNG streams are not)."""
+    rank, world = _world()
+    if world != saved_world:
+        log.warning("%s was written by %d ranks, this run has %d: rank %d restores rank %d's "
+                    "RNG states (sampling will not repeat the original run's exactly)",
+                    path, saved_world, world, rank, rank % saved_world)
+    return torch.load(_side_file(path, rank % saved_world), map_location="cpu",
+                      weights_only=False)
 
 
 def save_checkpoint(ckpt_dir: str | Path, step: int, *, model, optimizer=None, scheduler=None,
                     extra: dict | None = None, keep_last: int = 2, is_main: bool = True) -> Path:
     """Write `ckpt_dir/step-<step>/` atomically and prune to the newest `keep_last`. Every rank
-    must call it (gathering state is collective): rank 0 writes the full model, optimizer and
-    scheduler state plus every rank's RNG states; a DeepSpeed engine (`model`) writes its own
-    sharded files, every rank its shards."""
-    from aster.train.ds_engine import is_engine
+    must call it (collective): each writes its own model/optimizer shards (a DeepSpeed engine,
+    `model`, its own format) and its side file; rank 0 writes meta.json and renames."""
+    from aster.train.strategy import owner_of
 
     ckpt_dir = Path(ckpt_dir)
     final = ckpt_dir / f"{PREFIX}{step:08d}"
     tmp = ckpt_dir / f".tmp-{PREFIX}{step:08d}"
-    if is_engine(model):
-        state = {"engine": "deepspeed", "rng": _save_engine_shards(model, tmp, is_main)}
-    else:
-        state = {"model": _model_state(model),
-                 "optimizer": _optim_state(model, optimizer) if optimizer is not None else None,
-                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                 "rng": all_rng_states()}
+    if is_main:  # a killed earlier attempt may have left a partial temp directory
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    kind = owner_of(model)  # the strategy whose wrapper `model` is writes its own format
+    kind.save_state(model, optimizer, tmp / kind.checkpoint_format)
+    _save_side_file(tmp, step, scheduler)
+    _barrier()  # every rank's files are on disk before rank 0 completes the checkpoint
     if is_main:
-        _write(state, tmp, final, {"step": step, **(extra or {})}, fresh=not is_engine(model))
+        meta = {"step": step, "format": kind.checkpoint_format,
+                "world_size": _world()[1], **(extra or {})}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
         for old in list_checkpoints(ckpt_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
         log.debug("checkpoint %s written", final)
     _barrier()  # on return the checkpoint is complete for every rank
     return final
-
-
-def _write(state: dict, tmp: Path, final: Path, meta: dict, fresh: bool) -> None:
-    if fresh:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    torch.save(state, tmp / "state.pt")
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-
-
-def _save_engine_shards(engine, tmp: Path, is_main: bool) -> list[dict]:
-    """The engine's shards into `tmp` (made by rank 0 first); returns every rank's RNG."""
-    from aster.train.ds_engine import save_engine
-
-    if is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    _barrier()
-    save_engine(engine, tmp)
-    rngs = all_rng_states()
-    _barrier()  # every rank's shards are on disk before rank 0 renames the directory
-    return rngs
 
 
 def list_checkpoints(ckpt_dir: str | Path) -> list[Path]:
@@ -171,36 +150,40 @@ def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def read_meta(path: str | Path) -> dict:
+    """meta.json of a checkpoint; one line when it was written by an older aster."""
+    path = Path(path)
+    meta = json.loads((path / "meta.json").read_text())
+    if "format" not in meta:
+        raise CheckpointMismatchError(
+            f"{path} is a single-file checkpoint (state.pt) of an older aster; resume it with "
+            "that version, or move the directory away to start the stage afresh")
+    return meta
+
+
 def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None) -> dict:
-    """Restore model/optimizer/scheduler and this rank's RNG from `path`; returns its meta
-    dict. Every rank must call it."""
-    from aster.train.ds_engine import is_engine, load_engine
+    """Restore model/optimizer/scheduler and this rank's RNG from `path` (written on any
+    world size, except DeepSpeed's format); returns its meta dict. Every rank must call it."""
+    from aster.train.strategy import owner_of
 
     path = Path(path)
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
-    written_by_engine = state.get("engine") == "deepspeed"
-    if written_by_engine != is_engine(model):
+    meta = read_meta(path)
+    kind = owner_of(model)
+    if meta["format"] != kind.checkpoint_format:
         raise CheckpointMismatchError(
-            f"{path} was written {'with' if written_by_engine else 'without'} "
-            "distributed.strategy=deepspeed; resume with the strategy that wrote it")
-    if written_by_engine:
-        load_engine(model, path)
-    else:
-        _load_full_state(state, model, optimizer, scheduler)
-    restore_rank_rng(state["rng"], path)
-    return json.loads((path / "meta.json").read_text())
+            f"{path} holds {meta['format']!r} files, which distributed.strategy={kind.name} "
+            "cannot read; resume with the strategy that wrote it")
+    kind.load_state(model, optimizer, path / kind.checkpoint_format)
+    side = _load_side_file(path, meta["world_size"])
+    if scheduler is not None and side["scheduler"] is not None:
+        scheduler.load_state_dict(side["scheduler"])
+    set_rng_state(side["rng"])
+    return meta
 
 
-def _load_full_state(state: dict, model, optimizer, scheduler) -> None:
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        set_model_state_dict,
-        set_optimizer_state_dict,
-    )
+def full_checkpoint_state(path: str | Path) -> dict:
+    """The whole model and optimizer state of a DCP checkpoint as plain tensors, read in this
+    one process (inspection and consolidation; a training run loads through load_checkpoint)."""
+    from aster.train.strategy.dcp_io import read_full_state
 
-    opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
-    set_model_state_dict(model, state["model"], options=opts)
-    if optimizer is not None and state["optimizer"] is not None:
-        set_optimizer_state_dict(model, optimizer, state["optimizer"], options=opts)
-    if scheduler is not None and state["scheduler"] is not None:
-        scheduler.load_state_dict(state["scheduler"])
+    return read_full_state(Path(path) / SHARDS)

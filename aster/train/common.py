@@ -1,6 +1,6 @@
-"""Pieces both trainers share: model loading, optimizer and schedule, the Updater (backward,
-gradient clipping with the NaN guard and the step under any parallel strategy), saving a
-stage's model as a Hugging Face directory."""
+"""Pieces both trainers share: model loading, optimizer and schedule, the stage's Updater
+(aster.train.update, built by the run's strategy), saving a stage's model as a Hugging Face
+directory, the trainers' context."""
 
 from __future__ import annotations
 
@@ -10,14 +10,17 @@ from pathlib import Path
 
 import torch
 
-from aster.errors import AsterUserError
 from aster.train.model_source import ModelPathError
+from aster.train.update import (  # noqa: F401 (their home before aster.train.update)
+    TrainingDivergedError,
+    Updater,
+    diverged_error,
+    optimizer_step,
+)
 
 log = logging.getLogger("aster")
 
 
-class TrainingDivergedError(AsterUserError):
-    """The loss or gradient became NaN/inf; training stopped before corrupting the weights."""
 
 
 def load_policy(path: str, model_cfg, backend):
@@ -70,71 +73,10 @@ def build_scheduler(optimizer, total_steps: int, warmup_steps: int, schedule: st
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def diverged_error(where: str, loss: float, grad_norm: float,
-                   last_good: str | None) -> TrainingDivergedError:
-    keep = f"the last good checkpoint is {last_good}" if last_good else \
-        "no checkpoint was written yet"
-    return TrainingDivergedError(f"{where}: loss={loss} grad_norm={grad_norm} is not finite; "
-                                 f"stopped, {keep}; lower the learning rate or check the data")
-
-
-def optimizer_step(model, optimizer, scheduler, max_grad_norm: float, loss: float,
-                   where: str, last_good: str | None) -> float:
-    """Clip, guard against NaN/inf, step. Raises TrainingDivergedError without stepping."""
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-        optimizer.zero_grad(set_to_none=True)
-        raise diverged_error(where, loss, grad_norm, last_good)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return grad_norm
-
-
-class Updater:
-    """The optimizer side of one training stage under the run's parallel strategy: backward,
-    gradient clipping with the NaN guard, the step and the schedule. The trainers' loops call
-    only this, so they read the same under none / ddp / fsdp2 / deepspeed:
-
-        for chunk in updater.accumulate(micro_batches):
-            updater.backward(loss_of(updater.policy, chunk))  # loss / global token count
-        grad_norm = updater.step(loss_total, where, last_good)
-    """
-
-    def __init__(self, policy, optimizer, scheduler, max_grad_norm: float, world_size: int):
-        self.policy, self.optimizer, self.scheduler = policy, optimizer, scheduler
-        self.max_grad_norm, self.world_size = max_grad_norm, world_size
-
-    @property
-    def lr(self) -> float:
-        return self.scheduler.get_last_lr()[0]
-
-    def accumulate(self, items):
-        """The micro batches of one optimizer step, in order."""
-        yield from items
-
-    def backward(self, loss: torch.Tensor) -> None:
-        """Accumulate the gradient of `loss` (normalised by the global token count)."""
-        (loss * self.world_size).backward()  # the wrappers average gradients over ranks
-
-    def step(self, loss: float, where: str, last_good: str | None) -> float:
-        """Clip, guard, step, zero the gradients; returns the gradient norm before clipping.
-        Raises TrainingDivergedError (naming `last_good`) when loss or norm is not finite."""
-        return optimizer_step(self.policy, self.optimizer, self.scheduler, self.max_grad_norm,
-                              loss, where, last_good)
-
-
 def build_updater(ctx, optimizer, scheduler, max_grad_norm: float) -> Updater:
-    """The stage's Updater; for distributed.strategy=deepspeed this builds the engine and makes
-    it ctx.policy (DeepSpeed needs the optimizer and schedule to build one)."""
-    from aster.train.parallel import resolve_strategy
-
-    if resolve_strategy(ctx.cfg.distributed.strategy, ctx.dist.world_size) == "deepspeed":
-        from aster.train.ds_engine import DeepSpeedUpdater
-
-        return DeepSpeedUpdater(ctx, optimizer, scheduler, max_grad_norm)
-    return Updater(ctx.policy, optimizer, scheduler, max_grad_norm, ctx.dist.world_size)
+    """The stage's Updater, built by its strategy (one that wraps the policy in an engine
+    built with the optimizer makes that engine ctx.policy)."""
+    return ctx.strategy.updater(ctx, optimizer, scheduler, max_grad_norm)
 
 
 def save_hf_model(model, tokenizer, out_dir: str | Path, is_main: bool = True,
@@ -144,8 +86,8 @@ def save_hf_model(model, tokenizer, out_dir: str | Path, is_main: bool = True,
     import copy
     import shutil
 
-    from aster.train.parallel import full_state_dict, unwrap
     from aster.train.precision import cast_state, dtype_name
+    from aster.train.strategy import full_state_dict, unwrap
 
     state = full_state_dict(model)
     out = Path(out_dir)
@@ -171,13 +113,20 @@ class TrainContext:
     Hugging Face model under it, tokenizer, run directory and metrics writer."""
 
     def __init__(self, cfg, backend, policy, hf_model, tokenizer, run_dir, writer,
-                 compute_dtype: torch.dtype = torch.float32):
+                 compute_dtype: torch.dtype = torch.float32, strategy=None,
+                 model_dir: str | None = None):
+        from aster.train.strategy import build_strategy
+
         self.cfg, self.backend = cfg, backend
+        # the parallel strategy that wrapped `policy` (None: the config's, for a policy
+        # wrapped by hand: tests and benches)
+        self.strategy = strategy or build_strategy(cfg.distributed, backend, compute_dtype)
         self.policy, self.hf_model, self.tokenizer = policy, hf_model, tokenizer
         self.run_dir, self.writer = Path(run_dir), writer
         # model.dtype: the forward/backward's dtype and what the engine and saved models get
         self.compute_dtype = compute_dtype
         self.updater: Updater | None = None  # the current stage's, set by the trainer
+        self.model_dir = model_dir  # the stage's starting weights (the KL reference policy's)
 
     @property
     def dist(self):

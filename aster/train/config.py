@@ -170,7 +170,7 @@ class RLConfig:
 class DistributedConfig:
     """Data parallel with sharded parameters through the backend's collective."""
 
-    strategy: Literal["auto", "none", "ddp", "fsdp2", "deepspeed"] = "auto"  # auto: fsdp2 if >1 rank
+    strategy: str = "auto"  # auto: fsdp2 if >1 rank; a name in aster.train.strategy's registry
     zero_stage: int = 3  # deepspeed: 1 optimizer state, 2 + gradients, 3 + parameters sharded
     cpu_offload: bool = False
     reshard_after_forward: bool = True  # fsdp2
@@ -181,6 +181,9 @@ class DistributedConfig:
     rollout_timeout_s: float = 4 * 3600.0
 
     def __post_init__(self):
+        from aster.train.strategy import check_strategy_name
+
+        check_strategy_name(self.strategy)
         if self.zero_stage not in (1, 2, 3):
             raise ValueError(f"distributed.zero_stage={self.zero_stage!r} must be 1, 2 or 3")
         _positive("distributed", self, "timeout_s")

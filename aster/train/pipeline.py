@@ -16,7 +16,6 @@ from aster.errors import AsterUserError
 from aster.metrics import MetricsWriter
 from aster.train.checkpoint import write_text_atomic
 from aster.train.common import TrainContext, load_policy
-from aster.train.parallel import apply_parallelism
 from aster.train.rollouts import SharedEngine
 
 log = logging.getLogger("aster")
@@ -155,15 +154,17 @@ def _rendered_corpus(examples: list[dict]) -> list[str]:
 def make_context(cfg, backend, model_dir: str, run_dir: Path, writer) -> TrainContext:
     """Load the policy from `model_dir`, wrap it for parallelism; the trainers' context."""
     from aster.train.precision import compute_dtype
+    from aster.train.strategy import build_strategy
 
     torch.manual_seed(cfg.run.seed)
     dtype = compute_dtype(cfg.model.dtype, backend)
+    strategy = build_strategy(cfg.distributed, backend, dtype)
     model, tokenizer = load_policy(model_dir, cfg.model, backend)
-    policy, strategy = apply_parallelism(PolicyForward(model, backend.kernel_impl, dtype),
-                                         backend, cfg.distributed, dtype)
-    log.debug("policy from %s, parallelism %s, compute dtype %s", model_dir, strategy, dtype)
-    ctx = TrainContext(cfg, backend, policy, model, tokenizer, run_dir, writer, dtype)
-    ctx.model_dir = model_dir  # the stage's starting weights (the KL reference policy's)
+    policy = strategy.wrap(PolicyForward(model, backend.kernel_impl, dtype))
+    log.debug("policy from %s, parallelism %s, compute dtype %s", model_dir, strategy.name,
+              dtype)
+    ctx = TrainContext(cfg, backend, policy, model, tokenizer, run_dir, writer, dtype, strategy,
+                       model_dir=model_dir)
     return ctx
 
 

@@ -6,13 +6,13 @@ Why: bf16 has 8 significant bits, so a bf16 parameter of magnitude ~0.02 rounds 
 below ~6e-5 (half its spacing there) and a norm gain of 1.0 any below ~4e-3; AdamW's steps at
 RL's lr 1e-6 are ~1e-6, so in bf16 parameters nearly all of them vanish.
 
-Per strategy (applied by aster.train.parallel.apply_parallelism):
+Per strategy (each a Strategy in aster/train/strategy/, built by build_strategy):
 - none / ddp: the fp32 model's forward runs under torch.autocast(compute dtype)
   (aster.algo.PolicyForward); gradients land on the fp32 parameters.
 - fsdp2: `fully_shard(mp_policy=MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=fp32))`
   over fp32 sharded parameters: the gathered parameters are in the compute dtype, gradients are
   reduce-scattered in fp32 onto the fp32 shards the optimizer steps.
-- deepspeed: the engine's bf16 mode (`"bf16": {"enabled": true}`, aster.train.ds_engine) casts
+- deepspeed: the engine's bf16 mode (`"bf16": {"enabled": true}`, strategy/deepspeed.py) casts
   the module to bf16 and keeps fp32 master partitions and fp32 optimizer state.
 
 The log-prob kernels (aster.kernels.token_logprobs) get compute-dtype hidden states and lm_head

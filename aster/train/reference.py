@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import logging
 
-from aster.errors import AsterUserError
-
 log = logging.getLogger("aster")
 
 
 def check_reference_policy(cfg) -> None:
     """One-line error, before anything loads, for a KL penalty the strategy cannot shard."""
-    dist = cfg.distributed
-    if cfg.rl.kl_coef and dist.strategy == "deepspeed" and dist.zero_stage == 3:
-        raise AsterUserError(f"rl.kl_coef={cfg.rl.kl_coef} needs a reference policy, which aster "
-                             "shards with fsdp2 but not with DeepSpeed ZeRO-3; use "
-                             "distributed.strategy=fsdp2, or distributed.zero_stage=1 or 2 "
-                             "(full parameters on every rank, as the policy has)")
+    from aster.train.strategy import strategy_class
+
+    strategy_class(cfg.distributed.strategy).check_config(cfg)
 
 
 def build_reference_policy(ctx):
@@ -32,7 +27,6 @@ def build_reference_policy(ctx):
     trainable parameters, and has nothing to synchronise for one)."""
     from aster.algo import PolicyForward
     from aster.train.common import load_policy
-    from aster.train.parallel import apply_parallelism, resolve_strategy
 
     check_reference_policy(ctx.cfg)
     model, _ = load_policy(ctx.model_dir, ctx.cfg.model, ctx.backend)
@@ -41,10 +35,7 @@ def build_reference_policy(ctx):
     # memory in bf16) and its log-probs are computed exactly as the policy's are
     model.to(ctx.compute_dtype).eval()
     policy = PolicyForward(model, ctx.backend.kernel_impl, ctx.compute_dtype)
-    strategy = resolve_strategy(ctx.cfg.distributed.strategy, ctx.dist.world_size)
-    if strategy == "fsdp2" and ctx.dist.world_size > 1:
-        policy, _ = apply_parallelism(policy, ctx.backend, ctx.cfg.distributed,
-                                      ctx.compute_dtype)
+    policy = ctx.strategy.wrap_reference(policy)
     log.info("rl.kl_coef=%s: reference policy loaded from %s (%s)", ctx.cfg.rl.kl_coef,
-             ctx.model_dir, strategy)
+             ctx.model_dir, ctx.strategy.name)
     return policy.eval()

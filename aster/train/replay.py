@@ -76,13 +76,10 @@ def record_path(run_dir, stage: str, step: int) -> Path:
 def check_rollout_dirs(cfg) -> None:
     """One-line errors for dump / replay directories that cannot be used (called before the
     run directory is created)."""
-    rl, dist = cfg.rl, cfg.distributed
-    if (rl.dump_rollouts_dir or rl.replay_rollouts_dir) and dist.strategy == "deepspeed" \
-            and dist.zero_stage == 3:
-        # ZeRO-3 leaves each rank a partition of every parameter: the step record's weight
-        # checksums would read placeholders and agree vacuously
-        raise ReplayError("rollout dump/replay records need full parameters on every rank; "
-                          "use distributed.zero_stage=1 or 2, or distributed.strategy=fsdp2")
+    from aster.train.strategy import strategy_class
+
+    rl = cfg.rl
+    strategy_class(cfg.distributed.strategy).check_config(cfg)  # what the strategy cannot do
     if rl.dump_rollouts_dir and Path(rl.dump_rollouts_dir).exists() \
             and not Path(rl.dump_rollouts_dir).is_dir():
         raise ReplayError(f"--dump-rollouts {rl.dump_rollouts_dir}: exists and is not a "

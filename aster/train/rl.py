@@ -32,7 +32,7 @@ from aster.train.replay import finish_step, step_rollouts
 from aster.train.rl_batches import micro_batches, plan_step, to_origin
 from aster.train.rollout_wait import wait_for_rollouts
 from aster.train.rollouts import push_weights, trajectory_stats
-from aster.train.sft import _resume
+from aster.train.stage import resume_stage
 
 log = logging.getLogger("aster")
 
@@ -67,6 +67,23 @@ def prepare_stage(ctx, stage_cfg) -> None:
         from aster.train.reference import build_reference_policy
 
         ctx.ref_policy = build_reference_policy(ctx)
+
+
+def start_rl_stage(ctx, stage: str, stage_cfg, total_steps: int, *, optimizer=None,
+                   weight_decay: float | None = None, warmup_steps: int | None = None):
+    """The whole set-up of an RL stage, the one sequence the trainer, tests and benches use:
+    its objective, penalties and reference policy (prepare_stage), AdamW from rl.* (or
+    `optimizer`), the constant schedule after warmup, the Updater and the resume. Returns
+    (first step to run, last good checkpoint, optimizer, scheduler)."""
+    rl = ctx.cfg.rl
+    prepare_stage(ctx, stage_cfg)
+    if optimizer is None:
+        optimizer = build_optimizer(ctx.policy, rl.lr,
+                                    rl.weight_decay if weight_decay is None else weight_decay)
+    warmup = rl.warmup_steps if warmup_steps is None else warmup_steps
+    scheduler = build_scheduler(optimizer, total_steps, warmup, "constant")
+    start, last_good = resume_stage(ctx, stage, optimizer, scheduler)
+    return start, last_good, optimizer, scheduler
 
 
 def old_logprobs(ctx, plan, temperature: float, with_entropy: bool, policy=None):
@@ -118,7 +135,7 @@ def _store(out: dict, flat, mb, keys, plan) -> None:
 def policy_update(ctx, plan, old_lp, where, last_good, ref_lp=None):
     """ppo_epochs x the plan's mini batches x their micro batches of ctx.objective
     (+ ctx.penalties); one optimizer step per mini batch through ctx.updater (the stage's
-    optimizer and schedule under the parallel strategy, built by `_resume`). `old_lp`: the old
+    optimizer and schedule under the parallel strategy, built by `start_rl_stage`). `old_lp`: the old
     policy's log-probs by key, or None on-policy (exactly one update: the update's own
     log-probs, detached, are the old ones). `ref_lp`: the reference policy's (rl.kl_coef > 0).
     Returns (the loss, grad norm and every metric the objective reports, averaged over the
@@ -302,10 +319,7 @@ def run_rl_stage(ctx, engine, prompts: list[dict], stage: str, stage_cfg) -> dic
     the per-prompt rollout records (run_dir/rollouts/<stage>.jsonl) that the filter reads."""
     rl, dist = ctx.cfg.rl, ctx.dist
     total = stage_total_steps(len(prompts), rl, stage_cfg)
-    prepare_stage(ctx, stage_cfg)
-    optimizer = build_optimizer(ctx.policy, rl.lr, rl.weight_decay)
-    scheduler = build_scheduler(optimizer, total, rl.warmup_steps, "constant")
-    start, last_good = _resume(ctx, stage, optimizer, scheduler)
+    start, last_good, optimizer, scheduler = start_rl_stage(ctx, stage, stage_cfg, total)
     records_path = ctx.run_dir / "rollouts" / f"{stage}.jsonl"
     _truncate_records(records_path, start, dist.is_main)
     monitor = CollapseMonitor(rl.collapse_monitor)

@@ -153,34 +153,27 @@ def sleep_engine(engine) -> bool:
 
 
 def engine_weights(ctx) -> dict:
-    """The trained weights as the engine takes them: in full (sharded ones gathered; a
-    collective when sharded) and in the compute dtype (the masters are fp32)."""
-    from aster.rollout.engine import state_dict_of
-    from aster.train.ds_engine import is_partitioned
-    from aster.train.parallel import full_state_dict
-    from aster.train.precision import cast_state
+    """The trained weights as the engine takes them: in full (sharded ones gathered one tensor
+    at a time; a collective when sharded) and in the compute dtype (the masters are fp32)."""
+    return {name: tensor for bucket in ctx.strategy.weight_buckets(WHOLE, ctx.hf_model)
+            for name, tensor in bucket}
 
-    if ctx.dist.world_size > 1 or is_partitioned(ctx.hf_model):  # ZeRO-3 even on one rank
-        weights = full_state_dict(ctx.hf_model, cpu_offload=False)
-    else:
-        weights = state_dict_of(ctx.hf_model)
-    return cast_state(weights, ctx.compute_dtype)
+
+WHOLE = 2 ** 62  # a bucket size no model reaches: one bucket
 
 
 def push_weights(ctx, engine) -> None:
     """Stream the trained weights into the engine in the order its memory allows: the
     training allocator's cached blocks released, the engine's weights woken alone (its KV
     cache still asleep), the weights sent one bucket at a time (`rollout.weight_bucket_mb`,
-    compute dtype, each tensor made full on its own: aster.train.weight_stream), each bucket
+    compute dtype, each tensor made full on its own by the strategy), each bucket
     dropped once loaded, the cache released again, and only then the KV cache woken. At no
     point does a full copy of the weights sit beside the engine. Collective when sharded."""
-    from aster.train.weight_stream import iter_weight_buckets
-
     bucket_bytes = ctx.cfg.rollout.weight_bucket_mb * 2**20
     if engine.supports_sleep:
         ctx.backend.empty_cache()  # the update's blocks, before the engine maps its weights
     engine.begin_push()  # wakes the weights alone; a no-op wake when awake
-    for bucket in iter_weight_buckets(ctx.hf_model, bucket_bytes, ctx.compute_dtype):
+    for bucket in ctx.strategy.weight_buckets(bucket_bytes, ctx.hf_model):
         engine.push_bucket(bucket)
         bucket.clear()  # the generator's own reference goes when it resumes
     engine.end_push()

@@ -11,14 +11,15 @@ import time
 import torch
 
 from aster.algo.packing import build_rows, use_packing
-from aster.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from aster.train.common import build_optimizer, build_scheduler, build_updater
+from aster.train.checkpoint import save_checkpoint
+from aster.train.common import build_optimizer, build_scheduler
 from aster.train.sft_encoding import (  # noqa: F401 (the trainer's public encoding API)
     Encoded,
     encode_conversation,
     encode_dataset,
     encode_segments,
 )
+from aster.train.stage import resume_stage
 
 log = logging.getLogger("aster")
 
@@ -87,7 +88,7 @@ def run_sft(ctx, data: list[Encoded], num_dropped: int = 0) -> dict:
     optimizer = build_optimizer(ctx.policy, cfg.lr, cfg.weight_decay, cfg.adam_betas)
     scheduler = build_scheduler(optimizer, total, int(cfg.warmup_ratio * total),
                                 cfg.lr_schedule)
-    start, last_good = _resume(ctx, "sft", optimizer, scheduler)
+    start, last_good = resume_stage(ctx, "sft", optimizer, scheduler)
     updater = ctx.updater
     save_every = cfg.save_every_steps or per_epoch
     pad_id = ctx.tokenizer.pad_token_id or 0
@@ -120,19 +121,3 @@ def run_sft(ctx, data: list[Encoded], num_dropped: int = 0) -> dict:
                                             keep_last=ctx.cfg.checkpoint.keep_last,
                                             is_main=dist.is_main))
     return metrics
-
-
-def _resume(ctx, stage: str, optimizer, scheduler) -> tuple[int, str | None]:
-    """Set up the stage's training state and load its latest checkpoint: builds ctx.updater
-    (backward / clip / step under the parallel strategy; with distributed.strategy=deepspeed
-    this makes the engine ctx.policy). Returns (first step to run, last good checkpoint)."""
-    section = ctx.cfg.sft if stage == "sft" else ctx.cfg.rl
-    ctx.updater = build_updater(ctx, optimizer, scheduler, section.max_grad_norm)
-    ckpt = latest_checkpoint(ctx.ckpt_dir(stage))
-    if ckpt is None:
-        ctx.writer.truncate_after(stage, 0)  # records of a crashed first attempt
-        return 0, None
-    meta = load_checkpoint(ckpt, model=ctx.policy, optimizer=optimizer, scheduler=scheduler)
-    ctx.writer.truncate_after(stage, meta["step"])
-    log.info("%s: resumed from %s (step %d)", stage, ckpt, meta["step"])
-    return meta["step"], str(ckpt)

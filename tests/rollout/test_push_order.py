@@ -14,10 +14,12 @@ import pytest
 import torch
 from torch import nn
 
-from aster.backend import DistInfo
+from aster.backend import DistInfo, select_backend
 from aster.rollout.config import RolloutConfig
 from aster.rollout.engine import SamplingParams
 from aster.train import rollouts
+from aster.train.config import DistributedConfig
+from aster.train.strategy import build_strategy
 from tests.rollout.standin_vllm import LiveBytes, install
 
 BUCKET_MB = 1
@@ -50,7 +52,9 @@ def _setup(monkeypatch, on_start=None):
     engine = VLLMEngine("stand-in", dtype="bfloat16", enable_sleep_mode=True)
     ctx = types.SimpleNamespace(cfg=types.SimpleNamespace(
         rollout=RolloutConfig(weight_bucket_mb=BUCKET_MB)), hf_model=model,
-        backend=RecordingBackend(events), compute_dtype=torch.bfloat16, dist=DistInfo())
+        backend=RecordingBackend(events), compute_dtype=torch.bfloat16, dist=DistInfo(),
+        strategy=build_strategy(DistributedConfig(strategy="none"), select_backend("cpu"),
+                                torch.bfloat16))
     return engine, ctx, events
 
 

@@ -64,6 +64,7 @@ def main(out_dir: str) -> dict:
     from aster.rollout import build_engine
     from aster.tiny_model import build_tiny_model
     from aster.train.rollouts import push_weights, run_max_model_len
+    from aster.train.strategy import build_strategy
     from tests.rollout.agreement import agreement, perturb, prompts_for
 
     backend = select_backend("cpu", engine="vllm")
@@ -87,8 +88,9 @@ def main(out_dir: str) -> dict:
     perturb(model, seed=11)  # the same update on every rank, as after a data-parallel step
     start = time.perf_counter()
     cfg.rollout.weight_bucket_mb = 1  # several buckets
+    strategy = build_strategy(cfg.distributed, backend, torch.float32)
     push_weights(SimpleNamespace(dist=info, hf_model=model, backend=backend, cfg=cfg,
-                                 compute_dtype=torch.float32), engine)
+                                 compute_dtype=torch.float32, strategy=strategy), engine)
     result["push_weights_s"] = time.perf_counter() - start
     result["after"] = agreement(engine, model, prompts, seed=info.rank)
     result["after_vs_old_weights"] = agreement(engine, stale, prompts, seed=info.rank)

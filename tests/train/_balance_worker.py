@@ -50,11 +50,9 @@ def run(backend, rank: int, world: int, out: Path, model_dir: str) -> None:
     from aster.algo import shard_for_rank
     from aster.config import load_config
     from aster.metrics import MetricsWriter
-    from aster.train.common import build_scheduler
-    from aster.train.parallel import full_state_dict
     from aster.train.pipeline import make_context
-    from aster.train.rl import learn_from_rollouts, prepare_stage
-    from aster.train.sft import _resume
+    from aster.train.rl import learn_from_rollouts, start_rl_stage
+    from aster.train.strategy import full_state_dict
 
     out.mkdir(parents=True, exist_ok=True)
     strategy = "none" if world == 1 else "fsdp2"
@@ -64,8 +62,7 @@ def run(backend, rank: int, world: int, out: Path, model_dir: str) -> None:
     # plain SGD (lr 20: the 2nd epoch clips): weights linear in the gradient, where AdamW's
     # near-sign first step turns reduction-order noise in near-zero elements into lr-sized moves
     optimizer = torch.optim.SGD(ctx.policy.parameters(), lr=cfg.rl.lr)
-    _resume(ctx, "rl", optimizer, build_scheduler(optimizer, 10, 0, "constant"))
-    prepare_stage(ctx, cfg.rl.stage1)
+    start_rl_stage(ctx, "rl", cfg.rl.stage1, 10, optimizer=optimizer, warmup_steps=0)
     everything = trajectories(ctx.hf_model.config.vocab_size)
     mine = [everything[GROUP * p + g] for p in shard_for_rank(list(range(PROMPTS)), rank, world)
             for g in range(GROUP)]

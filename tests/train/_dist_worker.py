@@ -114,21 +114,16 @@ def run_rl(strategy, backend, rank, world, out, model_dir, extra=()):
     from aster.config import load_config
     from aster.errors import AsterUserError
     from aster.metrics import MetricsWriter
-    from aster.train.common import build_optimizer, build_scheduler
-    from aster.train.parallel import full_state_dict
     from aster.train.pipeline import make_context
-    from aster.train.rl import learn_from_rollouts, prepare_stage
-    from aster.train.sft import _resume
+    from aster.train.rl import learn_from_rollouts, start_rl_stage
+    from aster.train.strategy import full_state_dict
 
     out.mkdir(parents=True, exist_ok=True)
     cfg = load_config(None, [*overrides(strategy, out), *RL, *extra])
     ctx = make_context(cfg, backend, model_dir, out,
                        MetricsWriter(out, is_main=rank == 0, tensorboard=False))
-    optimizer = build_optimizer(ctx.policy, cfg.rl.lr, cfg.rl.weight_decay)
-    scheduler = build_scheduler(optimizer, 10, 0, "constant")
-    _resume(ctx, "rl", optimizer, scheduler)
     try:
-        prepare_stage(ctx, cfg.rl.stage1)
+        start_rl_stage(ctx, "rl", cfg.rl.stage1, 10, warmup_steps=0)
     except AsterUserError as exc:
         if rank == 0:
             (out / "result.json").write_text(json.dumps({"refused": str(exc)}))
@@ -153,8 +148,8 @@ def run_nan(strategy, backend, rank, out, model_dir, kind):
     from aster.train import sft
     from aster.train.checkpoint import list_checkpoints
     from aster.train.common import TrainingDivergedError
-    from aster.train.parallel import full_state_dict
     from aster.train.pipeline import make_context
+    from aster.train.strategy import full_state_dict
 
     out.mkdir(parents=True, exist_ok=True)
     cfg = load_config(None, [*overrides(strategy, out), "sft.save_every_steps=1"])
@@ -198,8 +193,8 @@ PRECISION = ["sft.lr=1e-6", "sft.epochs=5", "sft.global_batch_size=4", "sft.warm
 def master_weights(ctx) -> dict:
     """The fp32 master weights the optimizer steps, in full (collective): the parameters
     under none / ddp / fsdp2, DeepSpeed's fp32 partitions under its bf16 mode."""
-    from aster.train.ds_engine import is_engine
-    from aster.train.parallel import full_state_dict
+    from aster.train.strategy import full_state_dict
+    from aster.train.strategy.deepspeed import is_engine
 
     if not is_engine(ctx.policy):
         return {k: v.clone() for k, v in full_state_dict(ctx.policy).items()}
@@ -214,9 +209,9 @@ def run_precision(strategy, backend, rank, out, model_dir, dtype="bfloat16"):
     and what the module computed in (compute.json)."""
     from aster.config import load_config
     from aster.metrics import MetricsWriter
-    from aster.train.parallel import unwrap
     from aster.train.pipeline import make_context
     from aster.train.sft import encode_dataset, run_sft
+    from aster.train.strategy import unwrap
 
     out.mkdir(parents=True, exist_ok=True)
     cfg = load_config(None, [*overrides(strategy, out), *PRECISION, f"model.dtype={dtype}"])
@@ -240,9 +235,9 @@ def run_one(strategy, backend, rank, out, model_dir):
     from aster.metrics import MetricsWriter, read_metrics
     from aster.train.checkpoint import load_checkpoint, save_checkpoint
     from aster.train.common import save_hf_model
-    from aster.train.parallel import full_state_dict
     from aster.train.pipeline import make_context
     from aster.train.sft import encode_dataset, run_sft
+    from aster.train.strategy import full_state_dict
 
     out.mkdir(parents=True, exist_ok=True)
     cfg = load_config(None, overrides(strategy, out))
@@ -314,7 +309,7 @@ def main(port, out_dir, model_dir, strategies):
     run_precision("none", backend, 0, Path(out_dir) / "reference" / "fp32", model_dir, "float32")
     print(f"reference: {time.perf_counter() - t0:.1f}s", flush=True)
     if any(s.startswith("deepspeed") for s in strategies):
-        from aster.train.ds_engine import import_deepspeed
+        from aster.train.strategy.deepspeed import import_deepspeed
 
         import_deepspeed(select_backend("cpu"))  # imported once, inherited by the ranks
         with contextlib.suppress(ImportError):  # initialize() imports it lazily (seconds)

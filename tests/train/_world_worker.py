@@ -98,14 +98,13 @@ def run(backend, rank: int, world: int, out: Path, model_dir: str, prompts: list
     from aster.config import load_config
     from aster.metrics import MetricsWriter, read_metrics
     from aster.train.checkpoint import latest_checkpoint, load_checkpoint
-    from aster.train.common import build_optimizer, build_scheduler
-    from aster.train.parallel import full_state_dict
     from aster.train.pipeline import make_context, prepare_run_dir
     from aster.train.replay import _token_quantities
-    from aster.train.rl import _append_records, learn_from_rollouts, prepare_stage
+    from aster.train.rl import _append_records, learn_from_rollouts, start_rl_stage
     from aster.train.rollout_wait import wait_for_rollouts
     from aster.train.rollouts import trajectory_stats
-    from aster.train.sft import _resume, encode_dataset, run_sft
+    from aster.train.sft import encode_dataset, run_sft
+    from aster.train.strategy import full_state_dict
 
     strategy = "none" if world == 1 else "fsdp2"
     cfg = load_config(None, [*OVERRIDES, f"distributed.strategy={strategy}"])
@@ -119,9 +118,7 @@ def run(backend, rank: int, world: int, out: Path, model_dir: str, prompts: list
     upd = ctx.updater
     load_checkpoint(latest_checkpoint(ctx.ckpt_dir("sft")), model=ctx.policy,
                     optimizer=upd.optimizer, scheduler=upd.scheduler)
-    optimizer = build_optimizer(ctx.policy, cfg.rl.lr, cfg.rl.weight_decay)
-    _resume(ctx, "rl", optimizer, build_scheduler(optimizer, 10, 0, "constant"))
-    prepare_stage(ctx, cfg.rl.stage1)  # the stage's objective (rl.loss) on ctx
+    start_rl_stage(ctx, "rl", cfg.rl.stage1, 10, warmup_steps=0)  # objective, optimizer
     everything = trajectories(ctx.hf_model.config.vocab_size)
     mine = [everything[GROUP * p + g] for p in prompts for g in range(GROUP)]
     # the wait after rollouts: its own gloo group beside the device-only collective

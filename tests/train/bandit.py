@@ -49,8 +49,7 @@ def bandit_context(model, overrides=(), model_dir=None) -> TrainContext:
     cfg = load_config(None, [*CONFIG, *overrides])
     backend = select_backend("cpu", kernel_impl="chunked", engine="hf")
     ctx = TrainContext(cfg, backend, PolicyForward(model, backend.kernel_impl), model,
-                       _PadOnly(), run_dir=".", writer=None)
-    ctx.model_dir = model_dir
+                       _PadOnly(), run_dir=".", writer=None, model_dir=model_dir)
     prepare_stage(ctx, cfg.rl.stage1)
     optimizer = build_optimizer(ctx.policy, cfg.rl.lr, cfg.rl.weight_decay)
     ctx.updater = build_updater(ctx, optimizer, build_scheduler(optimizer, 100, 0),

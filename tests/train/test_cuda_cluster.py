@@ -83,10 +83,9 @@ def _masters(ctx) -> dict:
 def test_bf16_sft_and_grpo_steps_keep_fp32_masters(nccl_backend, tiny_model_dir, tmp_path,
                                                    strategy):
     from aster.metrics import read_metrics
-    from aster.train.common import build_optimizer, build_scheduler
-    from aster.train.rl import learn_from_rollouts, prepare_stage
+    from aster.train.rl import learn_from_rollouts, start_rl_stage
     from aster.train.rollouts import engine_weights
-    from aster.train.sft import _resume, encode_dataset, run_sft
+    from aster.train.sft import encode_dataset, run_sft
 
     if strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
         pytest.skip("deepspeed is not installed")
@@ -99,9 +98,7 @@ def test_bf16_sft_and_grpo_steps_keep_fp32_masters(nccl_backend, tiny_model_dir,
     assert {v.dtype for v in _masters(ctx).values()} == {torch.float32}
     assert {v.dtype for v in engine_weights(ctx).values()} == {torch.bfloat16}
     ctx = _context(nccl_backend, tiny_model_dir, tmp_path / "rl", strategy)  # a stage's own
-    optimizer = build_optimizer(ctx.policy, ctx.cfg.rl.lr, 0.0)
-    _resume(ctx, "rl", optimizer, build_scheduler(optimizer, 10, 0, "constant"))
-    prepare_stage(ctx, ctx.cfg.rl.stage1)  # the objective (rl.loss) and penalties on ctx
+    start_rl_stage(ctx, "rl", ctx.cfg.rl.stage1, 10, weight_decay=0.0, warmup_steps=0)
     before = _masters(ctx)
     trajs = trajectories(ctx.hf_model.config.vocab_size)
     t0 = time.perf_counter()
@@ -127,18 +124,18 @@ def test_bf16_sft_and_grpo_steps_keep_fp32_masters(nccl_backend, tiny_model_dir,
 
 def test_fsdp2_mixed_precision_on_one_rank(nccl_backend, tiny_model_dir):
     """fully_shard with MixedPrecisionPolicy(bf16, reduce fp32) over fp32 shards (the one-rank
-    mesh apply_parallelism skips, built here through the same function)."""
+    mesh build_strategy skips, built here through the same function)."""
     from torch.distributed.tensor import DTensor
 
     from aster.algo import PolicyForward, build_micro_batch, policy_logprobs
     from aster.config import load_config
     from aster.train.common import load_policy
-    from aster.train.parallel import _fsdp2
+    from aster.train.strategy.fsdp2 import shard
 
     cfg = load_config(None, BF16_SFT)
     model, _ = load_policy(str(tiny_model_dir), cfg.model, nccl_backend)
-    policy = _fsdp2(PolicyForward(model, nccl_backend.kernel_impl, torch.bfloat16),
-                    nccl_backend, cfg.distributed, torch.bfloat16)
+    policy = shard(PolicyForward(model, nccl_backend.kernel_impl, torch.bfloat16),
+                   nccl_backend, cfg.distributed, torch.bfloat16)
     params = list(policy.parameters())
     assert all(isinstance(p, DTensor) and p.dtype == torch.float32 for p in params)
     mb = build_micro_batch([[5, 6, 7]], [[8, 9, 10, 11]], [[1, 1, 0, 1]], device="cuda")

@@ -8,7 +8,7 @@ import torch
 
 from aster.config import load_config
 from aster.errors import AsterUserError, CapabilityError, ConfigError
-from aster.train.ds_engine import deepspeed_config
+from aster.train.strategy.deepspeed import deepspeed_config
 
 
 def _dist(*overrides):

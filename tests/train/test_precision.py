@@ -74,6 +74,7 @@ def test_bf16_compute_moves_the_master_weights_as_fp32_does(runs):
 def test_masters_fp32_checkpoint_fp32_exports_in_the_compute_dtype(runs, tmp_path):
     from safetensors.torch import load_file
 
+    from aster.train.checkpoint import full_checkpoint_state
     from aster.train.common import save_hf_model
     from aster.train.rollouts import engine_weights
 
@@ -81,8 +82,7 @@ def test_masters_fp32_checkpoint_fp32_exports_in_the_compute_dtype(runs, tmp_pat
     masters = dict(ctx.policy.named_parameters())
     assert ctx.compute_dtype == torch.bfloat16
     assert {p.dtype for p in masters.values()} == {torch.float32}
-    state = torch.load(next((run_dir / "checkpoints" / "sft").glob("step-*")) / "state.pt",
-                       weights_only=False)
+    state = full_checkpoint_state(next((run_dir / "checkpoints" / "sft").glob("step-*")))
     assert {t.dtype for t in state["model"].values()} == {torch.float32}
     for name, value in state["model"].items():  # the checkpoint holds the masters themselves
         assert torch.equal(value, masters[name].detach()), name

@@ -54,18 +54,15 @@ def rl_context(model_dir, run_dir, *overrides):
     """A trainer context for RL stage 1 (objective, Updater) from `model_dir`, stepping with
     plain SGD: the weights move linearly in the gradient (AdamW's near-sign first step would
     turn fp32 summation-order noise in near-zero gradient elements into lr-sized moves)."""
-    from aster.train.common import build_scheduler
     from aster.train.pipeline import make_context
-    from aster.train.rl import prepare_stage
-    from aster.train.sft import _resume
+    from aster.train.rl import start_rl_stage
 
     cfg = load_config(None, [*BASE, *overrides])
     backend = select_backend("cpu", kernel_impl="chunked", engine="hf")
     ctx = make_context(cfg, backend, str(model_dir), run_dir,
                        MetricsWriter(run_dir, tensorboard=False))
     optimizer = torch.optim.SGD(ctx.policy.parameters(), lr=cfg.rl.lr)
-    _resume(ctx, "rl", optimizer, build_scheduler(optimizer, 10, 0, "constant"))
-    prepare_stage(ctx, cfg.rl.stage1)
+    start_rl_stage(ctx, "rl", cfg.rl.stage1, 10, optimizer=optimizer, warmup_steps=0)
     return ctx
 
 

@@ -17,14 +17,15 @@ from pathlib import Path
 import torch
 
 from aster.errors import AsterUserError, CapabilityError
-from aster.train.common import Updater, diverged_error
+from aster.train.strategy import Strategy, unwrap
+from aster.train.update import Updater, diverged_error
 
 log = logging.getLogger("aster")
 
 # Keys aster derives from its own config; a user's DeepSpeed JSON may not set them.
 OWNED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
               "gradient_clipping", "optimizer", "scheduler")
-ENGINE_TAG = "deepspeed"  # the engine's checkpoint sub-directory inside step-<N>/
+ENGINE_TAG = "deepspeed"  # the engine's checkpoint sub-directory inside step-<N>/ (its tag)
 
 
 def import_deepspeed(backend):
@@ -113,8 +114,6 @@ def ensure_process_group(backend) -> None:
 
 
 def _output_weight(policy) -> torch.nn.Parameter:
-    from aster.train.parallel import unwrap
-
     return unwrap(policy).model.get_output_embeddings().weight
 
 
@@ -205,3 +204,72 @@ def load_engine(engine, directory: Path) -> None:
     if loaded is None:
         raise AsterUserError(f"{directory}: no DeepSpeed checkpoint under {ENGINE_TAG}/; resume "
                              "with the distributed.strategy and world size that wrote it")
+
+
+class DeepSpeedStrategy(Strategy):
+    """DeepSpeed ZeRO: the engine is built with the optimizer and schedule (the Updater), its
+    bf16 mode casts the module and keeps fp32 master partitions; checkpoints are the engine's
+    own sharded files (resume with the world size that wrote them)."""
+
+    name = "deepspeed"
+    checkpoint_format = ENGINE_TAG
+    single_rank_as_none = False  # ZeRO on one rank is still the engine (its offload, its format)
+
+    def _wrap(self, policy):
+        import_deepspeed(self.backend)
+        check_dtype(self.compute_dtype or next(policy.parameters()).dtype)
+        return policy  # the engine needs the optimizer: updater() builds it
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        if cfg.distributed.zero_stage != 3:
+            return
+        if cfg.rl.dump_rollouts_dir or cfg.rl.replay_rollouts_dir:
+            # ZeRO-3 leaves each rank a partition of every parameter: the step record's weight
+            # checksums would read placeholders and agree vacuously
+            raise AsterUserError("rollout dump/replay records need full parameters on every "
+                                 "rank; use distributed.zero_stage=1 or 2, or "
+                                 "distributed.strategy=fsdp2")
+        if cfg.rl.kl_coef:
+            raise AsterUserError(
+                f"rl.kl_coef={cfg.rl.kl_coef} needs a reference policy, which aster shards "
+                "with fsdp2 but not with DeepSpeed ZeRO-3; use distributed.strategy=fsdp2, or "
+                "distributed.zero_stage=1 or 2 (full parameters on every rank, as the policy "
+                "has)")
+
+    @classmethod
+    def owns(cls, model) -> bool:
+        return is_engine(model) or is_partitioned(model)
+
+    def updater(self, ctx, optimizer, scheduler, max_grad_norm: float):
+        return DeepSpeedUpdater(ctx, optimizer, scheduler, max_grad_norm)
+
+    @classmethod
+    def gather_state(cls, model, cpu_offload: bool = True) -> dict:
+        model = unwrap(model) if is_engine(model) else model
+        if is_partitioned(model):
+            return gathered_state_dict(model, cpu=cpu_offload)
+        return Strategy.gather_state(model, cpu_offload)
+
+    def full_tensors(self, model):
+        """ZeRO-3: one parameter gathered at a time (a copy, as the partition is released
+        when the gather ends); stages 1 and 2 hold every parameter on every rank."""
+        if not is_partitioned(unwrap(model)):
+            yield from super().full_tensors(unwrap(model))
+            return
+        import deepspeed
+
+        for name, tensor in unwrap(model).state_dict(keep_vars=True).items():
+            if hasattr(tensor, "ds_id"):
+                with deepspeed.zero.GatheredParameters([tensor], modifier_rank=None):
+                    yield name, tensor.detach().clone()
+            else:
+                yield name, tensor.detach()
+
+    @classmethod
+    def save_state(cls, model, optimizer, directory: Path) -> None:
+        save_engine(model, directory.parent)  # the engine writes <step dir>/<ENGINE_TAG>/
+
+    @classmethod
+    def load_state(cls, model, optimizer, directory: Path) -> None:
+        load_engine(model, directory.parent)
