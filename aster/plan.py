@@ -340,7 +340,7 @@ def rollout_phase(name: str, cfg, shape, node, strategy, context: int) -> Phase:
 
 def build_plan(cfg, gpus: int, gpu_memory_gb: float, kernel_impl: str = "triton") -> Plan:
     """The per-device plan of every phase the config's stages run, on `gpus` devices."""
-    from aster.train.parallel import resolve_strategy
+    from aster.train.strategy import resolve_strategy
 
     shape, node = model_shape(cfg.model), Node(gpus, gpu_memory_gb * GiB)
     strategy = resolve_strategy(cfg.distributed.strategy, gpus)

@@ -46,14 +46,18 @@ def streamed_push(engine, model, prompts) -> dict:
     the engine must then sample as the new weights do."""
     import torch
 
-    from aster.train.weight_stream import iter_weight_buckets
+    from aster.backend import select_backend
+    from aster.train.config import DistributedConfig
+    from aster.train.strategy import build_strategy
     from tests.rollout.agreement import agreement, perturb
 
     before = {k: v.clone() for k, v in model.state_dict().items()}
     perturb(model, seed=12)
     buckets = 0
     engine.begin_push()
-    for bucket in iter_weight_buckets(model, 16 * 1024, torch.float32):
+    strategy = build_strategy(DistributedConfig(strategy="none"), select_backend("cpu"),
+                              torch.float32)
+    for bucket in strategy.weight_buckets(16 * 1024, model):
         engine.push_bucket(bucket)
         bucket.clear()
         buckets += 1

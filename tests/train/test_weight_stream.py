@@ -1,4 +1,4 @@
-"""iter_weight_buckets: the trained weights as compute-dtype buckets, one tensor made full at a
+"""Strategy.weight_buckets (what the weight push streams): the trained weights as compute-dtype buckets, one tensor made full at a
 time. On 2 gloo ranks under FSDP2 (DTensor shards): every rank gets exactly the full weights
 cast to bf16, and the bytes it allocates while streaming stay within one bucket plus the
 largest tensor in fp32 and bf16; never a full copy."""
@@ -11,7 +11,9 @@ import os
 import torch
 from torch import nn
 
-from aster.train.weight_stream import iter_weight_buckets
+from aster.backend import select_backend
+from aster.train.config import DistributedConfig
+from aster.train.strategy import strategy_class
 from tests.rollout.standin_vllm import LiveBytes
 from tests.train.ranks import fork_ranks, free_port
 
@@ -27,6 +29,14 @@ class Model(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(256, 256, bias=False) for _ in range(16))
 
 
+def buckets_of(model, kind: str = "none"):
+    # the class itself: build_strategy would resolve fsdp2 to none in a process whose backend
+    # was not the one that made the process group
+    strategy = strategy_class(kind)(select_backend("cpu"), DistributedConfig(strategy=kind),
+                                    torch.bfloat16)
+    return strategy.weight_buckets(BUCKET, model)
+
+
 def _check(got: dict, reference: dict) -> None:
     assert set(got) == set(reference)
     for name, full in reference.items():
@@ -38,13 +48,13 @@ def test_one_process_streams_casts_without_a_full_copy():
     reference = {k: v.clone() for k, v in model.state_dict().items()}
     buckets = []
     with LiveBytes() as live:
-        for bucket in iter_weight_buckets(model, BUCKET, torch.bfloat16):
+        for bucket in buckets_of(model):
             buckets.append([(n, t.shape) for n, t in bucket])
             bucket.clear()
     assert len(buckets) > 4 and all(len(b) >= 1 for b in buckets)
     assert live.peak <= BUCKET + 2 * LARGEST  # no fp32 copy is made: the params are whole
     got = {}
-    for bucket in iter_weight_buckets(model, BUCKET, torch.bfloat16):
+    for bucket in buckets_of(model):
         got.update(bucket)
     _check(got, reference)
 
@@ -68,7 +78,7 @@ def _rank_main(rank, world, port, out_dir):
         assert type(model.embed.weight).__name__ == "DTensor"
         got, sizes, peak = {}, [], 0
         with LiveBytes() as live:
-            for bucket in iter_weight_buckets(model, BUCKET, torch.bfloat16):
+            for bucket in buckets_of(model, "fsdp2"):
                 sizes.append(sum(t.numel() * t.element_size() for _, t in bucket))
                 for name, tensor in bucket:
                     got[name] = tensor.tolist()  # plain lists: not tensor bytes
@@ -80,6 +90,10 @@ def _rank_main(rank, world, port, out_dir):
             json.dump({"peak": peak, "sizes": sizes, "same": same}, fh)
         tdist.destroy_process_group()
         code = 0
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
     finally:
         os._exit(code)
 
