@@ -158,12 +158,11 @@ class Plan:
 
 # ---- the terms -------------------------------------------------------------------------------
 def _shards(strategy: str, zero_stage: int, gpus: int) -> tuple[int, int, int]:
-    """How many ways (params, grads, optimizer state) are split over the devices."""
-    if strategy == "fsdp2":
-        return gpus, gpus, gpus
-    if strategy == "deepspeed":
-        return (gpus if zero_stage >= 3 else 1, gpus if zero_stage >= 2 else 1, gpus)
-    return 1, 1, 1  # none, ddp: every rank holds everything
+    """How many ways (params, grads, optimizer state) are split over the devices: the
+    strategy's own answer."""
+    from aster.train.strategy import strategy_class
+
+    return strategy_class(strategy).memory_shards(zero_stage, gpus)
 
 
 def trainer_state(shape: ModelShape, strategy: str, dist_cfg, gpus: int,
@@ -180,7 +179,7 @@ def trainer_state(shape: ModelShape, strategy: str, dist_cfg, gpus: int,
     return terms
 
 
-def working_weights(shape: ModelShape, strategy: str, dtype_bytes: int) -> float:
+def working_weights(shape: ModelShape, param_shards: int, dtype_bytes: int) -> float:
     """The compute-dtype weights a forward/backward holds beyond the masters: FSDP2 (and ZeRO-3)
     gather two layers (the current one and the prefetched next) and the root (embedding, final
     norm) in the compute dtype, plus the unsharded fp32 gradients of one layer and of the root
@@ -188,7 +187,7 @@ def working_weights(shape: ModelShape, strategy: str, dtype_bytes: int) -> float
     every weight for the forward."""
     if dtype_bytes == 4:
         return 0.0
-    if strategy in ("fsdp2", "deepspeed"):
+    if param_shards > 1:  # parameters sharded: gathered a layer at a time
         return (dtype_bytes * (2 * shape.layer_params + shape.embed_params)
                 + 4 * (shape.layer_params + shape.embed_params))
     return dtype_bytes * shape.params
@@ -250,7 +249,8 @@ def update_terms(shape: ModelShape, tokens: int, strategy: str, gpus: int, dist_
     o_shards = 1 if dist_cfg.cpu_offload else _shards(strategy, dist_cfg.zero_stage, gpus)[2]
     # AdamW runs tensor by tensor (foreach=False): a few temporaries of the largest one
     terms["optimizer step temporaries"] = 2 * 4 * shape.largest_tensor / o_shards
-    terms["compute-dtype working weights"] = working_weights(shape, strategy, dtype_bytes)
+    terms["compute-dtype working weights"] = working_weights(
+        shape, _shards(strategy, dist_cfg.zero_stage, gpus)[0], dtype_bytes)
     terms["activations"] = activations(shape, tokens, dtype_bytes, checkpointing)
     terms["log-prob kernel workspace"] = logprob_workspace(shape, tokens, dtype_bytes, impl)
     return terms

@@ -102,6 +102,12 @@ class Strategy:
     checkpoint_format = "dcp"  # aster.train.checkpoint's directory for save_state's files
     single_rank_as_none = True  # one rank has nothing to split: run as none
 
+    @staticmethod
+    def memory_shards(zero_stage: int, devices: int) -> tuple[int, int, int]:
+        """How many ways the kind splits (parameters, gradients, optimizer state) over
+        `devices`: what `aster plan` divides each by. Every rank holds everything here."""
+        return 1, 1, 1
+
     def __init__(self, backend, dist_cfg, compute_dtype):
         self.backend, self.dist_cfg, self.compute_dtype = backend, dist_cfg, compute_dtype
         self.world_size = backend.dist.world_size

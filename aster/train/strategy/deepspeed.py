@@ -211,6 +211,11 @@ class DeepSpeedStrategy(Strategy):
     bf16 mode casts the module and keeps fp32 master partitions; checkpoints are the engine's
     own sharded files (resume with the world size that wrote them)."""
 
+    @staticmethod
+    def memory_shards(zero_stage: int, devices: int) -> tuple[int, int, int]:
+        # ZeRO stage 1 shards the optimizer state, 2 also the gradients, 3 also the parameters
+        return (devices if zero_stage >= 3 else 1, devices if zero_stage >= 2 else 1, devices)
+
     name = "deepspeed"
     checkpoint_format = ENGINE_TAG
     single_rank_as_none = False  # ZeRO on one rank is still the engine (its offload, its format)

@@ -12,6 +12,10 @@ from aster.train.strategy import Strategy
 class FSDP2Strategy(Strategy):
     name = "fsdp2"
 
+    @staticmethod
+    def memory_shards(zero_stage: int, devices: int) -> tuple[int, int, int]:
+        return devices, devices, devices  # fully sharded: parameters, gradients, AdamW state
+
     def _wrap(self, policy):
         return shard(policy, self.backend, self.dist_cfg, self.compute_dtype)
 
