@@ -9,6 +9,7 @@ what the trainer recomputes with ``token_logprobs(..., temperature=temperature)`
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from abc import ABC, abstractmethod
@@ -130,6 +131,25 @@ class Engine(ABC):
         if len(params) != n:
             raise ValueError(f"got {len(params)} SamplingParams for {n} prompts")
         return params
+
+
+class SubmittingEngine(Engine):
+    """An engine that schedules requests itself on its own thread: `_submit(prompt, params)`
+    returns a concurrent Future; `agenerate` awaits one, `generate` submits all and waits."""
+
+    continuous_batching = True
+
+    def _submit(self, prompt: list[int], params: SamplingParams):
+        raise NotImplementedError
+
+    async def agenerate(self, prompt: list[int], params: SamplingParams) -> GenerationOutput:
+        """One request; it joins the running batch at the engine's next step."""
+        return await asyncio.wrap_future(self._submit(prompt, params))
+
+    def generate(self, prompts, params):
+        params = self._per_request(params, len(prompts))
+        futures = [self._submit(p, sp) for p, sp in zip(prompts, params)]
+        return [f.result() for f in futures]
 
 
 def state_dict_of(weights: Mapping[str, torch.Tensor] | torch.nn.Module) -> dict:

@@ -14,7 +14,6 @@ same tokens here as in a per-turn batch up to padding numerics.
 
 from __future__ import annotations
 
-import asyncio
 import queue
 import threading
 import time
@@ -25,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from aster.errors import CapabilityError
-from aster.rollout.engine import GenerationOutput, SamplingParams
+from aster.rollout.engine import GenerationOutput, SamplingParams, SubmittingEngine
 from aster.rollout.hf_engine import (
     GROW_TOKENS,
     GrowingLayer,
@@ -55,7 +54,7 @@ def _left_pad(t: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([pad, t], dim=-2)
 
 
-class HFStreamEngine(HFEngine):
+class HFStreamEngine(SubmittingEngine, HFEngine):
     """HFEngine whose requests join one running decode batch between steps."""
 
     continuous_batching = True
@@ -78,14 +77,6 @@ class HFStreamEngine(HFEngine):
                else self._default_gen)
         self._inbox.put((list(prompt), _Row(params, gen, done)))
         return done
-
-    async def agenerate(self, prompt: list[int], params: SamplingParams) -> GenerationOutput:
-        return await asyncio.wrap_future(self._submit(prompt, params))
-
-    def generate(self, prompts, params):
-        params = self._per_request(params, len(prompts))
-        futures = [self._submit(p, sp) for p, sp in zip(prompts, params)]
-        return [f.result() for f in futures]
 
     def close(self) -> None:
         if self._thread.is_alive():

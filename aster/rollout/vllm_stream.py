@@ -20,7 +20,6 @@ resident prefix blocks are reused instead of re-prefilled.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import queue
@@ -28,7 +27,7 @@ import time
 from concurrent.futures import Future
 
 from aster.errors import CapabilityError
-from aster.rollout.engine import GenerationOutput, SamplingParams
+from aster.rollout.engine import GenerationOutput, SamplingParams, SubmittingEngine
 from aster.rollout.vllm_engine import VLLMEngine, to_output, vllm_params
 
 log = logging.getLogger("aster")
@@ -36,7 +35,7 @@ log = logging.getLogger("aster")
 _STOP = object()  # inbox sentinel: the driver loop ends
 
 
-class VLLMStreamEngine(VLLMEngine):
+class VLLMStreamEngine(SubmittingEngine, VLLMEngine):
     """The in-process vLLM engine stepped continuously by its own thread; `agenerate` sends
     one request, `generate` a list of them (both join the running batch)."""
 
@@ -71,15 +70,6 @@ class VLLMStreamEngine(VLLMEngine):
             params = SamplingParams(**{**vars(params), "max_new_tokens": room})
         self._inbox.put(("request", (list(prompt), params), done))
         return done
-
-    async def agenerate(self, prompt: list[int], params: SamplingParams) -> GenerationOutput:
-        """One request; it joins vLLM's running batch at the next step."""
-        return await asyncio.wrap_future(self._submit(prompt, params))
-
-    def generate(self, prompts, params):
-        params = self._per_request(params, len(prompts))
-        futures = [self._submit(p, sp) for p, sp in zip(prompts, params)]
-        return [f.result() for f in futures]
 
     # ---- the engine thread ------------------------------------------------------------------
     def _drive(self) -> None:

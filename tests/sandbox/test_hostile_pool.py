@@ -13,6 +13,7 @@ import time
 import pytest
 
 from aster.sandbox import SandboxConfig, SandboxPool
+from aster.sandbox._procs import _namespace_init
 
 SLOTS = 2
 LIMIT = 8192  # max_output_chars, the shipped default
@@ -25,16 +26,6 @@ def pool():  # one per test: a cell that broke the old pool must not fail the ne
     p = SandboxPool(cfg)
     yield p
     p.close()  # must not raise whatever a session left behind
-
-
-def _namespace_init(pid: int) -> bool:
-    """pid 1 of a session's pid namespace (its `cat` init), which stays with the session."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            nspid = next((line.split()[1:] for line in fh if line.startswith("NSpid:")), [])
-    except OSError:
-        return False
-    return len(nspid) > 1 and nspid[-1] == "1"
 
 
 def _bounded(fn, seconds: float):
