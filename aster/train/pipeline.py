@@ -151,8 +151,10 @@ def _rendered_corpus(examples: list[dict]) -> list[str]:
     return texts
 
 
-def make_context(cfg, backend, model_dir: str, run_dir: Path, writer) -> TrainContext:
-    """Load the policy from `model_dir`, wrap it for parallelism; the trainers' context."""
+def make_context(cfg, backend, model_dir: str, run_dir: Path, writer,
+                 pool=None) -> TrainContext:
+    """Load the policy from `model_dir`, wrap it for parallelism; the trainers' context
+    (`pool`: the sandbox pool its rollouts use)."""
     from aster.train.precision import compute_dtype
     from aster.train.strategy import build_strategy
 
@@ -163,9 +165,9 @@ def make_context(cfg, backend, model_dir: str, run_dir: Path, writer) -> TrainCo
     policy = strategy.wrap(PolicyForward(model, backend.kernel_impl, dtype))
     log.debug("policy from %s, parallelism %s, compute dtype %s", model_dir, strategy.name,
               dtype)
-    ctx = TrainContext(cfg, backend, policy, model, tokenizer, run_dir, writer, dtype, strategy,
-                       model_dir=model_dir)
-    return ctx
+    return TrainContext(cfg=cfg, backend=backend, strategy=strategy, policy=policy,
+                        hf_model=model, tokenizer=tokenizer, run_dir=Path(run_dir),
+                        writer=writer, compute_dtype=dtype, model_dir=model_dir, pool=pool)
 
 
 def stage_model_dir(run_dir: Path, stage: str) -> Path:
@@ -330,39 +332,46 @@ def _train_stage(stage, cfg, backend, run_dir, base, data, writer, pool, engines
     """Run one training stage (resuming it), save its model, evaluate it when eval is on.
     `engines` holds the run's one rollout engine: asleep while this stage's model loads and
     trains, woken (after the training allocator's cache is freed) when weights go in."""
+    engines.idle()
+    try:
+        return _train_and_evaluate(stage, cfg, backend, run_dir, base, data, writer, pool,
+                                   engines)
+    finally:
+        release(backend)
+
+
+def _train_and_evaluate(stage, cfg, backend, run_dir, base, data, writer, pool,
+                        engines) -> dict:
+    """The stage's context (the model, its strategy) lives in this call only: once it
+    returns, the stage's model, optimizer and engine state can be collected."""
     from aster.train.common import save_hf_model
     from aster.train.rollouts import push_weights
 
     model_in = input_model_for(stage, cfg, run_dir, base)
-    engines.idle()
-    ctx = make_context(cfg, backend, model_in, run_dir, writer)
-    ctx.pool = pool
-    try:
-        if stage == "sft":
-            run_sft_stage(ctx, data)
-        else:
-            run_rl(ctx, engines.get(ctx, model_in), stage, data, run_dir)
-        out = save_hf_model(ctx.hf_model, ctx.tokenizer, stage_model_dir(run_dir, stage),
-                            ctx.dist.is_main, dtype=ctx.compute_dtype)
-        _barrier(ctx.dist)
-        log.info("%s done; model saved to %s", stage, out)
-        if "eval" not in cfg.run.stages:
-            return {}
-        engine = engines.get(ctx, str(out))
-        push_weights(ctx, engine)
-        return evaluate_stage(ctx, engine, data, stage)
-    finally:
-        release(ctx)
+    ctx = make_context(cfg, backend, model_in, run_dir, writer, pool=pool)
+    if stage == "sft":
+        run_sft_stage(ctx, data)
+    else:
+        run_rl(ctx, engines.get(ctx, model_in), stage, data, run_dir)
+    out = save_hf_model(ctx.hf_model, ctx.tokenizer, stage_model_dir(run_dir, stage),
+                        ctx.dist.is_main, dtype=ctx.compute_dtype)
+    _barrier(ctx.dist)
+    log.info("%s done; model saved to %s", stage, out)
+    if "eval" not in cfg.run.stages:
+        return {}
+    engine = engines.get(ctx, str(out))
+    push_weights(ctx, engine)
+    return evaluate_stage(ctx, engine, data, stage)
 
 
-def release(ctx) -> None:
-    """Drop a finished stage's model, optimizer and engine state, and return the training
+def release(backend) -> None:
+    """After a stage (its context gone with the call that held it): collect its model,
+    optimizer and engine state (FSDP2 modules are cyclic) and return the training
     allocator's cached memory, before the next stage loads its own."""
     import gc
 
-    ctx.policy = ctx.hf_model = ctx.updater = None
     gc.collect()
-    ctx.backend.empty_cache()
+    backend.empty_cache()
 
 
 def run_pipeline(cfg, backend, *, config_name: str | None = None, output_dir: str | None = None,
