@@ -203,16 +203,25 @@ def _calls(tree: ast.AST) -> list[tuple[int, str]]:
              getattr(n.func, "id", "")) for n in ast.walk(tree) if isinstance(n, ast.Call)]
 
 
+BUILDERS = {"open_stage", "start_sft_stage", "start_rl_stage"}
+
+
 def test_one_trainer_set_up_sequence():
     """Every trainer, test and bench sets a stage up through the public builders: the Updater
     is made only by a strategy (Strategy.updater), which only open_stage calls; no private
-    `_resume` and no `build_updater` by hand."""
+    `_resume` and no `build_updater` by hand; a builder's stage is used, never dropped (the
+    context it was built over has no Updater or objective)."""
     stage_py = ROOT / "aster" / "train" / "stage.py"
     found = []
     for path in SOURCES:
         if path == Path(__file__):
             continue
-        for line, name in _calls(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        found += [f"{path.relative_to(ROOT)}:{n.lineno}: the stage of {n.value.func.id}() "
+                  "dropped" for n in ast.walk(tree) if isinstance(n, ast.Expr)
+                  and isinstance(n.value, ast.Call) and isinstance(n.value.func, ast.Name)
+                  and n.value.func.id in BUILDERS]
+        for line, name in _calls(tree):
             where = f"{path.relative_to(ROOT)}:{line}: {name}("
             if name.endswith("_resume") or name == "build_updater":
                 found.append(where)
