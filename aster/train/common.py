@@ -113,7 +113,8 @@ def all_reduce_sum(dist_info, tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-@dataclass(frozen=True, kw_only=True)
+# eq=False: compared and hashed by identity, as one live object (its fields hold modules)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class TrainContext:
     """What a trainer needs of a loaded model and its run, built once (by
     aster.train.pipeline.make_context) and never changed: config, backend, the parallel

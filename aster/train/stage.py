@@ -17,7 +17,8 @@ from aster.train.update import Updater
 log = logging.getLogger("aster")
 
 
-@dataclass(frozen=True, kw_only=True)
+# eq=False: compared and hashed by identity, as one live object (its fields hold modules)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class TrainStage(TrainContext):
     """One stage's training state over a TrainContext. `policy` is what the stage trains
     (the strategy's engine where building the Updater makes one: DeepSpeed); `start` the
