@@ -35,6 +35,11 @@ CONFIG = ["rl.prompts_per_step=4", "rl.mini_batch_prompts=2", f"rl.group_size={G
           "distributed.strategy=none"]
 
 
+# the stages' run directory: nothing is ever written to it (no checkpoint to resume from);
+# one per process, removed at exit
+_RUN_DIR = tempfile.TemporaryDirectory(prefix="aster-bandit-")
+
+
 class _PadOnly:
     pad_token_id = 0
 
@@ -56,7 +61,7 @@ def bandit_context(model, overrides=(), model_dir=None) -> TrainStage:
     backend = select_backend("cpu", kernel_impl="chunked", engine="hf")
     ctx = TrainContext(cfg=cfg, backend=backend, policy=PolicyForward(model, backend.kernel_impl),
                        hf_model=model, tokenizer=_PadOnly(), model_dir=model_dir,
-                       run_dir=Path(tempfile.mkdtemp(prefix="aster-bandit-")),
+                       run_dir=Path(_RUN_DIR.name),
                        strategy=build_strategy(cfg.distributed, backend, torch.float32))
     return start_rl_stage(ctx, "bandit", cfg.rl.stage1, 100, warmup_steps=0)
 
