@@ -15,6 +15,8 @@ import json
 import math
 import os
 import platform
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -170,14 +172,18 @@ def grpo_step_quantities(dtype: torch.dtype, device: torch.device) -> dict[str, 
     from aster.backend import current_backend
     from aster.config import load_config
     from aster.rollout.agent import Trajectory
-    from aster.train.common import TrainContext, Updater, build_optimizer, build_scheduler
-    from aster.train.rl import learn_from_rollouts, prepare_stage, trajectory_logprobs
+    from aster.train.common import TrainContext
+    from aster.train.rl import learn_from_rollouts, start_rl_stage, trajectory_logprobs
+    from aster.train.strategy import build_strategy
 
     model = _tiny_model(dtype, device)
     backend = current_backend()
     cfg = load_config(None, GRPO_STEP)
     policy = PolicyForward(model, backend.kernel_impl)
-    ctx = TrainContext(cfg, backend, policy, model, _PadOnly(), run_dir=".", writer=None)
+    run_dir = Path(tempfile.mkdtemp(prefix="aster-parity-"))  # no checkpoint to resume from
+    ctx = TrainContext(cfg=cfg, backend=backend, policy=policy, hf_model=model,
+                       tokenizer=_PadOnly(), run_dir=run_dir,
+                       strategy=build_strategy(cfg.distributed, backend, torch.float32))
     prompts, responses, masks = _fixed_batch()
     trajs = [Trajectory(prompt_ids=p, response_ids=r, loss_mask=m, rollout_logprobs=[0.0] * len(r),
                         reward=reward)
@@ -189,11 +195,9 @@ def grpo_step_quantities(dtype: torch.dtype, device: torch.device) -> dict[str, 
         shift = ((torch.arange(flat, flat + trained.numel()) % 5 - 2) * 0.15).to(lp.dtype)
         lp[trained] += shift
         traj.rollout_logprobs, flat = lp.tolist(), flat + trained.numel()
-    prepare_stage(ctx, cfg.rl.stage1)
-    optimizer = build_optimizer(policy, cfg.rl.lr, cfg.rl.weight_decay)
-    ctx.updater = Updater(policy, optimizer, build_scheduler(optimizer, 1, 0), cfg.rl.max_grad_norm,
-                          world_size=1)
-    upd = learn_from_rollouts(ctx, trajs, "parity grpo_step", None)["metrics"]
+    stage = start_rl_stage(ctx, "grpo_step", cfg.rl.stage1, 1, warmup_steps=0)
+    upd = learn_from_rollouts(stage, trajs, "parity grpo_step", None)["metrics"]
+    shutil.rmtree(run_dir, ignore_errors=True)
     mb = build_micro_batch(prompts, responses, masks, device=device)
     with torch.no_grad():
         after = policy_logprobs(PolicyForward(model), mb, 1.0).sum().item()

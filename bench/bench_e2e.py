@@ -146,34 +146,29 @@ def _row(label: str, m: dict, n_params: int, peak) -> dict:
 
 def _steps(ctx, engine_for, prompts, cfg, backend) -> list[tuple[str, dict]]:
     """A warm-up step, then one measured step per policy (aster's kernels, the baseline)."""
-    from aster.algo import PolicyForward
-    from aster.train.common import build_optimizer, build_scheduler, build_updater
+    from dataclasses import replace
+
     from aster.train.config import RLStageConfig
-    from aster.train.rl import prepare_stage, rl_step
+    from aster.train.rl import rl_step, start_rl_stage
     from aster.train.rollouts import push_weights
 
     stage_cfg = RLStageConfig(max_response_tokens=cfg.rollout.max_response_tokens)
-    prepare_stage(ctx, stage_cfg)  # the objective rl.loss names, as run_rl_stage does
-    optimizer = build_optimizer(ctx.policy, cfg.rl.lr, cfg.rl.weight_decay)
-    scheduler = build_scheduler(optimizer, 10, 0)
-    ctx.updater = build_updater(ctx, optimizer, scheduler, cfg.rl.max_grad_norm)
-    push_weights(ctx, engine_for(0))
-    policies = [("warm-up", ctx.policy), ("grpo step, aster kernels", ctx.policy),
-                ("grpo step, baseline (full logits)",
-                 FullLogitsPolicy(ctx.hf_model, ctx.compute_dtype))]
-    out, objective = [], ctx.objective
-    for step, (label, policy) in enumerate(policies):
-        ctx.policy = policy
-        ctx.objective = LogpObjective(objective) if "baseline" in label else objective
+    # the trainer's own RL set-up: the objective rl.loss names, AdamW, schedule, Updater
+    stage = start_rl_stage(ctx, "rl_stage1", stage_cfg, 10, warmup_steps=0)
+    push_weights(stage, engine_for(0))
+    baseline = replace(stage, policy=FullLogitsPolicy(stage.hf_model, stage.compute_dtype),
+                       objective=LogpObjective(stage.objective))
+    runs = [("warm-up", stage), ("grpo step, aster kernels", stage),
+            ("grpo step, baseline (full logits)", baseline)]
+    out = []
+    for step, (label, run) in enumerate(runs):
         _reset_peak(backend)
         backend.synchronize()
-        metrics, _ = rl_step(ctx, engine_for(step), prompts, "rl_stage1", stage_cfg, step, None)
+        metrics, _ = rl_step(run, engine_for(step), prompts, "rl_stage1", stage_cfg, step, None)
         # prompt + response tokens (rl_step reports them as a rate over rollout + train)
         metrics["tokens"] = round(metrics["tokens_per_s"] * (metrics["time_rollout_s"]
                                                              + metrics["time_train_s"]))
         out.append((label, metrics))
-    ctx.policy = PolicyForward(ctx.hf_model, backend.kernel_impl, ctx.compute_dtype)
-    ctx.objective = objective
     return out[1:]
 
 
@@ -188,23 +183,22 @@ def run(backend, quick: bool) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="aster-bench-e2e-"))
     t0 = time.perf_counter()
     model_dir = _model_dir(cfg, workdir)
-    ctx = make_context(cfg, backend, model_dir, workdir, None)
-    engine = make_engine(ctx, model_dir, max_model_len=_max_tokens(sizes) + 512)
-    setup_s = time.perf_counter() - t0
-    n_params = sum(p.numel() for p in ctx.hf_model.parameters())
     prompts = [{"prompt": f"What is {i} * 3 + 1?", "answer": str(3 * i + 1)}
                for i in range(3 * sizes["prompts"])]
-    tokenizer = ctx.tokenizer
+    with SandboxPool(cfg.sandbox) as pool:
+        ctx = make_context(cfg, backend, model_dir, workdir, None, pool=pool)
+        engine = make_engine(ctx, model_dir, max_model_len=_max_tokens(sizes) + 512)
+        setup_s = time.perf_counter() - t0
+        n_params = sum(p.numel() for p in ctx.hf_model.parameters())
+        tokenizer = ctx.tokenizer
 
-    def engine_for(_step):  # a fresh wrapper per step: it counts turns from the prompts it sees
-        return ToolDenseEngine(engine, tokenizer, sizes["think"], sizes["calls"])
+        def engine_for(_step):  # a fresh wrapper per step: it counts turns from its prompts
+            return ToolDenseEngine(engine, tokenizer, sizes["think"], sizes["calls"])
 
-    try:
-        with SandboxPool(cfg.sandbox) as pool:
-            ctx.pool = pool
+        try:
             results = _steps(ctx, engine_for, prompts, cfg, backend)
-    finally:
-        engine.close()
+        finally:
+            engine.close()
     peak = backend.peak_flops(ctx.compute_dtype)
     rows = [_row(label, m, n_params, peak) for label, m in results]
     rows[0]["speedup_vs_baseline"] = rows[1]["step_s"] / rows[0]["step_s"]

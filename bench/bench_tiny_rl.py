@@ -44,7 +44,7 @@ def measure(model_dir: str, workdir: Path, overrides: list[str]) -> dict:
     cfg = load_config("tiny", ["logging.tensorboard=false", *overrides])
     backend = select_backend("cpu", kernel_impl="chunked", engine="hf")
     ctx = make_context(cfg, backend, model_dir, workdir, MetricsWriter(workdir, tensorboard=False))
-    start_rl_stage(ctx, "rl", cfg.rl.stage1, 10, weight_decay=0.0, warmup_steps=0)
+    ctx = start_rl_stage(ctx, "rl", cfg.rl.stage1, 10, weight_decay=0.0, warmup_steps=0)
     trajs = _trajectories(ctx.hf_model.config.vocab_size)
     for _ in range(2):
         t0 = time.perf_counter()

@@ -45,10 +45,9 @@ def _aster_step(model_dir: str, sizes: dict, workdir: Path) -> tuple[float, dict
     from aster.backend import select_backend
     from aster.config import load_config
     from aster.sandbox import SandboxPool
-    from aster.train.common import build_optimizer, build_scheduler, build_updater
     from aster.train.config import RLStageConfig
     from aster.train.pipeline import make_context
-    from aster.train.rl import prepare_stage, rl_step
+    from aster.train.rl import rl_step, start_rl_stage
     from aster.train.rollouts import make_engine, push_weights
 
     backend = select_backend("cpu")
@@ -59,24 +58,21 @@ def _aster_step(model_dir: str, sizes: dict, workdir: Path) -> tuple[float, dict
         f"sandbox.max_sessions={max(128, sizes['prompts'] * sizes['group'])}",
         f"rollout.max_response_tokens={sizes['tokens']}", "rollout.temperature=1.0",
         "distributed.strategy=none", "logging.tensorboard=false", "run.seed=0"])
-    ctx = make_context(cfg, backend, model_dir, workdir, None)
-    engine = make_engine(ctx, model_dir)
-    optimizer = build_optimizer(ctx.policy, cfg.rl.lr, cfg.rl.weight_decay)
-    ctx.updater = build_updater(ctx, optimizer, build_scheduler(optimizer, 10, 0),
-                                cfg.rl.max_grad_norm)
-    push_weights(ctx, engine)
     stage_cfg = RLStageConfig(max_response_tokens=sizes["tokens"])
-    prepare_stage(ctx, stage_cfg)  # the objective rl.loss names, as run_rl_stage does
     prompts = _prompts(sizes["prompts"])
-    try:
-        with SandboxPool(cfg.sandbox) as pool:
-            ctx.pool = pool
+    with SandboxPool(cfg.sandbox) as pool:
+        ctx = make_context(cfg, backend, model_dir, workdir, None, pool=pool)
+        engine = make_engine(ctx, model_dir)
+        try:
+            # the trainer's own RL set-up: objective, AdamW, schedule, Updater
+            stage = start_rl_stage(ctx, "rl_stage1", stage_cfg, 10, warmup_steps=0)
+            push_weights(stage, engine)
             for step in range(2):
                 t0 = time.perf_counter()
-                metrics, _ = rl_step(ctx, engine, prompts, "rl_stage1", stage_cfg, step, None)
+                metrics, _ = rl_step(stage, engine, prompts, "rl_stage1", stage_cfg, step, None)
                 seconds = time.perf_counter() - t0
-    finally:
-        engine.close()
+        finally:
+            engine.close()
     split = {k: metrics[k] for k in ("time_rollout_s", "time_old_logp_s", "time_update_s",
                                      "time_weight_sync_s") if k in metrics}
     return seconds, split

@@ -1,12 +1,14 @@
-"""Pieces both trainers share: model loading, optimizer and schedule, the stage's Updater
-(aster.train.update, built by the run's strategy), saving a stage's model as a Hugging Face
-directory, the trainers' context."""
+"""Pieces both trainers share: model loading, optimizer and schedule, saving a stage's model
+as a Hugging Face directory, the trainers' context (the stage built on it, with its Updater:
+aster.train.stage)."""
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -73,12 +75,6 @@ def build_scheduler(optimizer, total_steps: int, warmup_steps: int, schedule: st
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def build_updater(ctx, optimizer, scheduler, max_grad_norm: float) -> Updater:
-    """The stage's Updater, built by its strategy (one that wraps the policy in an engine
-    built with the optimizer makes that engine ctx.policy)."""
-    return ctx.strategy.updater(ctx, optimizer, scheduler, max_grad_norm)
-
-
 def save_hf_model(model, tokenizer, out_dir: str | Path, is_main: bool = True,
                   dtype: torch.dtype | None = None) -> Path:
     """An ordinary Hugging Face directory of the (possibly sharded) model, its weights and
@@ -108,25 +104,36 @@ def save_hf_model(model, tokenizer, out_dir: str | Path, is_main: bool = True,
     return out
 
 
+def all_reduce_sum(dist_info, tensor: torch.Tensor) -> torch.Tensor:
+    """Sum across ranks in place (identity in a single process)."""
+    if dist_info.world_size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+# eq=False: compared and hashed by identity, as one live object (its fields hold modules)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class TrainContext:
-    """What a trainer needs: config, backend, the policy (wrapped for parallelism), the plain
-    Hugging Face model under it, tokenizer, run directory and metrics writer."""
+    """What a trainer needs of a loaded model and its run, built once (by
+    aster.train.pipeline.make_context) and never changed: config, backend, the parallel
+    strategy, the policy it wrapped, the plain Hugging Face model under it, tokenizer, run
+    directory, metrics writer (None: nothing recorded), the sandbox pool rollouts use. A
+    training stage is this plus its training state (aster.train.stage.TrainStage)."""
 
-    def __init__(self, cfg, backend, policy, hf_model, tokenizer, run_dir, writer,
-                 compute_dtype: torch.dtype = torch.float32, strategy=None,
-                 model_dir: str | None = None):
-        from aster.train.strategy import build_strategy
-
-        self.cfg, self.backend = cfg, backend
-        # the parallel strategy that wrapped `policy` (None: the config's, for a policy
-        # wrapped by hand: tests and benches)
-        self.strategy = strategy or build_strategy(cfg.distributed, backend, compute_dtype)
-        self.policy, self.hf_model, self.tokenizer = policy, hf_model, tokenizer
-        self.run_dir, self.writer = Path(run_dir), writer
-        # model.dtype: the forward/backward's dtype and what the engine and saved models get
-        self.compute_dtype = compute_dtype
-        self.updater: Updater | None = None  # the current stage's, set by the trainer
-        self.model_dir = model_dir  # the stage's starting weights (the KL reference policy's)
+    cfg: Any
+    backend: Any
+    strategy: Any  # the parallel strategy that wrapped `policy` (aster.train.strategy)
+    policy: Any
+    hf_model: Any
+    tokenizer: Any
+    run_dir: Path
+    writer: Any = None
+    # model.dtype: the forward/backward's dtype and what the engine and saved models get
+    compute_dtype: torch.dtype = torch.float32
+    model_dir: str | None = None  # the starting weights (the KL reference policy's)
+    pool: Any = None  # the sandbox pool (None: a context that never rolls out)
 
     @property
     def dist(self):
@@ -134,11 +141,7 @@ class TrainContext:
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum across ranks in place (identity in a single process)."""
-        if self.dist.world_size > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return tensor
+        return all_reduce_sum(self.dist, tensor)
 
     def ckpt_dir(self, stage: str) -> Path:
-        return self.run_dir / "checkpoints" / stage
+        return Path(self.run_dir) / "checkpoints" / stage

@@ -151,8 +151,10 @@ def _rendered_corpus(examples: list[dict]) -> list[str]:
     return texts
 
 
-def make_context(cfg, backend, model_dir: str, run_dir: Path, writer) -> TrainContext:
-    """Load the policy from `model_dir`, wrap it for parallelism; the trainers' context."""
+def make_context(cfg, backend, model_dir: str, run_dir: Path, writer,
+                 pool=None) -> TrainContext:
+    """Load the policy from `model_dir`, wrap it for parallelism; the trainers' context
+    (`pool`: the sandbox pool its rollouts use)."""
     from aster.train.precision import compute_dtype
     from aster.train.strategy import build_strategy
 
@@ -163,20 +165,21 @@ def make_context(cfg, backend, model_dir: str, run_dir: Path, writer) -> TrainCo
     policy = strategy.wrap(PolicyForward(model, backend.kernel_impl, dtype))
     log.debug("policy from %s, parallelism %s, compute dtype %s", model_dir, strategy.name,
               dtype)
-    ctx = TrainContext(cfg, backend, policy, model, tokenizer, run_dir, writer, dtype, strategy,
-                       model_dir=model_dir)
-    return ctx
+    return TrainContext(cfg=cfg, backend=backend, strategy=strategy, policy=policy,
+                        hf_model=model, tokenizer=tokenizer, run_dir=Path(run_dir),
+                        writer=writer, compute_dtype=dtype, model_dir=model_dir, pool=pool)
 
 
 def stage_model_dir(run_dir: Path, stage: str) -> Path:
     return run_dir / stage / "model"
 
 
-def input_model_for(stage: str, cfg, run_dir: Path, base: str) -> str:
-    """The model a stage starts from: the latest earlier training stage's, else the base."""
+def input_model_for(stage: str, stages: list[str], run_dir: Path, base: str) -> str:
+    """The model a stage starts from: the latest earlier training stage's among the run's
+    `stages` (run.stages), else the base."""
     earlier = TRAIN_STAGES[:TRAIN_STAGES.index(stage)]
     for prev in reversed(earlier):
-        if prev in cfg.run.stages and (stage_model_dir(run_dir, prev) / "config.json").is_file():
+        if prev in stages and (stage_model_dir(run_dir, prev) / "config.json").is_file():
             return str(stage_model_dir(run_dir, prev))
     return base
 
@@ -219,29 +222,30 @@ def load_task_data(cfg, run_dir: Path, dist) -> dict:
 
         on_main(dist, build, "generating the synthetic task")
         synthetic = json.loads(cache.read_text())
-    return {"sft": _sft_examples(cfg, synthetic) if "sft" in need else [],
+    return {"sft": _sft_examples(cfg.data, synthetic) if "sft" in need else [],
             "rl": _prompts(cfg.data.rl_path, cfg, synthetic, "rl") if "rl" in need else [],
             "eval": {Path(p).stem if p != "synthetic" else "synthetic":
                      _prompts(p, cfg, synthetic, "eval") for p in cfg.data.eval_paths}
             if "eval" in need else {}}
 
 
-def _sft_examples(cfg, synthetic) -> list[dict]:
-    if cfg.data.sft_path == "synthetic":
+def _sft_examples(data_cfg, synthetic) -> list[dict]:
+    """The SFT trajectories of the `data:` section with at least data.min_tool_calls."""
+    if data_cfg.sft_path == "synthetic":
         examples = synthetic["sft"]
     else:
         from aster.data.formats import load_sft
 
-        examples = load_sft(cfg.data.sft_path, cfg.data.max_rows).examples
-    dense = [e for e in examples if _tool_calls(e) >= cfg.data.min_tool_calls]
+        examples = load_sft(data_cfg.sft_path, data_cfg.max_rows).examples
+    dense = [e for e in examples if _tool_calls(e) >= data_cfg.min_tool_calls]
     if len(dense) < len(examples):
         log.info("sft data: kept %d of %d trajectories with >= %d tool calls", len(dense),
-                 len(examples), cfg.data.min_tool_calls)
+                 len(examples), data_cfg.min_tool_calls)
     if not dense:
         from aster.data.io import DataError
 
-        raise DataError(f"{cfg.data.sft_path}: no trajectory has >= data.min_tool_calls="
-                        f"{cfg.data.min_tool_calls} tool calls; lower it or use denser data")
+        raise DataError(f"{data_cfg.sft_path}: no trajectory has >= data.min_tool_calls="
+                        f"{data_cfg.min_tool_calls} tool calls; lower it or use denser data")
     return dense
 
 
@@ -330,39 +334,46 @@ def _train_stage(stage, cfg, backend, run_dir, base, data, writer, pool, engines
     """Run one training stage (resuming it), save its model, evaluate it when eval is on.
     `engines` holds the run's one rollout engine: asleep while this stage's model loads and
     trains, woken (after the training allocator's cache is freed) when weights go in."""
+    engines.idle()
+    try:
+        return _train_and_evaluate(stage, cfg, backend, run_dir, base, data, writer, pool,
+                                   engines)
+    finally:
+        release(backend)
+
+
+def _train_and_evaluate(stage, cfg, backend, run_dir, base, data, writer, pool,
+                        engines) -> dict:
+    """The stage's context (the model, its strategy) lives in this call only: once it
+    returns, the stage's model, optimizer and engine state can be collected."""
     from aster.train.common import save_hf_model
     from aster.train.rollouts import push_weights
 
-    model_in = input_model_for(stage, cfg, run_dir, base)
-    engines.idle()
-    ctx = make_context(cfg, backend, model_in, run_dir, writer)
-    ctx.pool = pool
-    try:
-        if stage == "sft":
-            run_sft_stage(ctx, data)
-        else:
-            run_rl(ctx, engines.get(ctx, model_in), stage, data, run_dir)
-        out = save_hf_model(ctx.hf_model, ctx.tokenizer, stage_model_dir(run_dir, stage),
-                            ctx.dist.is_main, dtype=ctx.compute_dtype)
-        _barrier(ctx.dist)
-        log.info("%s done; model saved to %s", stage, out)
-        if "eval" not in cfg.run.stages:
-            return {}
-        engine = engines.get(ctx, str(out))
-        push_weights(ctx, engine)
-        return evaluate_stage(ctx, engine, data, stage)
-    finally:
-        release(ctx)
+    model_in = input_model_for(stage, cfg.run.stages, run_dir, base)
+    ctx = make_context(cfg, backend, model_in, run_dir, writer, pool=pool)
+    if stage == "sft":
+        run_sft_stage(ctx, data)
+    else:
+        run_rl(ctx, engines.get(ctx, model_in), stage, data, run_dir)
+    out = save_hf_model(ctx.hf_model, ctx.tokenizer, stage_model_dir(run_dir, stage),
+                        ctx.dist.is_main, dtype=ctx.compute_dtype)
+    _barrier(ctx.dist)
+    log.info("%s done; model saved to %s", stage, out)
+    if "eval" not in cfg.run.stages:
+        return {}
+    engine = engines.get(ctx, str(out))
+    push_weights(ctx, engine)
+    return evaluate_stage(ctx, engine, data, stage)
 
 
-def release(ctx) -> None:
-    """Drop a finished stage's model, optimizer and engine state, and return the training
+def release(backend) -> None:
+    """After a stage (its context gone with the call that held it): collect its model,
+    optimizer and engine state (FSDP2 modules are cyclic) and return the training
     allocator's cached memory, before the next stage loads its own."""
     import gc
 
-    ctx.policy = ctx.hf_model = ctx.updater = None
     gc.collect()
-    ctx.backend.empty_cache()
+    backend.empty_cache()
 
 
 def run_pipeline(cfg, backend, *, config_name: str | None = None, output_dir: str | None = None,
@@ -379,7 +390,7 @@ def run_pipeline(cfg, backend, *, config_name: str | None = None, output_dir: st
     # hang the first collective instead
     check_world_size(cfg, DistInfo.from_env().world_size)
     dist = backend.init_distributed(cfg.distributed.timeout_s)
-    _resolve_hub_name(cfg, dist)
+    _resolve_hub_name(cfg.model, dist)
     from aster.train.rollout_wait import set_rollout_timeout
 
     set_rollout_timeout(cfg.distributed.rollout_timeout_s)
@@ -404,16 +415,16 @@ def run_pipeline(cfg, backend, *, config_name: str | None = None, output_dir: st
     return summary_of(read_state(run_dir)["done"])
 
 
-def _resolve_hub_name(cfg, dist) -> None:
+def _resolve_hub_name(model_cfg, dist) -> None:
     """model.path as a Hub name -> its cached snapshot (rank 0 downloads it while the others
     wait), before the run directory exists: a failed download leaves nothing behind."""
     from aster.train.model_source import resolve_model_path
 
-    if cfg.model.path:
-        path = resolve_model_path(cfg.model.path, lambda fn, what: on_main(dist, fn, what))
-        if path != cfg.model.path and dist.is_main:
-            log.info("model.path %s: the cached snapshot %s", cfg.model.path, path)
-        cfg.model.path = path
+    if model_cfg.path:
+        path = resolve_model_path(model_cfg.path, lambda fn, what: on_main(dist, fn, what))
+        if path != model_cfg.path and dist.is_main:
+            log.info("model.path %s: the cached snapshot %s", model_cfg.path, path)
+        model_cfg.path = path
 
 
 def _run_stages(cfg, backend, run_dir: Path, base, data, writer, pool, engines, dist) -> None:
@@ -429,15 +440,15 @@ def _run_stages(cfg, backend, run_dir: Path, base, data, writer, pool, engines, 
         else:
             result = _train_stage(stage, cfg, backend, run_dir, base, data, writer, pool,
                                   engines)
-            _warn_held_out_collapse(cfg, done, stage, result)
+            _warn_held_out_collapse(cfg.rl.collapse_monitor, done, stage, result)
         mark_done(run_dir, stage, result, dist.is_main)
         _barrier(dist)
 
 
-def _warn_held_out_collapse(cfg, done: dict, stage: str, result: dict) -> None:
+def _warn_held_out_collapse(monitor, done: dict, stage: str, result: dict) -> None:
+    """`monitor`: rl.collapse_monitor."""
     from aster.metrics import held_out_collapse
 
-    monitor = cfg.rl.collapse_monitor
     if stage == "sft" or not result or not done.get("sft") or not monitor.enabled:
         return
     warning = held_out_collapse(done["sft"], result, monitor.eval_min_fraction)

@@ -32,7 +32,7 @@ from aster.train.replay import finish_step, step_rollouts
 from aster.train.rl_batches import micro_batches, plan_step, to_origin
 from aster.train.rollout_wait import wait_for_rollouts
 from aster.train.rollouts import push_weights, trajectory_stats
-from aster.train.stage import resume_stage
+from aster.train.stage import TrainStage, open_stage
 
 log = logging.getLogger("aster")
 
@@ -54,36 +54,37 @@ def stage_total_steps(num_prompts: int, rl_cfg, stage_cfg) -> int:
     return min(total, stage_cfg.max_steps) if stage_cfg.max_steps else total
 
 
-def prepare_stage(ctx, stage_cfg) -> None:
-    """Put the stage's objective (rl.loss), its KL / entropy terms and, with rl.kl_coef > 0,
-    the frozen reference policy on ctx (ctx.objective, ctx.penalties, ctx.ref_policy)."""
+def stage_parts(ctx, stage_cfg) -> dict:
+    """The RL stage's objective (rl.loss), its KL / entropy terms and, with rl.kl_coef > 0,
+    the frozen reference policy of ctx.model_dir: {"objective", "penalties", "ref_policy"}."""
     rl = ctx.cfg.rl
-    ctx.objective = build_objective(rl, kernel_impl=ctx.backend.kernel_impl,
-                                    max_response_tokens=stage_cfg.max_response_tokens)
-    ctx.penalties = Penalties.from_config(rl)
+    objective = build_objective(rl, kernel_impl=ctx.backend.kernel_impl,
+                                max_response_tokens=stage_cfg.max_response_tokens)
+    penalties = Penalties.from_config(rl)
     use_packing(rl.packing, ctx.backend, "rl.packing")  # logs what the attention does
-    ctx.ref_policy = None
+    ref_policy = None
     if rl.kl_coef:
         from aster.train.reference import build_reference_policy
 
-        ctx.ref_policy = build_reference_policy(ctx)
+        ref_policy = build_reference_policy(ctx)
+    return {"objective": objective, "penalties": penalties, "ref_policy": ref_policy}
 
 
 def start_rl_stage(ctx, stage: str, stage_cfg, total_steps: int, *, optimizer=None,
-                   weight_decay: float | None = None, warmup_steps: int | None = None):
+                   weight_decay: float | None = None,
+                   warmup_steps: int | None = None) -> TrainStage:
     """The whole set-up of an RL stage, the one sequence the trainer, tests and benches use:
-    its objective, penalties and reference policy (prepare_stage), AdamW from rl.* (or
-    `optimizer`), the constant schedule after warmup, the Updater and the resume. Returns
-    (first step to run, last good checkpoint, optimizer, scheduler)."""
+    its objective, penalties and reference policy (stage_parts), AdamW from rl.* (or
+    `optimizer`), the constant schedule after warmup, the Updater and the resume
+    (aster.train.stage.open_stage). Returns the stage."""
     rl = ctx.cfg.rl
-    prepare_stage(ctx, stage_cfg)
+    parts = stage_parts(ctx, stage_cfg)
     if optimizer is None:
         optimizer = build_optimizer(ctx.policy, rl.lr,
                                     rl.weight_decay if weight_decay is None else weight_decay)
     warmup = rl.warmup_steps if warmup_steps is None else warmup_steps
     scheduler = build_scheduler(optimizer, total_steps, warmup, "constant")
-    start, last_good = resume_stage(ctx, stage, optimizer, scheduler)
-    return start, last_good, optimizer, scheduler
+    return open_stage(ctx, stage, rl, optimizer, scheduler, **parts)
 
 
 def old_logprobs(ctx, plan, temperature: float, with_entropy: bool, policy=None):
@@ -259,7 +260,7 @@ def learn_from_rollouts(ctx, trajs, where: str, last_good, keep_old_lp: bool = T
     else:
         old_lp, entropy = old_logprobs(ctx, plan, temperature, with_entropy=True)
     ref_lp = None
-    if getattr(ctx, "ref_policy", None) is not None:
+    if ctx.ref_policy is not None:
         ref_lp, _ = old_logprobs(ctx, plan, temperature, False, policy=ctx.ref_policy)
     t_old = time.perf_counter()
     upd, seen = policy_update(ctx, plan, old_lp, where, last_good, ref_lp)
@@ -319,7 +320,8 @@ def run_rl_stage(ctx, engine, prompts: list[dict], stage: str, stage_cfg) -> dic
     the per-prompt rollout records (run_dir/rollouts/<stage>.jsonl) that the filter reads."""
     rl, dist = ctx.cfg.rl, ctx.dist
     total = stage_total_steps(len(prompts), rl, stage_cfg)
-    start, last_good, optimizer, scheduler = start_rl_stage(ctx, stage, stage_cfg, total)
+    ctx = start_rl_stage(ctx, stage, stage_cfg, total)  # the stage, over the model's context
+    start, last_good = ctx.start, ctx.last_good
     records_path = ctx.run_dir / "rollouts" / f"{stage}.jsonl"
     _truncate_records(records_path, start, dist.is_main)
     monitor = CollapseMonitor(rl.collapse_monitor)
@@ -334,8 +336,8 @@ def run_rl_stage(ctx, engine, prompts: list[dict], stage: str, stage_cfg) -> dic
         ctx.writer.write(stage, step + 1, metrics)
         if (step + 1) % ctx.cfg.checkpoint.every_steps == 0 or step + 1 == total:
             last_good = str(save_checkpoint(
-                ctx.ckpt_dir(stage), step + 1, model=ctx.policy, optimizer=optimizer,
-                scheduler=scheduler, extra={"stage": stage, "epoch": metrics["epoch"]},
+                ctx.ckpt_dir(stage), step + 1, model=ctx.policy, optimizer=ctx.optimizer,
+                scheduler=ctx.scheduler, extra={"stage": stage, "epoch": metrics["epoch"]},
                 keep_last=ctx.cfg.checkpoint.keep_last, is_main=dist.is_main))
     return metrics
 

@@ -19,7 +19,7 @@ from aster.train.sft_encoding import (  # noqa: F401 (the trainer's public encod
     encode_dataset,
     encode_segments,
 )
-from aster.train.stage import resume_stage
+from aster.train.stage import TrainStage, open_stage
 
 log = logging.getLogger("aster")
 
@@ -78,46 +78,66 @@ def _collate(chunk, packed: bool, pad_id: int, device) -> dict:
     return collate_packed(chunk, device) if packed else collate_padded(chunk, pad_id, device)
 
 
-def run_sft(ctx, data: list[Encoded], num_dropped: int = 0) -> dict:
-    """Train on encoded conversations; resumes from the stage's last checkpoint. Returns the
-    last step's metrics."""
-    cfg, dist = ctx.cfg.sft, ctx.dist
-    packed = use_packing(cfg.packing, ctx.backend, "sft.packing")
-    per_epoch = math.ceil(len(data) / cfg.global_batch_size)
-    total = per_epoch * cfg.epochs
+def sft_total_steps(sft_cfg, num_examples: int) -> int:
+    """The SFT stage's optimizer steps: sft.epochs over `num_examples` in global batches."""
+    return math.ceil(num_examples / sft_cfg.global_batch_size) * sft_cfg.epochs
+
+
+def start_sft_stage(ctx, total_steps: int) -> TrainStage:
+    """The SFT stage over `ctx`, from sft.*: AdamW, the warmup and schedule over
+    `total_steps`, the Updater and the resume (aster.train.stage.open_stage)."""
+    cfg = ctx.cfg.sft
     optimizer = build_optimizer(ctx.policy, cfg.lr, cfg.weight_decay, cfg.adam_betas)
-    scheduler = build_scheduler(optimizer, total, int(cfg.warmup_ratio * total),
+    scheduler = build_scheduler(optimizer, total_steps, int(cfg.warmup_ratio * total_steps),
                                 cfg.lr_schedule)
-    start, last_good = resume_stage(ctx, "sft", optimizer, scheduler)
-    updater = ctx.updater
+    return open_stage(ctx, "sft", cfg, optimizer, scheduler)
+
+
+def run_sft(ctx, data: list[Encoded], num_dropped: int = 0) -> dict:
+    """Set up the SFT stage (resuming from its last checkpoint) and train it on encoded
+    conversations. Returns the last step's metrics."""
+    stage = start_sft_stage(ctx, sft_total_steps(ctx.cfg.sft, len(data)))
+    return train_sft(stage, data, num_dropped)
+
+
+def train_sft(stage: TrainStage, data: list[Encoded], num_dropped: int = 0) -> dict:
+    """The SFT stage's remaining steps (from stage.start) on encoded conversations, a
+    checkpoint every sft.save_every_steps (default: every epoch). Returns the last step's
+    metrics."""
+    cfg, dist = stage.cfg.sft, stage.dist
+    packed = use_packing(cfg.packing, stage.backend, "sft.packing")
+    per_epoch = math.ceil(len(data) / cfg.global_batch_size)
+    total = sft_total_steps(cfg, len(data))
+    start, last_good, updater = stage.start, stage.last_good, stage.updater
     save_every = cfg.save_every_steps or per_epoch
-    pad_id = ctx.tokenizer.pad_token_id or 0
+    pad_id = stage.tokenizer.pad_token_id or 0
     metrics: dict = {}
     for step in range(start, total):
         t0 = time.perf_counter()
-        epoch, mine = _step_batch(data, step, cfg, ctx.cfg.run.seed, dist.rank, dist.world_size)
-        count = ctx.all_reduce_sum(torch.tensor([float(count_trained(mine))], dtype=torch.float64))
+        epoch, mine = _step_batch(data, step, cfg, stage.cfg.run.seed, dist.rank, dist.world_size)
+        count = stage.all_reduce_sum(torch.tensor([float(count_trained(mine))], dtype=torch.float64))
         num_tokens = max(1.0, count.item())
         loss_sum = 0.0
         for s in updater.accumulate(range(0, len(mine), cfg.micro_batch_size)):
             batch = _collate(mine[s:s + cfg.micro_batch_size], packed, pad_id,
-                             ctx.backend.device())
-            loss = sft_micro_loss(ctx.policy, batch, num_tokens)
+                             stage.backend.device())
+            loss = sft_micro_loss(stage.policy, batch, num_tokens)
             updater.backward(loss)
             loss_sum += loss.item()
-        loss_total = ctx.all_reduce_sum(torch.tensor([loss_sum], dtype=torch.float64)).item()
+        loss_total = stage.all_reduce_sum(torch.tensor([loss_sum], dtype=torch.float64)).item()
         lr = updater.lr
         grad_norm = updater.step(loss_total, f"sft step {step + 1}", last_good)
         elapsed = time.perf_counter() - t0
         metrics = {"loss": loss_total, "grad_norm": grad_norm, "lr": lr, "epoch": epoch,
                    "tokens": num_tokens, "tokens_per_s": num_tokens / elapsed,
                    "step_time_s": elapsed, "dropped_over_cutoff": num_dropped,
-                   **ctx.backend.memory_stats()}
-        ctx.writer.write("sft", step + 1, metrics, total=total)  # bar + a summary line / N
+                   **stage.backend.memory_stats()}
+        stage.writer.write("sft", step + 1, metrics, total=total)  # bar + a summary line / N
         if (step + 1) % save_every == 0 or step + 1 == total:
-            last_good = str(save_checkpoint(ctx.ckpt_dir("sft"), step + 1, model=ctx.policy,
-                                            optimizer=optimizer, scheduler=scheduler,
+            last_good = str(save_checkpoint(stage.ckpt_dir("sft"), step + 1, model=stage.policy,
+                                            optimizer=stage.optimizer,
+                                            scheduler=stage.scheduler,
                                             extra={"stage": "sft", "epoch": epoch},
-                                            keep_last=ctx.cfg.checkpoint.keep_last,
+                                            keep_last=stage.cfg.checkpoint.keep_last,
                                             is_main=dist.is_main))
     return metrics

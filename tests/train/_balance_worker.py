@@ -62,7 +62,7 @@ def run(backend, rank: int, world: int, out: Path, model_dir: str) -> None:
     # plain SGD (lr 20: the 2nd epoch clips): weights linear in the gradient, where AdamW's
     # near-sign first step turns reduction-order noise in near-zero elements into lr-sized moves
     optimizer = torch.optim.SGD(ctx.policy.parameters(), lr=cfg.rl.lr)
-    start_rl_stage(ctx, "rl", cfg.rl.stage1, 10, optimizer=optimizer, warmup_steps=0)
+    ctx = start_rl_stage(ctx, "rl", cfg.rl.stage1, 10, optimizer=optimizer, warmup_steps=0)
     everything = trajectories(ctx.hf_model.config.vocab_size)
     mine = [everything[GROUP * p + g] for p in shard_for_rank(list(range(PROMPTS)), rank, world)
             for g in range(GROUP)]

@@ -123,7 +123,7 @@ def run_rl(strategy, backend, rank, world, out, model_dir, extra=()):
     ctx = make_context(cfg, backend, model_dir, out,
                        MetricsWriter(out, is_main=rank == 0, tensorboard=False))
     try:
-        start_rl_stage(ctx, "rl", cfg.rl.stage1, 10, warmup_steps=0)
+        ctx = start_rl_stage(ctx, "rl", cfg.rl.stage1, 10, warmup_steps=0)
     except AsterUserError as exc:
         if rank == 0:
             (out / "result.json").write_text(json.dumps({"refused": str(exc)}))
@@ -210,7 +210,7 @@ def run_precision(strategy, backend, rank, out, model_dir, dtype="bfloat16"):
     from aster.config import load_config
     from aster.metrics import MetricsWriter
     from aster.train.pipeline import make_context
-    from aster.train.sft import encode_dataset, run_sft
+    from aster.train.sft import encode_dataset, sft_total_steps, start_sft_stage, train_sft
     from aster.train.strategy import unwrap
 
     out.mkdir(parents=True, exist_ok=True)
@@ -218,7 +218,8 @@ def run_precision(strategy, backend, rank, out, model_dir, dtype="bfloat16"):
     ctx = make_context(cfg, backend, model_dir, out,
                        MetricsWriter(out, is_main=rank == 0, tensorboard=False))
     data, _ = encode_dataset(ctx.tokenizer, conversations(8), 1024)
-    run_sft(ctx, data)
+    ctx = start_sft_stage(ctx, sft_total_steps(cfg.sft, len(data)))  # DeepSpeed: the engine
+    train_sft(ctx, data)
     masters = master_weights(ctx)
     module_dtypes = sorted({str(p.dtype) for p in unwrap(ctx.policy).parameters()})
     if rank == 0:
@@ -236,7 +237,7 @@ def run_one(strategy, backend, rank, out, model_dir):
     from aster.train.checkpoint import load_checkpoint, save_checkpoint
     from aster.train.common import save_hf_model
     from aster.train.pipeline import make_context
-    from aster.train.sft import encode_dataset, run_sft
+    from aster.train.sft import encode_dataset, sft_total_steps, start_sft_stage, train_sft
     from aster.train.strategy import full_state_dict
 
     out.mkdir(parents=True, exist_ok=True)
@@ -244,7 +245,8 @@ def run_one(strategy, backend, rank, out, model_dir):
     ctx = make_context(cfg, backend, model_dir, out,
                        MetricsWriter(out, is_main=rank == 0, tensorboard=False))
     data, _ = encode_dataset(ctx.tokenizer, conversations(8), 1024)
-    run_sft(ctx, data)
+    ctx = start_sft_stage(ctx, sft_total_steps(cfg.sft, len(data)))
+    train_sft(ctx, data)
     weights = full_state_dict(ctx.policy)
     save_hf_model(ctx.hf_model, ctx.tokenizer, out / "hf", is_main=rank == 0)
     if rank == 0:
@@ -259,12 +261,11 @@ def run_one(strategy, backend, rank, out, model_dir):
     # checkpoint round trip: rank-dependent RNG streams, saved and restored per rank
     for _ in range(rank + 1):
         draws()
-    upd = ctx.updater
-    ckpt = save_checkpoint(out / "ckpt", 99, model=ctx.policy, optimizer=upd.optimizer,
-                           scheduler=upd.scheduler, is_main=rank == 0)
+    ckpt = save_checkpoint(out / "ckpt", 99, model=ctx.policy, optimizer=ctx.optimizer,
+                           scheduler=ctx.scheduler, is_main=rank == 0)
     before = draws()
     torch.manual_seed(1234 + rank), random.seed(1234), np.random.seed(1234)
-    load_checkpoint(ckpt, model=ctx.policy, optimizer=upd.optimizer, scheduler=upd.scheduler)
+    load_checkpoint(ckpt, model=ctx.policy, optimizer=ctx.optimizer, scheduler=ctx.scheduler)
     after = draws()
     reloaded = full_state_dict(ctx.policy)
     # full_state_dict is complete on rank 0 (FSDP2 leaves the other ranks' empty)

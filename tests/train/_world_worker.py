@@ -103,7 +103,7 @@ def run(backend, rank: int, world: int, out: Path, model_dir: str, prompts: list
     from aster.train.rl import _append_records, learn_from_rollouts, start_rl_stage
     from aster.train.rollout_wait import wait_for_rollouts
     from aster.train.rollouts import trajectory_stats
-    from aster.train.sft import encode_dataset, run_sft
+    from aster.train.sft import encode_dataset, sft_total_steps, start_sft_stage, train_sft
     from aster.train.strategy import full_state_dict
 
     strategy = "none" if world == 1 else "fsdp2"
@@ -112,13 +112,13 @@ def run(backend, rank: int, world: int, out: Path, model_dir: str, prompts: list
     ctx = make_context(cfg, backend, model_dir, run_dir,
                        MetricsWriter(run_dir, is_main=rank == 0, tensorboard=False))
     data, _ = encode_dataset(ctx.tokenizer, conversations(16), 1024)
-    run_sft(ctx, data)
+    sft = start_sft_stage(ctx, sft_total_steps(cfg.sft, len(data)))
+    train_sft(sft, data)
     # copies: one process's state dict holds the live parameters, which the RL step moves
-    sft_weights = {k: v.clone() for k, v in full_state_dict(ctx.policy).items()}
-    upd = ctx.updater
-    load_checkpoint(latest_checkpoint(ctx.ckpt_dir("sft")), model=ctx.policy,
-                    optimizer=upd.optimizer, scheduler=upd.scheduler)
-    start_rl_stage(ctx, "rl", cfg.rl.stage1, 10, warmup_steps=0)  # objective, optimizer
+    sft_weights = {k: v.clone() for k, v in full_state_dict(sft.policy).items()}
+    load_checkpoint(latest_checkpoint(ctx.ckpt_dir("sft")), model=sft.policy,
+                    optimizer=sft.optimizer, scheduler=sft.scheduler)
+    ctx = start_rl_stage(ctx, "rl", cfg.rl.stage1, 10, warmup_steps=0)  # objective, optimizer
     everything = trajectories(ctx.hf_model.config.vocab_size)
     mine = [everything[GROUP * p + g] for p in prompts for g in range(GROUP)]
     # the wait after rollouts: its own gloo group beside the device-only collective

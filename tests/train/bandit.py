@@ -8,6 +8,9 @@ old log-probs, policy_update with the configured objective, the Updater (clippin
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
@@ -15,7 +18,10 @@ from aster.algo import PolicyForward
 from aster.backend import select_backend
 from aster.config import load_config
 from aster.rollout.agent import Trajectory
-from aster.train.common import TrainContext, build_optimizer, build_scheduler, build_updater
+from aster.train.common import TrainContext
+from aster.train.rl import start_rl_stage
+from aster.train.stage import TrainStage
+from aster.train.strategy import build_strategy
 
 VOCAB = 8
 PROMPTS = [[1, 2], [1, 3], [1, 4], [1, 5]]
@@ -27,6 +33,11 @@ CONFIG = ["rl.prompts_per_step=4", "rl.mini_batch_prompts=2", f"rl.group_size={G
           "rl.max_tokens_per_micro_batch=24", "rl.ppo_epochs=1", "rl.lr=0.02", "rl.weight_decay=0",
           "rl.max_grad_norm=100", "rl.stage1.max_response_tokens=1", "rollout.temperature=1.0",
           "distributed.strategy=none"]
+
+
+# the stages' run directory: nothing is ever written to it (no checkpoint to resume from);
+# one per process, removed at exit
+_RUN_DIR = tempfile.TemporaryDirectory(prefix="aster-bandit-")
 
 
 class _PadOnly:
@@ -42,19 +53,17 @@ def tiny_policy(seed: int = 0) -> Qwen3ForCausalLM:
     return Qwen3ForCausalLM(cfg).float()
 
 
-def bandit_context(model, overrides=(), model_dir=None) -> TrainContext:
-    """A trainer context around `model` with the stage's objective and Updater in place."""
-    from aster.train.rl import prepare_stage
-
+def bandit_context(model, overrides=(), model_dir=None) -> TrainStage:
+    """An RL stage around `model`, set up as the trainer sets one up (start_rl_stage: the
+    objective, AdamW from rl.*, the constant schedule, the Updater), in a fresh run directory
+    (nothing to resume)."""
     cfg = load_config(None, [*CONFIG, *overrides])
     backend = select_backend("cpu", kernel_impl="chunked", engine="hf")
-    ctx = TrainContext(cfg, backend, PolicyForward(model, backend.kernel_impl), model,
-                       _PadOnly(), run_dir=".", writer=None, model_dir=model_dir)
-    prepare_stage(ctx, cfg.rl.stage1)
-    optimizer = build_optimizer(ctx.policy, cfg.rl.lr, cfg.rl.weight_decay)
-    ctx.updater = build_updater(ctx, optimizer, build_scheduler(optimizer, 100, 0),
-                                cfg.rl.max_grad_norm)
-    return ctx
+    ctx = TrainContext(cfg=cfg, backend=backend, policy=PolicyForward(model, backend.kernel_impl),
+                       hf_model=model, tokenizer=_PadOnly(), model_dir=model_dir,
+                       run_dir=Path(_RUN_DIR.name),
+                       strategy=build_strategy(cfg.distributed, backend, torch.float32))
+    return start_rl_stage(ctx, "bandit", cfg.rl.stage1, 100, warmup_steps=0)
 
 
 @torch.no_grad()

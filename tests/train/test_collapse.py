@@ -54,9 +54,9 @@ def test_pipeline_logs_the_held_out_warning_after_rl_stages_only(caplog):
     done = {"sft": {"accuracy": 0.5, "tool_calls_mean": 2.0}}
     bad = {"accuracy": 0.4, "tool_calls_mean": 1.0}
     with caplog.at_level(logging.WARNING, logger="aster"):
-        _warn_held_out_collapse(cfg, done, "sft", bad)
+        _warn_held_out_collapse(cfg.rl.collapse_monitor, done, "sft", bad)
         assert not caplog.text
-        _warn_held_out_collapse(cfg, done, "rl_stage2", bad)
+        _warn_held_out_collapse(cfg.rl.collapse_monitor, done, "rl_stage2", bad)
     assert "after rl_stage2: interaction collapse on held-out problems" in caplog.text
 
 

@@ -41,9 +41,9 @@ def test_one_engine_per_run_asleep_while_training_cache_freed_before_wake(tmp_pa
     def state() -> str:
         return "none" if not engines else "asleep" if engines[0].asleep else "awake"
 
-    def make_context(cfg, backend, model_dir, run_dir, writer):
+    def make_context(cfg, backend, model_dir, run_dir, writer, **kwargs):
         events.append(f"load_model:{state()}")
-        return real_context(cfg, backend, model_dir, run_dir, writer)
+        return real_context(cfg, backend, model_dir, run_dir, writer, **kwargs)
 
     def update(*args, **kwargs):
         events.append(f"update:{state()}")

@@ -85,7 +85,7 @@ def test_bf16_sft_and_grpo_steps_keep_fp32_masters(nccl_backend, tiny_model_dir,
     from aster.metrics import read_metrics
     from aster.train.rl import learn_from_rollouts, start_rl_stage
     from aster.train.rollouts import engine_weights
-    from aster.train.sft import encode_dataset, run_sft
+    from aster.train.sft import encode_dataset, sft_total_steps, start_sft_stage, train_sft
 
     if strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
         pytest.skip("deepspeed is not installed")
@@ -93,12 +93,13 @@ def test_bf16_sft_and_grpo_steps_keep_fp32_masters(nccl_backend, tiny_model_dir,
     assert ctx.compute_dtype == torch.bfloat16
     data, _ = encode_dataset(ctx.tokenizer, conversations(8), 1024)
     t0 = time.perf_counter()
-    run_sft(ctx, data)  # 2 steps
+    ctx = start_sft_stage(ctx, sft_total_steps(ctx.cfg.sft, len(data)))  # DeepSpeed: the engine
+    train_sft(ctx, data)  # 2 steps
     sft_s = time.perf_counter() - t0
     assert {v.dtype for v in _masters(ctx).values()} == {torch.float32}
     assert {v.dtype for v in engine_weights(ctx).values()} == {torch.bfloat16}
     ctx = _context(nccl_backend, tiny_model_dir, tmp_path / "rl", strategy)  # a stage's own
-    start_rl_stage(ctx, "rl", ctx.cfg.rl.stage1, 10, weight_decay=0.0, warmup_steps=0)
+    ctx = start_rl_stage(ctx, "rl", ctx.cfg.rl.stage1, 10, weight_decay=0.0, warmup_steps=0)
     before = _masters(ctx)
     trajs = trajectories(ctx.hf_model.config.vocab_size)
     t0 = time.perf_counter()

@@ -29,7 +29,7 @@ def test_each_objective_learns_the_rewarded_answer(loss):
     model = tiny_policy()
     ctx = bandit_context(model, [f"rl.loss={loss.removesuffix('-plain')}"])
     if loss.endswith("-plain"):
-        ctx.objective = dataclasses.replace(ctx.objective, fused=False)
+        ctx = dataclasses.replace(ctx, objective=dataclasses.replace(ctx.objective, fused=False))
     before = p_target(model)
     metrics = train(ctx, STEPS)
     after = p_target(model)

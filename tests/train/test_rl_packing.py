@@ -51,7 +51,7 @@ def trajectories(vocab: int, seed: int = 0) -> list[Trajectory]:
 
 
 def rl_context(model_dir, run_dir, *overrides):
-    """A trainer context for RL stage 1 (objective, Updater) from `model_dir`, stepping with
+    """An RL stage 1 (objective, Updater) from `model_dir`, stepping with
     plain SGD: the weights move linearly in the gradient (AdamW's near-sign first step would
     turn fp32 summation-order noise in near-zero gradient elements into lr-sized moves)."""
     from aster.train.pipeline import make_context
@@ -62,8 +62,7 @@ def rl_context(model_dir, run_dir, *overrides):
     ctx = make_context(cfg, backend, str(model_dir), run_dir,
                        MetricsWriter(run_dir, tensorboard=False))
     optimizer = torch.optim.SGD(ctx.policy.parameters(), lr=cfg.rl.lr)
-    start_rl_stage(ctx, "rl", cfg.rl.stage1, 10, optimizer=optimizer, warmup_steps=0)
-    return ctx
+    return start_rl_stage(ctx, "rl", cfg.rl.stage1, 10, optimizer=optimizer, warmup_steps=0)
 
 
 def run_step(ctx, trajs) -> dict:
@@ -223,7 +222,7 @@ def test_fused_head_equals_the_plain_form_through_policy_update(tiny_model_dir, 
         ctx = rl_context(tiny_model_dir, tmp_path / form, "rl.clip_c=3.0", "rl.tis_cap=1.1",
                          "rl.max_tokens_per_micro_batch=64")
         if form == "plain":
-            ctx.objective = dataclasses.replace(ctx.objective, fused=False)
+            ctx = dataclasses.replace(ctx, objective=dataclasses.replace(ctx.objective, fused=False))
         before = len(calls)
         runs[form] = run_step(ctx, trajectories(ctx.hf_model.config.vocab_size))
         runs[form]["fused_calls"] = len(calls) - before

@@ -138,11 +138,12 @@ class Strategy:
         return False
 
     # ---- the update ---------------------------------------------------------------------
-    def updater(self, ctx, optimizer, scheduler, max_grad_norm: float):
-        """The stage's Updater (backward, clip with the NaN guard, step, schedule)."""
+    def updater(self, policy, optimizer, scheduler, max_grad_norm: float):
+        """The stage's Updater over the wrapped `policy` (backward, clip with the NaN guard,
+        step, schedule); its `.policy` is what the stage trains."""
         from aster.train.update import Updater
 
-        return Updater(ctx.policy, optimizer, scheduler, max_grad_norm, self.world_size)
+        return Updater(policy, optimizer, scheduler, max_grad_norm, self.world_size)
 
     # ---- weights out ----------------------------------------------------------------------
     @classmethod

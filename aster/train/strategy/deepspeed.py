@@ -118,25 +118,24 @@ def _output_weight(policy) -> torch.nn.Parameter:
 
 
 class DeepSpeedUpdater(Updater):
-    """The Updater over a DeepSpeed engine; building it replaces ctx.policy with the engine."""
+    """The Updater over a DeepSpeed engine built around the policy with the stage's optimizer
+    and schedule; the engine is its `.policy`, what the stage trains."""
 
-    def __init__(self, ctx, optimizer, scheduler, max_grad_norm: float):
-        deepspeed = import_deepspeed(ctx.backend)
-        ensure_process_group(ctx.backend)
-        dist_cfg = ctx.cfg.distributed
+    def __init__(self, policy, strategy, optimizer, scheduler, max_grad_norm: float):
+        deepspeed = import_deepspeed(strategy.backend)
+        ensure_process_group(strategy.backend)
+        dist_cfg, world = strategy.dist_cfg, strategy.world_size
         # the compute dtype: bf16 turns on the engine's bf16 mode over fp32 master partitions
-        config = deepspeed_config(dist_cfg, world_size=ctx.dist.world_size,
-                                  max_grad_norm=max_grad_norm, dtype=ctx.compute_dtype)
+        config = deepspeed_config(dist_cfg, world_size=world, max_grad_norm=max_grad_norm,
+                                  dtype=strategy.compute_dtype)
         if dist_cfg.zero_stage == 3:
             # PolicyForward reads the output head's weight outside the head's own forward
-            deepspeed.zero.register_external_parameter(ctx.policy, _output_weight(ctx.policy))
-        engine, *_ = deepspeed.initialize(model=ctx.policy, optimizer=optimizer,
+            deepspeed.zero.register_external_parameter(policy, _output_weight(policy))
+        engine, *_ = deepspeed.initialize(model=policy, optimizer=optimizer,
                                           lr_scheduler=scheduler, config=config,
                                           dist_init_required=False)
-        log.debug("deepspeed engine: ZeRO stage %d, %d rank(s)", dist_cfg.zero_stage,
-                  ctx.dist.world_size)
-        ctx.policy = engine
-        super().__init__(engine, optimizer, scheduler, max_grad_norm, ctx.dist.world_size)
+        log.debug("deepspeed engine: ZeRO stage %d, %d rank(s)", dist_cfg.zero_stage, world)
+        super().__init__(engine, optimizer, scheduler, max_grad_norm, world)
         self.engine = engine
 
     def accumulate(self, items):
@@ -246,8 +245,8 @@ class DeepSpeedStrategy(Strategy):
     def owns(cls, model) -> bool:
         return is_engine(model) or is_partitioned(model)
 
-    def updater(self, ctx, optimizer, scheduler, max_grad_norm: float):
-        return DeepSpeedUpdater(ctx, optimizer, scheduler, max_grad_norm)
+    def updater(self, policy, optimizer, scheduler, max_grad_norm: float):
+        return DeepSpeedUpdater(policy, self, optimizer, scheduler, max_grad_norm)
 
     @classmethod
     def gather_state(cls, model, cpu_offload: bool = True) -> dict:
