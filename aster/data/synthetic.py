@@ -24,9 +24,9 @@ so the model learns the teacher's rate rather than memorising one coin flip per 
 Measured on the tiny model (eval at temperature 0.6): with one or two samples per problem
 repeated over 7-10 epochs, a teacher rate of 0.3-0.4 gave only 3-9% early answers on held-out
 problems; with 12-18 samples per problem in one epoch they roughly tracked it (31-48% at 0.4).
-The tiny default goes further: one sample each of 14,336 distinct problems in one epoch, so
-nothing repeats to memorise, and the model sees 14x the operands it must learn to copy (the
-copy skill then came at ~300 steps instead of ~400-800, 2026-12-07, docs/tiny-default.md).
+One sample each of 14,336 distinct problems (nothing repeats to memorise, 14x the operands to
+learn to copy) was tried as the tiny default on 2026-12-07 and is not robust either: see
+docs/tiny-default.md for the grid.
 """
 
 from __future__ import annotations
