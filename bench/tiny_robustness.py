@@ -4,6 +4,7 @@ from scratch, reported per run and as median and range.
 
     python bench/tiny_robustness.py                         # 5 model seeds x 2 data seeds x 1,2 threads
     python bench/tiny_robustness.py --model-seeds 0,1 --data-seeds 0 --threads 2   # a smaller grid
+    python bench/tiny_robustness.py --jobs 2 --threads 1     # two 1-thread runs at a time
     python bench/tiny_robustness.py --summarise bench/results/tiny_robustness-*.json
 
 A learning result on CPU is deterministic only on one machine at one thread count: another ISA
@@ -24,7 +25,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 STAGES = ("sft", "rl_stage1", "rl_stage2")
@@ -108,6 +111,9 @@ def main(argv=None) -> int:
     parser.add_argument("--model-seeds", default="0,1,2,3,4")
     parser.add_argument("--data-seeds", default="0,1")
     parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at a time (each is its own process; on 2 cores, 2 jobs of 1 "
+                             "thread each share the machine: their wall times say so)")
     parser.add_argument("--out", default=None, help="JSON record (default bench/results/)")
     parser.add_argument("--summarise", nargs="*", metavar="JSON",
                         help="print the table of earlier records instead of running")
@@ -119,20 +125,34 @@ def main(argv=None) -> int:
         return 0
     grid = list(itertools.product(*(map(int, s.split(",")) for s in
                                     (args.model_seeds, args.data_seeds, args.threads))))
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="aster-robust-") as tmp:
-        for n, (model_seed, data_seed, threads) in enumerate(grid, 1):
-            print(f"[{n}/{len(grid)}] run.seed={model_seed} data.synthetic.seed={data_seed} "
-                  f"threads={threads}", flush=True)
-            rows.append(run_one(model_seed, data_seed, threads, Path(tmp), args.overrides))
-            print("   ", json.dumps(rows[-1]), flush=True)
-    summary = summarise(rows)
-    print(format_table(rows, summary))
     RESULTS.mkdir(exist_ok=True)
     out = Path(args.out or RESULTS / f"tiny_robustness-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": _machine(),
-                               "overrides": args.overrides, "rows": rows, "summary": summary},
-                              indent=1))
+    rows: list[dict] = []
+    lock = threading.Lock()
+
+    def record():  # after every run, so an interrupted grid keeps the runs it finished
+        out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": _machine(),
+                                   "overrides": args.overrides, "rows": rows,
+                                   "summary": summarise(rows) if rows else {}}, indent=1))
+
+    with tempfile.TemporaryDirectory(prefix="aster-robust-") as tmp:
+        def one(n, point):
+            model_seed, data_seed, threads = point
+            print(f"[{n}/{len(grid)}] run.seed={model_seed} data.synthetic.seed={data_seed} "
+                  f"threads={threads}", flush=True)
+            row = run_one(model_seed, data_seed, threads, Path(tmp), args.overrides)
+            row["jobs"] = args.jobs
+            print("   ", json.dumps(row), flush=True)
+            with lock:
+                rows.append(row)
+                record()
+            return row
+
+        with ThreadPoolExecutor(max(1, args.jobs)) as workers:
+            list(workers.map(one, range(1, len(grid) + 1), grid))
+    rows.sort(key=lambda r: (r["model_seed"], r["data_seed"], r["threads"]))
+    record()
+    print(format_table(rows, summarise(rows)))
     print(f"record written to {out}")
     return 0
 

@@ -24,6 +24,9 @@ so the model learns the teacher's rate rather than memorising one coin flip per 
 Measured on the tiny model (eval at temperature 0.6): with one or two samples per problem
 repeated over 7-10 epochs, a teacher rate of 0.3-0.4 gave only 3-9% early answers on held-out
 problems; with 12-18 samples per problem in one epoch they roughly tracked it (31-48% at 0.4).
+One sample each of 14,336 distinct problems (nothing repeats to memorise, 14x the operands to
+learn to copy) was tried as the tiny default on 2026-12-07 and is not robust either: see
+docs/tiny-default.md for the grid.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ logger = logging.getLogger("aster")
 
 VARIABLES = "abcdefgh"
 OPS = ("+", "-", "*", "%", "//")
+PROBLEMS_PER_SESSION = 256
 
 
 @dataclass(frozen=True)
@@ -211,12 +215,17 @@ def build_synthetic(cfg: SyntheticTaskConfig | None = None, sandbox_cfg=None) ->
     rng = random.Random(cfg.seed + 1)  # its own stream: the problems do not depend on it
     trajectories, early = [], 0
     with SandboxPool(sandbox_cfg or SandboxConfig()) as pool:
-        for problem in sft_problems:
+        for start in range(0, len(sft_problems), PROBLEMS_PER_SESSION):
+            # one session runs a chunk of problems: every problem rebinds its variables before
+            # reading them (its first step starts from a number), so it prints what it would in
+            # a fresh session, and a session start (~10 ms) is paid once per chunk, not per
+            # problem: 14,336 distinct problems take seconds, not minutes
             with pool.session() as session:
-                outputs = run_steps(problem, session)
-            for stop in early_stops(problem, rng, cfg):
-                trajectories.append(reference_trajectory(problem, outputs, stop))
-                early += stop is not None
+                for problem in sft_problems[start:start + PROBLEMS_PER_SESSION]:
+                    outputs = run_steps(problem, session)
+                    for stop in early_stops(problem, rng, cfg):
+                        trajectories.append(reference_trajectory(problem, outputs, stop))
+                        early += stop is not None
     logger.info("synthetic task: %d SFT trajectories (sandbox-run; %d answer early), %d RL and "
                 "%d eval prompts", len(trajectories), early, len(rl_problems), len(eval_problems))
     return SyntheticData(sft=trajectories, rl=[_prompt(p, "rl") for p in rl_problems],

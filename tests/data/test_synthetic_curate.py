@@ -156,3 +156,16 @@ def test_curate_filters_in_order_and_cli_writes_layout_read(tmp_path, capsys):
                  str(tmp_path / "s.json")]) == 0
     assert png.stat().st_size > 0
     assert json.loads((tmp_path / "s.json").read_text())["tool_calls_ge_9"] == 4
+
+
+def test_a_shared_session_prints_what_fresh_sessions_print(monkeypatch):
+    """Problems run in one sandbox session per chunk (a session start per problem made 14,336
+    problems take minutes): each problem rebinds its variables before reading them, so the
+    trajectories are exactly those of one fresh session per problem."""
+    import aster.data.synthetic as synthetic
+
+    cfg = SyntheticTaskConfig(num_sft=24, num_rl=1, num_eval=1, max_steps=3, max_operand=99,
+                              max_value=99, early_answer_prob=0.5, seed=11)
+    shared = build_synthetic(cfg)
+    monkeypatch.setattr(synthetic, "PROBLEMS_PER_SESSION", 1)
+    assert build_synthetic(cfg).sft == shared.sft
