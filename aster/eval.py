@@ -217,7 +217,6 @@ def evaluate(engine, pool, benchmarks: dict[str, list[dict]] | list[dict],
                                f"{len(share)} (problem, sample) pairs")
         rows += budget_rows(bench, prompts, share, trajs, eval_cfg, tokenizer,
                             eval_rollout_config(eval_cfg, rollout_cfg).reward_match)
-        logger.info("eval %s: %d problems x %d samples done", bench, len(prompts), eval_cfg.k)
     rows = gather_rows(rows, dist, list(benchmarks))
     summary = share_from_main(summarize_budgets(rows, eval_cfg) if rank == 0 else None, dist)
     return summary, rows
