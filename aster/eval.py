@@ -182,7 +182,7 @@ def log_eval_plan(benchmarks: dict[str, list[dict]], eval_cfg: EvalConfig) -> in
                     n * eval_cfg.k)
     limit = (f"eval.max_problems={eval_cfg.max_problems}" if eval_cfg.max_problems
              else "eval.max_problems=0: every problem")
-    logger.info("eval: %d trajectories in all (%s; data.max_rows limits training data only)",
+    logger.info("eval: %d trajectories in all (%s; data.max_rows does not limit aster eval)",
                 total, limit)
     return total
 

@@ -145,7 +145,7 @@ def test_aster_eval_shows_progress_and_writes_its_run_dir_before_it_finishes(tmp
     assert str(model) in config and "max_tokens: 64" in config
     # what is evaluated, said before the model loads; data.max_rows does not limit it
     plan = "eval synthetic: 4 problems x k=2 = 8 trajectories"
-    assert plan in text and "data.max_rows limits training data only" in text
+    assert plan in text and "data.max_rows does not limit aster eval" in text
     assert text.index(plan) < text.index("run directory") < text.index(
         PROGRESS_LINE.search(text).group(0))
     assert "eval synthetic: 8/8 trajectories (100%)" in text
