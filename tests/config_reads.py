@@ -22,7 +22,7 @@ import threading
 import typing
 
 SKIP_MODULES = frozenset({"dataclasses", "aster.configio", "copy"})
-# the methods dataclasses generates run with the config module's globals: named, not moduled
+# the methods dataclasses generates (exec'd from a string, with the config module's globals)
 SKIP_FUNCTIONS = frozenset({"__repr__", "__eq__", "__init__", "__hash__"})
 
 _state = threading.local()
@@ -71,7 +71,8 @@ def _hook(cls, names: frozenset[str]):
         if name in names and not _validating():
             frame = sys._getframe(1)
             if (frame.f_globals.get("__name__", "") not in SKIP_MODULES
-                    and frame.f_code.co_name not in SKIP_FUNCTIONS):
+                    and not (frame.f_code.co_filename == "<string>"
+                             and frame.f_code.co_name in SKIP_FUNCTIONS)):
                 _record(f"{type(self).__name__}.{name}")
         return base(self, name)
 
