@@ -140,14 +140,15 @@ def eval_rollout_config(eval_cfg: EvalConfig, rollout_cfg=None):
 
 
 def _agent_rollouts(engine, pool, tokenizer, problems: list[str], eval_cfg: EvalConfig,
-                    rollout_cfg=None, only: list[tuple[int, int]] | None = None):
+                    rollout_cfg=None, only: list[tuple[int, int]] | None = None,
+                    label: str = "eval"):
     """k trajectories per problem (problem-major) through aster.rollout's agent loop, or the
-    (problem, sample) pairs `only` names."""
+    (problem, sample) pairs `only` names; `label` names them on the progress display."""
     from aster.rollout.loop import run_rollouts
 
     return run_rollouts(engine, pool, problems, eval_rollout_config(eval_cfg, rollout_cfg),
                         tokenizer=tokenizer, samples_per_prompt=eval_cfg.k, seed=eval_cfg.seed,
-                        only=only)
+                        only=only, label=label, announce=True)
 
 
 def _row(bench: str, index: int, sample: int, prompt: dict, traj, budget: int,
@@ -163,6 +164,27 @@ def _row(bench: str, index: int, sample: int, prompt: dict, traj, budget: int,
             "tool_errors": traj.tool_errors + getattr(traj, "exec_errors", 0),
             "finish_reason": traj.finish_reason, "response_tokens": len(traj.response_ids),
             "text": traj.text}
+
+
+def eval_problems(prompts: list[dict], eval_cfg: EvalConfig) -> list[dict]:
+    """The problems of one benchmark that are evaluated: the first eval.max_problems."""
+    return prompts[: eval_cfg.max_problems] if eval_cfg.max_problems else prompts
+
+
+def log_eval_plan(benchmarks: dict[str, list[dict]], eval_cfg: EvalConfig) -> int:
+    """Log each benchmark's problems x k before anything loads, and say what limits them:
+    eval.max_problems does, data.max_rows (training data) does not. Returns the total."""
+    total = 0
+    for bench, prompts in benchmarks.items():
+        n = len(eval_problems(prompts, eval_cfg))
+        total += n * eval_cfg.k
+        logger.info("eval %s: %d problems x k=%d = %d trajectories", bench, n, eval_cfg.k,
+                    n * eval_cfg.k)
+    limit = (f"eval.max_problems={eval_cfg.max_problems}" if eval_cfg.max_problems
+             else "eval.max_problems=0: every problem")
+    logger.info("eval: %d trajectories in all (%s; data.max_rows does not limit aster eval)",
+                total, limit)
+    return total
 
 
 def evaluate(engine, pool, benchmarks: dict[str, list[dict]] | list[dict],
@@ -185,17 +207,16 @@ def evaluate(engine, pool, benchmarks: dict[str, list[dict]] | list[dict],
     rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
     rows = []
     for bench, prompts in benchmarks.items():
-        if eval_cfg.max_problems:
-            prompts = prompts[: eval_cfg.max_problems]
+        prompts = eval_problems(prompts, eval_cfg)
         share = rank_share(len(prompts), eval_cfg.k, rank, world)
+        label = f"eval {bench}" + (f" (rank 0's share of {world})" if world > 1 else "")
         trajs = _agent_rollouts(engine, pool, tokenizer, [p["problem"] for p in prompts],
-                                eval_cfg, rollout_cfg, only=share)
+                                eval_cfg, rollout_cfg, only=share, label=label)
         if len(trajs) != len(share):
             raise RuntimeError(f"rollouts returned {len(trajs)} trajectories for "
                                f"{len(share)} (problem, sample) pairs")
         rows += budget_rows(bench, prompts, share, trajs, eval_cfg, tokenizer,
                             eval_rollout_config(eval_cfg, rollout_cfg).reward_match)
-        logger.info("eval %s: %d problems x %d samples done", bench, len(prompts), eval_cfg.k)
     rows = gather_rows(rows, dist, list(benchmarks))
     summary = share_from_main(summarize_budgets(rows, eval_cfg) if rank == 0 else None, dist)
     return summary, rows

@@ -1,17 +1,22 @@
 """Every config key does something, and every value is checked when the config loads.
 
-- No dead keys: each field of every config dataclass must be read by some code path in aster/,
-  backends/ or kernels/ (an attribute access on something other than `self`, a getattr or a
-  subscript with its name, or an RL objective / penalty field filled from `rl:` by name), or
-  be listed below with the reason it is not.
+- No dead keys: every field of every config dataclass must be read during representative runs
+  (tests/config_reads_main.py: every job command on the shrunken tiny config, DDP / FSDP2 /
+  DeepSpeed on 2 gloo ranks, tool calls through the agent loop, the vLLM engine's args), as
+  recorded by tests/config_reads.py, or be listed below with the reason it is not. A config
+  section validating itself is not a use; a name read elsewhere for something else is not
+  either (the old name-matching walk could never report `seed`, `temperature` or `name`).
 - Numbers: every numeric key rejects nan, inf and a far out-of-range value with a one-line
   ConfigError; `aster train` with such a value exits 2 with one line before anything loads.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
+import importlib.util
+import os
+import subprocess
+import sys
 import typing
 from pathlib import Path
 
@@ -19,13 +24,15 @@ import pytest
 
 from aster.config import AsterConfig, load_config
 from aster.errors import ConfigError
+from tests import config_reads
+from tests.train.ranks import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("aster", "backends", "kernels")
+RUNNER = ROOT / "tests" / "config_reads_main.py"
 
-# Keys documented but read by no code path yet, with the reason. Kept empty: a key nothing
-# reads is a silent no-op.
-DOC_ONLY: dict[str, str] = {}
+# Keys the runs here cannot reach (hardware-only paths), with the reason. Kept empty: every
+# key is read on a CPU box by the runs above.
+HARDWARE_ONLY: dict[str, str] = {}
 # Keys another branch is wiring right now (the lead removes an entry when it lands).
 PENDING: dict[str, str] = {}
 
@@ -41,47 +48,61 @@ def config_keys(cls=AsterConfig, prefix: str = ""):
             yield f"{prefix}{f.name}", f.name, tp
 
 
-def names_read_in_code() -> set[str]:
-    """Attribute names read on anything but `self` (a dataclass validating itself is not a
-    use), and string constants passed to getattr or used as subscripts, over the sources."""
-    read: set[str] = set()
-    for top in SOURCES:
-        for path in (ROOT / top).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text(), str(path))):
-                if isinstance(node, ast.Attribute) and not (
-                        isinstance(node.value, ast.Name) and node.value.id == "self"):
-                    read.add(node.attr)
-                elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
-                    read.add(str(node.slice.value))
-                elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "getattr" \
-                        and len(node.args) > 1 and isinstance(node.args[1], ast.Constant):
-                    read.add(str(node.args[1].value))
-    return read
+def _run(*args, timeout=300):
+    proc = subprocess.run([sys.executable, str(RUNNER), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
-def rl_keys_read_by_objectives() -> set[str]:
-    """rl.* keys the objectives and penalties read by field name (PolicyLoss.from_config)."""
-    from aster.algo import LOSSES, Penalties
-    from aster.train.config import RLConfig
+@pytest.fixture(scope="module")
+def keys_read(tmp_path_factory):
+    """The config keys the representative runs read (about a minute on a 2-core box)."""
+    from aster.tiny_model import build_tiny_model
 
-    rl_fields = {f.name for f in dataclasses.fields(RLConfig)}
-    names = {f.name for cls in (*LOSSES.values(), Penalties) for f in dataclasses.fields(cls)}
-    return {f"rl.{n}" for n in names & rl_fields}
+    work = tmp_path_factory.mktemp("config_reads")
+    reads = work / "reads.txt"
+    (work / "runs_dir").mkdir()
+    _run("runs", reads, work / "runs_dir")
+    strategies = ["ddp", "fsdp2"]
+    if importlib.util.find_spec("deepspeed") is not None:
+        strategies += ["deepspeed-1", "deepspeed-3"]
+    model = build_tiny_model(work / "model", load_config().model.tiny, seed=0)
+    (work / "dist").mkdir()
+    _run("dist", reads, free_port(), work / "dist", model, ",".join(strategies))
+    return config_reads.keys_read(reads)
 
 
-def test_every_config_key_is_read_by_some_code_path():
-    read, by_objective = names_read_in_code(), rl_keys_read_by_objectives()
-    dead = [key for key, name, _ in config_keys()
-            if name not in read and key not in by_objective and key not in DOC_ONLY
-            and key not in PENDING]
-    assert not dead, f"config keys nothing reads (wire or remove them): {dead}"
+def test_every_config_key_is_read_by_a_representative_run(keys_read):
+    dead = [key for key, _, _ in config_keys()
+            if key not in keys_read and key not in HARDWARE_ONLY and key not in PENDING]
+    assert not dead, f"config keys no run reads (wire or remove them): {dead}"
 
 
-def test_documentation_only_keys_are_still_unread():
-    read = names_read_in_code()
-    keys = {key: name for key, name, _ in config_keys()}
-    stale = [k for k in DOC_ONLY if k not in keys or keys[k] in read]
-    assert not stale, f"listed as documentation-only but read now (or gone): {stale}"
+def test_allowlisted_keys_are_still_unread(keys_read):
+    keys = {key for key, _, _ in config_keys()}
+    stale = [k for k in {**HARDWARE_ONLY, **PENDING} if k not in keys or k in keys_read]
+    assert not stale, f"listed as unread but read now (or gone): {stale}"
+
+
+def test_the_recorder_ignores_validation_and_serialisation(tmp_path):
+    """In a fresh process: loading, validating, copying and dumping a config reads nothing;
+    one attribute read is one key."""
+    reads = tmp_path / "reads.txt"
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+            "from tests import config_reads\n"
+            f"config_reads.install({str(reads)!r})\n"
+            "import dataclasses\nfrom aster.config import load_config\n"
+            "cfg = load_config(None, ['rollout.temperature=0.5'])\n"
+            "cfg.to_yaml(); repr(cfg); dataclasses.replace(cfg.rollout, top_p=0.9)\n"
+            "open(sys.argv[1], 'w').write(open(" + repr(str(reads)) + ").read() "
+            "if __import__('os').path.exists(" + repr(str(reads)) + ") else '')\n"
+            "cfg.eval.seed\n")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "before.txt")], check=True,
+                   cwd=ROOT, timeout=60)
+    leaves = {key for key, _, _ in config_keys()}
+    assert config_reads.keys_read(tmp_path / "before.txt") & leaves == set()
+    assert config_reads.keys_read(reads) & leaves == {"eval.seed"}
 
 
 @pytest.mark.parametrize("override,says", [

@@ -29,6 +29,12 @@ def _model_context(model_path: str) -> int | None:
         return None
 
 
+def _require_model(model_path: str | None) -> None:
+    if not model_path:
+        raise AsterUserError("no model to evaluate: give --model PATH (a checkpoint directory "
+                             "or a Hugging Face model path) or model.path=PATH")
+
+
 def load_engine(model_path: str, backend, cfg, *, max_model_len: int | None = None):
     """(engine, tokenizer) for a checkpoint directory or Hugging Face model path: the engine
     `cfg.rollout.engine` (or the backend) names, in `cfg.model.dtype` resolved as training
@@ -39,9 +45,7 @@ def load_engine(model_path: str, backend, cfg, *, max_model_len: int | None = No
     from aster.rollout.engine import build_engine
     from aster.train.precision import compute_dtype, dtype_name
 
-    if not model_path:
-        raise AsterUserError("no model to evaluate: give --model PATH (a checkpoint directory "
-                             "or a Hugging Face model path) or model.path=PATH")
+    _require_model(model_path)
     from aster.train.model_source import check_model_path, resolve_model_path
 
     check_model_path(model_path)  # a Hub name: its cached snapshot, or fetched once here
@@ -69,8 +73,17 @@ def load_engine(model_path: str, backend, cfg, *, max_model_len: int | None = No
     return engine, tokenizer
 
 
+def write_run_config(out: Path, cfg) -> None:
+    """`out`/config.yaml: the resolved config this evaluation runs with."""
+    from aster.train.checkpoint import write_text_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "config.yaml", cfg.to_yaml())
+    logging.getLogger("aster").info("run directory: %s", out.resolve())
+
+
 def run_eval(args: argparse.Namespace) -> int:
-    from aster.eval import compare, evaluate, format_table, write_results
+    from aster.eval import compare, evaluate, format_table, log_eval_plan, write_results
 
     if args.compare:
         print(compare(args.compare))
@@ -84,10 +97,17 @@ def run_eval(args: argparse.Namespace) -> int:
         overrides.append(f"eval.budgets=[{','.join(str(b) for b in args.budgets)}]")
         overrides.append(f"eval.max_tokens={max(args.budgets)}")  # generated at the largest
     cfg = load_config(args.config, overrides)
+    if args.model:  # the config written to the run directory names the model evaluated
+        cfg.model.path = args.model
     backend = select_backend(args.device or cfg.run.device)
     benchmarks = _benchmarks(args, cfg)
-    engine, tokenizer = load_engine(args.model or cfg.model.path, backend, cfg)
+    _require_model(args.model or cfg.model.path)  # before the run directory: nothing written
+    log_eval_plan(benchmarks, cfg.eval)
+    # the run directory and the resolved config before the model loads: a job stopped while
+    # loading or generating still says where it was going and with what
     out = Path(args.output_dir or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
+    write_run_config(out, cfg)
+    engine, tokenizer = load_engine(args.model or cfg.model.path, backend, cfg)
     try:
         with SandboxPool(cfg.sandbox) as pool:
             pool.log_confinement(logging.getLogger("aster"))

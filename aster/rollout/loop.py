@@ -8,6 +8,7 @@ import logging
 import time
 import zlib
 
+from aster.progress import Progress
 from aster.reward import extract_answer, score
 from aster.rollout.agent import (
     BusyClock,
@@ -41,14 +42,18 @@ def stop_token_ids(tokenizer) -> list[int]:
 
 class AgentLoop:
     """Multi-turn tool rollouts. `cfg` is a RolloutConfig (limits, sampling); eval passes one
-    with its own temperature / budgets. After `run`, `stats` holds the wall-time split."""
+    with its own temperature / budgets. After `run`, `stats` holds the wall-time split.
+    `label` names the batch on its progress bar or log line (aster.progress); `announce` logs
+    its start and end too (evaluation)."""
 
     def __init__(self, engine: Engine, tokenizer, pool, cfg, *, max_batch: int | None = None,
-                 gather_s: float = 0.02, seed: int | None = None):
+                 gather_s: float = 0.02, seed: int | None = None, label: str = "rollouts",
+                 announce: bool = False):
         self.engine, self.tokenizer, self.pool, self.cfg = engine, tokenizer, pool, cfg
         self.max_batch = max_batch or cfg.max_concurrency
         self.gather_s = gather_s
         self.seed = seed
+        self.label, self.announce = label, announce
         self.format = chat_format(tokenizer, tool_schemas(cfg.tools))
         self.stops = stop_token_ids(tokenizer)
         self.stats: dict = {}
@@ -73,6 +78,7 @@ class AgentLoop:
         batcher.live = len(jobs)
         server = asyncio.create_task(batcher.serve())
         start = time.perf_counter()
+        self._progress = Progress(len(jobs), self.label, announce=self.announce).start()
         try:
             # a trajectory's number (its sampling seeds) is its place in the full prompt-major
             # order, so a subset samples what the whole run would have for those pairs
@@ -83,6 +89,7 @@ class AgentLoop:
             with contextlib.suppress(asyncio.CancelledError):
                 await server
             batcher.close()
+            self._progress.close()
         self._record_stats(time.perf_counter() - start, batcher)
         return list(trajs)
 
@@ -109,6 +116,7 @@ class AgentLoop:
                 await self._turns(traj, number, stack)
             finally:
                 self._batcher.live -= 1
+                self._progress.finish_one()
                 with self._tools.span():
                     await _close_quietly(stack)  # the sandbox session, if one was opened
             traj.timing["wall_s"] = time.perf_counter() - start
@@ -138,6 +146,7 @@ class AgentLoop:
             out = await self._batcher.generate(traj.prompt_ids + traj.response_ids,
                                                self._params(traj, number, remaining))
             traj.timing["gen_s"] += time.perf_counter() - t0
+            self._progress.add_tokens(len(out.token_ids))
             traj.append(out.token_ids, out.logprobs)
             traj.num_turns += 1
             turn = TurnRecord(len(out.token_ids))
@@ -210,6 +219,7 @@ class AgentLoop:
             result = await session.arun(call.code, timeout=self.cfg.tool_timeout_s)
         traj.timing["tool_s"] += time.perf_counter() - t0
         traj.num_tool_calls += 1
+        self._progress.add_tool_call()
         traj.exec_errors += 0 if result.ok else 1
         text = format_tool_response(result)
         limit = self.cfg.max_tool_output_chars
@@ -227,16 +237,18 @@ async def _close_quietly(stack: contextlib.AsyncExitStack) -> None:
 
 def run_rollouts(engine: Engine, pool, prompts, cfg, *, tokenizer, samples_per_prompt: int = 1,
                  seed: int | None = None, stats: dict | None = None,
-                 max_batch: int | None = None,
-                 only: list[tuple[int, int]] | None = None) -> list[Trajectory]:
+                 max_batch: int | None = None, only: list[tuple[int, int]] | None = None,
+                 label: str = "rollouts", announce: bool = False) -> list[Trajectory]:
     """Roll out `prompts` (problem strings or dicts with `prompt`/`messages` and `answer`)
     with `engine` and the sandbox `pool` under the limits of `cfg` (a RolloutConfig).
 
     `stats`, when given, receives the wall-time split (generation, tools, loop overhead).
     `only` (prompt index, sample index) pairs: roll out just those (one rank's share of an
-    evaluation), with the seeds the full run gives them.
+    evaluation), with the seeds the full run gives them. `label` / `announce`: the progress
+    display (AgentLoop).
     """
-    loop = AgentLoop(engine, tokenizer, pool, cfg, max_batch=max_batch, seed=seed)
+    loop = AgentLoop(engine, tokenizer, pool, cfg, max_batch=max_batch, seed=seed, label=label,
+                     announce=announce)
     trajs = loop.run(prompts, samples_per_prompt, only)
     if stats is not None:
         stats.update(loop.stats)

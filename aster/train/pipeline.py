@@ -231,8 +231,8 @@ def load_task_data(cfg, run_dir: Path, dist) -> dict:
 
 def _sft_examples(data_cfg, synthetic) -> list[dict]:
     """The SFT trajectories of the `data:` section with at least data.min_tool_calls."""
-    if data_cfg.sft_path == "synthetic":
-        examples = synthetic["sft"]
+    if data_cfg.sft_path == "synthetic":  # data.max_rows limits the synthetic task as a file
+        examples = _first(synthetic["sft"], data_cfg.max_rows)
     else:
         from aster.data.formats import load_sft
 
@@ -249,13 +249,17 @@ def _sft_examples(data_cfg, synthetic) -> list[dict]:
     return dense
 
 
+def _first(items: list, max_rows: int) -> list:
+    return items[:max_rows] if max_rows else items
+
+
 def _tool_calls(example: dict) -> int:
     return sum(len(m.get("tool_calls") or []) for m in example["messages"])
 
 
 def _prompts(path: str, cfg, synthetic, split: str) -> list[dict]:
     if path == "synthetic":
-        return synthetic[split]
+        return _first(synthetic[split], cfg.data.max_rows)
     from aster.data.prompts import load_prompts
 
     return load_prompts(path, cfg.data.max_rows).prompts
