@@ -17,9 +17,9 @@ def _synthetic():
 def test_max_rows_limits_the_synthetic_task():
     cfg = load_config(None, ["data.max_rows=2", "data.min_tool_calls=1"])
     data = _synthetic()
-    assert [e["n"] for e in _sft_examples(cfg, data)] == [0, 1]
+    assert [e["n"] for e in _sft_examples(cfg.data, data)] == [0, 1]
     assert [p["problem"] for p in _prompts("synthetic", cfg, data, "rl")] == ["0", "1"]
     assert len(_prompts("synthetic", cfg, data, "eval")) == 2
     unlimited = load_config(None, ["data.min_tool_calls=1"])
-    assert len(_sft_examples(unlimited, data)) == 5
+    assert len(_sft_examples(unlimited.data, data)) == 5
     assert len(_prompts("synthetic", unlimited, data, "rl")) == 6
