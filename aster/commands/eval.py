@@ -42,7 +42,7 @@ def load_engine(model_path: str, backend, cfg, *, max_model_len: int | None = No
     `max_model_len` defaults to the eval budget plus room for the prompt."""
     from transformers import AutoTokenizer
 
-    from aster.rollout.engine import build_engine
+    from aster.rollout.factory import build_engine
     from aster.train.precision import compute_dtype, dtype_name
 
     _require_model(model_path)

@@ -9,7 +9,8 @@ from aster.backend import DEVICE_CHOICES, DEVICE_HELP
 
 def _record(args: argparse.Namespace) -> int:
     from aster.backend import select_backend
-    from aster.parity import format_rows, record_suite, write_record
+    from aster.parity import record_suite
+    from aster.parity_record import format_rows, write_record
 
     backend = select_backend(args.device, kernel_impl=args.kernel_impl)
     record = record_suite(backend, [d.strip() for d in args.dtypes.split(",") if d.strip()])
@@ -26,7 +27,7 @@ def _record(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from aster.parity import compare_records, format_rows, read_record, skipped_dtypes
+    from aster.parity_record import compare_records, format_rows, read_record, skipped_dtypes
 
     a, b = read_record(args.a), read_record(args.b)
     rows, ok = compare_records(a, b)

@@ -3,7 +3,7 @@
 The way engineers align a run on one accelerator family with a run on another: generation is
 sampled, so two runs never see the same trajectories; dump one run's rollouts and replay them
 on the other with the rollout skipped, and every number downstream (old log-probs, loss, grad
-norm, updated weights) must agree within the tolerances of aster.parity.
+norm, updated weights) must agree within the tolerances of aster.parity_record.
 
 - `rl.dump_rollouts_dir=DIR` (`aster rl|train --dump-rollouts DIR`): every GRPO step writes the
   trajectories it trained on (prompt and response token ids, loss masks, rewards, rollout
@@ -162,7 +162,7 @@ def step_rollouts(ctx, engine, prompts: list[dict], indices: list[int], stage: s
         trajs, metrics = generate(ctx, engine, [prompts[i] for i in indices], rl.group_size,
                                   max_response_tokens, seed)
         return trajs, metrics, None
-    from aster.parity import weight_checksums
+    from aster.parity_record import weight_checksums
 
     before = weight_checksums(ctx.hf_model, "weights_before.")
     meta = step_meta(ctx, stage, step + 1, seed, indices)
@@ -181,7 +181,7 @@ def finish_step(ctx, trace: StepTrace | None, adv, old_lp, upd: dict) -> None:
     """Write the step's parity record (collective; rank 0 writes). No-op without a trace."""
     if trace is None:
         return
-    from aster.parity import write_record
+    from aster.parity_record import write_record
 
     record = step_record(ctx, trace, adv, old_lp, upd)
     if not ctx.dist.is_main:
@@ -338,7 +338,7 @@ def _token_quantities(ctx, trajs, adv, old_lp) -> dict:
 
 def step_record(ctx, trace: StepTrace, adv, old_lp, upd: dict) -> dict:
     """The parity record (kind rl_step) of one dumped or replayed step; a collective."""
-    from aster.parity import weight_checksums
+    from aster.parity_record import weight_checksums
 
     quantities = {**_token_quantities(ctx, trace.trajs, adv, old_lp), **trace.weights_before}
     for key in ("loss", "grad_norm", "clip_frac_upper", "clip_frac_lower", "approx_kl"):

@@ -85,7 +85,7 @@ def run_max_model_len(cfg, model_path: str | None = None) -> int:
 def make_engine(ctx, model_dir: str, max_model_len: int | None = None):
     """The rollout engine the backend names, loaded from `model_dir`, sized for the run's
     budgets unless `max_model_len` is given."""
-    from aster.rollout import build_engine
+    from aster.rollout.factory import build_engine
     from aster.train.precision import dtype_name
 
     return build_engine(ctx.backend, model_dir, ctx.cfg.rollout,
