@@ -19,8 +19,14 @@ import torch
 
 from aster import kernels
 from aster.algo.loss import PolicyForward, build_micro_batch, policy_logprobs
+from aster.backend import current_backend
+from aster.config import load_config
 from aster.errors import AsterUserError
 from aster.parity_record import weight_checksums
+from aster.rollout.agent import Trajectory
+from aster.train.common import TrainContext
+from aster.train.rl import learn_from_rollouts, start_rl_stage, trajectory_logprobs
+from aster.train.strategy import build_strategy
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
 SEED = 1234
@@ -128,13 +134,6 @@ def grpo_step_quantities(dtype: torch.dtype, device: torch.device) -> dict[str, 
     normaliser, objective and Updater: gradient clipping, AdamW). The rollout's log-probs are
     the policy's own shifted by a fixed pattern, as an engine's would differ, so ratios leave 1
     and both clips engage."""
-    from aster.backend import current_backend
-    from aster.config import load_config
-    from aster.rollout.agent import Trajectory
-    from aster.train.common import TrainContext
-    from aster.train.rl import learn_from_rollouts, start_rl_stage, trajectory_logprobs
-    from aster.train.strategy import build_strategy
-
     model = _tiny_model(dtype, device)
     backend = current_backend()
     cfg = load_config(None, GRPO_STEP)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from aster.rollout.templates import CHAT_TEMPLATE
 
@@ -79,7 +80,6 @@ def default_corpus() -> list[str]:
 
 def train_tokenizer(vocab_size: int, corpus: list[str] | None = None):
     """A byte-level BPE PreTrainedTokenizerFast with the chat template and special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
