@@ -30,8 +30,8 @@ from collections.abc import Mapping
 
 import torch
 
-# at module level here (not lazily): GrowingLayer subclasses DynamicLayer; nothing imports this
-# module but the engine factory, when an hf engine is built
+# at module level here (not lazily): GrowingLayer subclasses DynamicLayer; only the engine
+# factory (lazily, when an hf engine is built) and hf_stream import this module
 from transformers import DynamicCache  # noqa: TID253
 from transformers.cache_utils import DynamicLayer  # noqa: TID253
 
