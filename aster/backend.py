@@ -10,6 +10,7 @@ This module is the one place in ``aster/`` allowed to name the device kinds, bec
 
 from __future__ import annotations
 
+import datetime
 import importlib
 import logging
 import os
@@ -17,6 +18,7 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, fields
 
 import torch
+import torch.distributed as dist
 
 from aster.errors import CapabilityError, ConfigError, DeviceUnavailableError
 
@@ -133,10 +135,6 @@ class Backend(ABC):
 
         Single-process runs (no WORLD_SIZE, or 1) get a DistInfo and no process group.
         """
-        import datetime
-
-        import torch.distributed as dist
-
         self.dist = DistInfo.from_env()
         self.set_device()
         if self.dist.world_size > 1 and not dist.is_initialized():
@@ -152,8 +150,6 @@ class Backend(ABC):
         all-reduces CPU counters and gathers Python objects; with the pair every tensor finds
         its backend. The devices a collective serves are torch's own record (torch_npu
         registers hccl for "npu"), so a plug-in collective is handled the same way."""
-        import torch.distributed as dist
-
         served = dist.Backend.backend_capability.get(self.dist_backend.lower(), ["cpu"])
         if "cpu" in served:
             return self.dist_backend

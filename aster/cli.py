@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import os
 import re
 import sys
 
 from aster import __version__
-from aster.backend import DEVICES_BLURB, EXAMPLE_CLUSTER_RUN
+from aster.backend import DEVICES_BLURB, EXAMPLE_CLUSTER_RUN, resolve_device_name
 from aster.errors import AsterUserError
 
 # Order is the order `aster --help` lists them in.
@@ -124,8 +125,6 @@ def setup_logging(verbose: bool) -> None:
 
 def _quiet_libraries() -> None:
     """transformers' own handler and progress bars (weight loading) on the other ranks."""
-    import importlib.util
-
     if importlib.util.find_spec("transformers") is not None:
         from transformers.utils import logging as hf_logging
 
@@ -137,8 +136,6 @@ def check_device(args: argparse.Namespace) -> None:
     """Fail fast, before any work, when an explicit --device is not usable here."""
     device = getattr(args, "device", None)
     if device not in (None, "auto"):
-        from aster.backend import resolve_device_name
-
         resolve_device_name(device)
 
 

@@ -20,7 +20,9 @@ from aster.data.config import DataConfig
 from aster.errors import ConfigError
 from aster.eval import EvalConfig
 from aster.rollout.config import RolloutConfig
+from aster.rollout.templates import check_template_choice
 from aster.sandbox.config import SandboxConfig
+from aster.tiny_model import TinyModelConfig
 from aster.train.config import CheckpointConfig, DistributedConfig, RLConfig, SFTConfig
 
 DEFAULT_CONFIG = "tiny"
@@ -50,35 +52,6 @@ class RunConfig:
 
 
 @dataclass
-class TinyModelConfig:
-    """The in-process Qwen3-architecture model used when model.path is empty."""
-
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 2
-    num_kv_heads: int = 1
-    head_dim: int = 32  # vLLM's CPU attention needs >= 32
-    intermediate_size: int = 128
-    vocab_size: int = 512  # the byte-level BPE tokenizer trained in-process
-    max_position_embeddings: int = 4096
-
-    def __post_init__(self):
-        for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads",
-                    "intermediate_size", "max_position_embeddings"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"model.tiny.{key}={getattr(self, key)!r} must be >= 1")
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"model.tiny.num_kv_heads={self.num_kv_heads!r} must divide "
-                             f"model.tiny.num_heads={self.num_heads!r}")
-        if self.vocab_size < 300:
-            raise ValueError(f"model.tiny.vocab_size={self.vocab_size!r} must be >= 300 (the "
-                             "byte-level tokenizer's 256 bytes, its special tokens, merges)")
-        if self.head_dim < 32:
-            raise ValueError(f"model.tiny.head_dim={self.head_dim} must be >= 32 "
-                             "(vLLM's CPU attention rejects smaller heads)")
-
-
-@dataclass
 class ModelConfig:
     """The policy model: a Hugging Face directory or hub name, or the tiny in-process one."""
 
@@ -96,8 +69,6 @@ class ModelConfig:
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
 
     def __post_init__(self):
-        from aster.rollout.templates import check_template_choice
-
         check_template_choice(self.chat_template)
 
 

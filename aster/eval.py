@@ -14,8 +14,15 @@ import logging
 import math
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from aster.data.io import read_rows
+from aster.eval_budgets import cut_at_budget
+from aster.eval_split import gather_rows, rank_share, share_from_main
+from aster.reward import extract_answer, score
+from aster.rollout.config import RolloutConfig
+from aster.rollout.loop import run_rollouts
 
 logger = logging.getLogger("aster")
 
@@ -130,10 +137,6 @@ def _summary(rows: list[dict], eval_cfg: EvalConfig) -> dict:
 def eval_rollout_config(eval_cfg: EvalConfig, rollout_cfg=None):
     """The agent-loop settings for evaluation: rollout_cfg (engine limits, tool timeouts) with
     the eval sampling settings, tool-call limit and token budget."""
-    from dataclasses import replace
-
-    from aster.rollout.config import RolloutConfig
-
     return replace(rollout_cfg or RolloutConfig(), temperature=eval_cfg.temperature,
                    top_p=eval_cfg.top_p, top_k=-1, max_tool_calls=eval_cfg.max_tool_calls,
                    max_response_tokens=eval_cfg.budget_list[-1])
@@ -144,8 +147,6 @@ def _agent_rollouts(engine, pool, tokenizer, problems: list[str], eval_cfg: Eval
                     label: str = "eval"):
     """k trajectories per problem (problem-major) through aster.rollout's agent loop, or the
     (problem, sample) pairs `only` names; `label` names them on the progress display."""
-    from aster.rollout.loop import run_rollouts
-
     return run_rollouts(engine, pool, problems, eval_rollout_config(eval_cfg, rollout_cfg),
                         tokenizer=tokenizer, samples_per_prompt=eval_cfg.k, seed=eval_cfg.seed,
                         only=only, label=label, announce=True)
@@ -153,8 +154,6 @@ def _agent_rollouts(engine, pool, tokenizer, problems: list[str], eval_cfg: Eval
 
 def _row(bench: str, index: int, sample: int, prompt: dict, traj, budget: int,
          match: str = "math_verify") -> dict:
-    from aster.reward import extract_answer, score
-
     final = traj.final_text or traj.text
     return {"benchmark": bench, "budget": budget, "index": index, "sample": sample,
             "problem": prompt["problem"], "answer": prompt["answer"],
@@ -200,8 +199,6 @@ def evaluate(engine, pool, benchmarks: dict[str, list[dict]] | list[dict],
     `dist` (a DistInfo) with more than one rank: each rank rolls out its share of the
     problems x samples (aster.eval_split), rank 0 gets every row, every rank the summary.
     """
-    from aster.eval_split import gather_rows, rank_share, share_from_main
-
     if not isinstance(benchmarks, dict):
         benchmarks = {"eval": benchmarks}
     rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
@@ -226,8 +223,6 @@ def budget_rows(bench: str, prompts: list[dict], pairs, trajs, eval_cfg: EvalCon
                 tokenizer, match: str = "math_verify") -> list[dict]:
     """One row per (problem, sample) in `pairs` per budget: the trajectories as generated (at
     the largest budget) and, for each smaller budget, each one cut where that budget ends."""
-    from aster.eval_budgets import cut_at_budget
-
     rows, largest = [], eval_cfg.budget_list[-1]
     for budget in eval_cfg.budget_list:
         for (i, sample), traj in zip(pairs, trajs):
@@ -291,8 +286,6 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def compare(paths: list[str], pass_k: list[int] | None = None) -> str:
     """A side-by-side table of per-sample jsonl files (e.g. SFT vs RL, or two backends)."""
-    from aster.data.io import read_rows
-
     summaries = [summarize_rows(read_rows(p)[0], pass_k or [1]) for p in paths]
     names = [Path(p).parent.name if Path(p).name == "samples.jsonl" else Path(p).stem
              for p in paths]

@@ -13,6 +13,10 @@ evaluation, as the ranks finish their shares at different times.
 
 from __future__ import annotations
 
+import torch.distributed as tdist
+
+from aster.train.rollout_wait import rollout_group
+
 
 def rank_share(num_problems: int, k: int, rank: int, world: int) -> list[tuple[int, int]]:
     """This rank's (problem index, sample index) pairs of a num_problems x k evaluation."""
@@ -25,10 +29,6 @@ def gather_rows(rows: list[dict], dist, order: list[str]) -> list[dict]:
     order one rank makes them; other ranks get []); `rows` unchanged on one rank."""
     if dist is None or dist.world_size == 1:
         return rows
-    import torch.distributed as tdist
-
-    from aster.train.rollout_wait import rollout_group
-
     parts = [None] * dist.world_size if dist.is_main else None
     # under the rollout wait's timeout: the ranks finish their shares at different times
     tdist.gather_object(rows, parts, dst=0, group=rollout_group())
@@ -44,8 +44,6 @@ def share_from_main(value, dist):
     """Rank 0's `value` on every rank."""
     if dist is None or dist.world_size == 1:
         return value
-    import torch.distributed as tdist
-
     box = [value if dist.is_main else None]
     tdist.broadcast_object_list(box, src=0)
     return box[0]

@@ -10,6 +10,9 @@ import math
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 log = logging.getLogger("aster")
 
 CONSOLE_KEYS = ("loss", "reward", "tool_calls", "resp_len", "grad_norm", "tok/s", "mem")
@@ -94,9 +97,6 @@ class StageProgress:
     instead of a line per step. `every=0`: about 20 lines per stage."""
 
     def __init__(self, stage: str, first_step: int, total: int, every: int, bar: bool):
-        from tqdm import tqdm
-        from tqdm.contrib.logging import logging_redirect_tqdm
-
         self.stage, self.total = stage, total
         self.every = every or max(1, math.ceil(total / 20))
         self.window: list[dict] = []

@@ -19,6 +19,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aster.errors import ConfigError
+from aster.train.strategy import resolve_strategy, strategy_class
+
 GiB = 2**30
 # the device runtime's context, the collective's buffers and allocator fragmentation, per device
 # and phase (an estimate: the context alone is ~0.5 GiB on an H100, the collective's buffers a
@@ -102,8 +105,6 @@ def shape_from_hf_config(config: dict, name: str, source: str) -> ModelShape:
 def model_shape(model_cfg) -> ModelShape:
     """The shape of `model.path`: its config.json when it is a local directory, the tiny
     model's section when empty, else the known table; an unknown hub name is an error."""
-    from aster.errors import ConfigError
-
     path = model_cfg.path
     if not path:
         t = model_cfg.tiny
@@ -160,8 +161,6 @@ class Plan:
 def _shards(strategy: str, zero_stage: int, gpus: int) -> tuple[int, int, int]:
     """How many ways (params, grads, optimizer state) are split over the devices: the
     strategy's own answer."""
-    from aster.train.strategy import strategy_class
-
     return strategy_class(strategy).memory_shards(zero_stage, gpus)
 
 
@@ -340,8 +339,6 @@ def rollout_phase(name: str, cfg, shape, node, strategy, context: int) -> Phase:
 
 def build_plan(cfg, gpus: int, gpu_memory_gb: float, kernel_impl: str = "triton") -> Plan:
     """The per-device plan of every phase the config's stages run, on `gpus` devices."""
-    from aster.train.strategy import resolve_strategy
-
     shape, node = model_shape(cfg.model), Node(gpus, gpu_memory_gb * GiB)
     strategy = resolve_strategy(cfg.distributed.strategy, gpus)
     stages = cfg.run.stages

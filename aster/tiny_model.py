@@ -10,105 +10,49 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from aster.rollout.templates import CHAT_TEMPLATE
 
 log = logging.getLogger("aster")
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>",
                   "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
 
-# The real Qwen3 chat template (the hybrid-thinking one of Qwen3-0.6B ... Qwen3-32B), verbatim
-# (Apache-2.0): the tiny default renders every conversation the way a real Qwen3 checkpoint
-# does (tools in the system turn, reasoning split off at `</think>`, an empty think block on
-# the last turn only, reasoning before the last user message dropped, tool messages grouped
-# in a user turn as <tool_response>). tests/test_tiny_model.py compares it with the real file.
-CHAT_TEMPLATE = r"""{%- if tools %}
-    {{- '<|im_start|>system\n' }}
-    {%- if messages[0].role == 'system' %}
-        {{- messages[0].content + '\n\n' }}
-    {%- endif %}
-    {{- "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
-    {%- for tool in tools %}
-        {{- "\n" }}
-        {{- tool | tojson }}
-    {%- endfor %}
-    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
-{%- else %}
-    {%- if messages[0].role == 'system' %}
-        {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
-    {%- endif %}
-{%- endif %}
-{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
-{%- for message in messages[::-1] %}
-    {%- set index = (messages|length - 1) - loop.index0 %}
-    {%- if ns.multi_step_tool and message.role == "user" and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
-        {%- set ns.multi_step_tool = false %}
-        {%- set ns.last_query_index = index %}
-    {%- endif %}
-{%- endfor %}
-{%- for message in messages %}
-    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}
-        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}
-    {%- elif message.role == "assistant" %}
-        {%- set content = message.content %}
-        {%- set reasoning_content = '' %}
-        {%- if message.reasoning_content is defined and message.reasoning_content is not none %}
-            {%- set reasoning_content = message.reasoning_content %}
-        {%- else %}
-            {%- if '</think>' in message.content %}
-                {%- set content = message.content.split('</think>')[-1].lstrip('\n') %}
-                {%- set reasoning_content = message.content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}
-            {%- endif %}
-        {%- endif %}
-        {%- if loop.index0 > ns.last_query_index %}
-            {%- if loop.last or (not loop.last and reasoning_content) %}
-                {{- '<|im_start|>' + message.role + '\n<think>\n' + reasoning_content.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') }}
-            {%- else %}
-                {{- '<|im_start|>' + message.role + '\n' + content }}
-            {%- endif %}
-        {%- else %}
-            {{- '<|im_start|>' + message.role + '\n' + content }}
-        {%- endif %}
-        {%- if message.tool_calls %}
-            {%- for tool_call in message.tool_calls %}
-                {%- if (loop.first and content) or (not loop.first) %}
-                    {{- '\n' }}
-                {%- endif %}
-                {%- if tool_call.function %}
-                    {%- set tool_call = tool_call.function %}
-                {%- endif %}
-                {{- '<tool_call>\n{"name": "' }}
-                {{- tool_call.name }}
-                {{- '", "arguments": ' }}
-                {%- if tool_call.arguments is string %}
-                    {{- tool_call.arguments }}
-                {%- else %}
-                    {{- tool_call.arguments | tojson }}
-                {%- endif %}
-                {{- '}\n</tool_call>' }}
-            {%- endfor %}
-        {%- endif %}
-        {{- '<|im_end|>\n' }}
-    {%- elif message.role == "tool" %}
-        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}
-            {{- '<|im_start|>user' }}
-        {%- endif %}
-        {{- '\n<tool_response>\n' }}
-        {{- message.content }}
-        {{- '\n</tool_response>' }}
-        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
-            {{- '<|im_end|>\n' }}
-        {%- endif %}
-    {%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}
-    {{- '<|im_start|>assistant\n' }}
-    {%- if enable_thinking is defined and enable_thinking is false %}
-        {{- '<think>\n\n</think>\n\n' }}
-    {%- endif %}
-{%- endif %}"""
+
+@dataclass
+class TinyModelConfig:
+    """The in-process Qwen3-architecture model used when model.path is empty."""
+
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    num_kv_heads: int = 1
+    head_dim: int = 32  # vLLM's CPU attention needs >= 32
+    intermediate_size: int = 128
+    vocab_size: int = 512  # the byte-level BPE tokenizer trained in-process
+    max_position_embeddings: int = 4096
+
+    def __post_init__(self):
+        for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads",
+                    "intermediate_size", "max_position_embeddings"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"model.tiny.{key}={getattr(self, key)!r} must be >= 1")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"model.tiny.num_kv_heads={self.num_kv_heads!r} must divide "
+                             f"model.tiny.num_heads={self.num_heads!r}")
+        if self.vocab_size < 300:
+            raise ValueError(f"model.tiny.vocab_size={self.vocab_size!r} must be >= 300 (the "
+                             "byte-level tokenizer's 256 bytes, its special tokens, merges)")
+        if self.head_dim < 32:
+            raise ValueError(f"model.tiny.head_dim={self.head_dim} must be >= 32 "
+                             "(vLLM's CPU attention rejects smaller heads)")
+
+
 
 _DEFAULT_CORPUS = [
     "Please reason step by step, and put your final answer within \\boxed{}.",
@@ -136,7 +80,6 @@ def default_corpus() -> list[str]:
 
 def train_tokenizer(vocab_size: int, corpus: list[str] | None = None):
     """A byte-level BPE PreTrainedTokenizerFast with the chat template and special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -154,7 +97,7 @@ def train_tokenizer(vocab_size: int, corpus: list[str] | None = None):
 
 
 def tiny_qwen3_config(tiny_cfg, vocab_size: int):
-    """The transformers Qwen3Config for `tiny_cfg` (an aster.config.TinyModelConfig)."""
+    """The transformers Qwen3Config for `tiny_cfg` (a TinyModelConfig)."""
     from transformers import Qwen3Config
 
     return Qwen3Config(
@@ -169,16 +112,13 @@ def build_tiny_model(out_dir, tiny_cfg=None, seed: int = 0,
                      corpus: list[str] | None = None) -> str:
     """Write a random-init tiny Qwen3 model + tokenizer to `out_dir`; return the path.
 
-    `tiny_cfg` is an aster.config.TinyModelConfig (default: its defaults). The tokenizer's
+    `tiny_cfg` is a TinyModelConfig (default: its defaults). The tokenizer's
     vocabulary may come out smaller than `tiny_cfg.vocab_size` on a small corpus; the model's
     embedding is sized `tiny_cfg.vocab_size` either way (padded rows are never produced).
     """
     from transformers import Qwen3ForCausalLM
 
-    if tiny_cfg is None:
-        from aster.config import TinyModelConfig
-
-        tiny_cfg = TinyModelConfig()
+    tiny_cfg = tiny_cfg or TinyModelConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(tiny_cfg.vocab_size, corpus)

@@ -123,7 +123,7 @@ def _workload(engine, tokenizer, pool, n: int, cfg, name: str, label: str) -> li
 
 def _engine(kind: str, backend, path: str):
     from aster.rollout.config import RolloutConfig
-    from aster.rollout.engine import build_engine
+    from aster.rollout.factory import build_engine
 
     mode = {"vllm": "batched", "vllm-async": "async"}.get(kind, "continuous")
     cfg = RolloutConfig(engine=kind.split("-")[0], gpu_memory_utilization=0.1, vllm_mode=mode,
@@ -205,9 +205,8 @@ def run(backend=None, quick: bool = True, engines: list[str] | None = None,
     from transformers import AutoTokenizer
 
     from aster.backend import Backend, select_backend
-    from aster.config import TinyModelConfig
     from aster.sandbox import SandboxConfig, SandboxPool
-    from aster.tiny_model import build_tiny_model
+    from aster.tiny_model import TinyModelConfig, build_tiny_model
 
     if not isinstance(backend, Backend):
         backend = select_backend(backend or "cpu")

@@ -44,11 +44,11 @@ def budget_costs() -> tuple[float, float, bool]:
     import torch
     from transformers import AutoTokenizer
 
-    from aster.config import TinyModelConfig
     from aster.eval import EvalConfig, evaluate
-    from aster.rollout import HFEngine, RolloutConfig
+    from aster.rollout import RolloutConfig
+    from aster.rollout.hf_engine import HFEngine
     from aster.sandbox import SandboxConfig, SandboxPool
-    from aster.tiny_model import build_tiny_model
+    from aster.tiny_model import TinyModelConfig, build_tiny_model
 
     torch.set_num_threads(1)
     model_dir = build_tiny_model(Path(tempfile.mkdtemp()), TinyModelConfig(), seed=0)
@@ -74,10 +74,9 @@ def budget_costs() -> tuple[float, float, bool]:
 
 def vllm_prefixes() -> list[bool]:
     from aster.backend import select_backend
-    from aster.config import TinyModelConfig
     from aster.rollout.engine import SamplingParams
     from aster.rollout.vllm_engine import VLLMEngine
-    from aster.tiny_model import build_tiny_model
+    from aster.tiny_model import TinyModelConfig, build_tiny_model
 
     path = build_tiny_model(tempfile.mkdtemp(), TinyModelConfig(), seed=0)
     backend = select_backend("cpu", engine="vllm")

@@ -13,6 +13,8 @@ import logging
 
 import torch
 
+from aster.backend import current_backend
+
 IMPLS = ("reference", "chunked", "triton")
 _MODULES = {"reference": "aster.kernels.reference", "chunked": "aster.kernels.chunked",
             "triton": "aster.kernels.triton"}
@@ -30,8 +32,6 @@ _ROUTED: set[str] = set()  # reasons already logged (once per process)
 def resolve_impl(impl: str = "auto") -> str:
     """The concrete implementation name for `impl` ("auto" asks the current backend)."""
     if impl == "auto":
-        from aster.backend import current_backend
-
         impl = current_backend().kernel_impl
     if impl not in IMPLS:
         raise ValueError(f"unknown kernel impl {impl!r}; valid: auto, {', '.join(IMPLS)}")

@@ -30,6 +30,7 @@ from aster.kernels._checks import (
     check_loss_args,
     token_count,
 )
+from aster.kernels.chunked import _chunk_logits, _loss_terms, add_onehot_, loss_metrics
 
 # Elements of one chunk's [n, V] fp32 logits (256 MiB); see the module docstring.
 FUSED_CHUNK_ELEMENTS = 1 << 26
@@ -160,8 +161,6 @@ def apply(hidden, weight, run, return_logp: bool = False):
 def _torch_rows(hidden, weight, labels, old, adv, valid, tis_w, count, opts):
     """rows_fn for the chunked implementation: plain torch on an fp32 [n, V] logits chunk.
     `old` None: on-policy (old log-probs and the IS weight from the chunk's own logp)."""
-    from aster.kernels.chunked import _chunk_logits, _loss_terms, add_onehot_
-
     inv_t = 1.0 / opts["temperature"]
     rollout = opts["rollout_logp"]
 
@@ -189,8 +188,6 @@ def _torch_rows(hidden, weight, labels, old, adv, valid, tis_w, count, opts):
 
 
 def _torch_loss(logp, old, adv, valid, tis_w, count, opts) -> tuple[torch.Tensor, torch.Tensor]:
-    from aster.kernels.chunked import _loss_terms, loss_metrics
-
     tis = tis_w if tis_w is not None else torch.ones((), device=logp.device)
     per_token, ratio, log_ratio, _ = _loss_terms(logp, old, adv, valid, opts["clip_low"],
                                                  opts["clip_high"], opts["clip_c"], tis)

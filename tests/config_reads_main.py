@@ -84,8 +84,7 @@ def _vllm_engine_args() -> None:
     """build_engine down to the vLLM engine's constructor, which is stubbed."""
     from aster.backend import select_backend
     from aster.config import load_config
-    from aster.rollout import engine as engine_mod
-    from aster.rollout import vllm_engine
+    from aster.rollout import factory, vllm_engine
 
     class Stub:
         sleep_note = None
@@ -97,7 +96,7 @@ def _vllm_engine_args() -> None:
     cfg = load_config(None, ["rollout.engine=vllm"])
     backend = select_backend("cpu")
     backend.require = lambda what: None
-    made = engine_mod.build_engine(backend, "unused", cfg.rollout, dtype="float32",
+    made = factory.build_engine(backend, "unused", cfg.rollout, dtype="float32",
                                    tokenizer=None, max_model_len=256)
     assert isinstance(made, Stub) and "seed" in made.kwargs
 

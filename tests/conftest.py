@@ -58,8 +58,7 @@ def template_tokenizers(qwen3_dirs, tmp_path_factory) -> dict:
     hybrid and Thinking-2507 ones and the tiny default's."""
     from transformers import AutoTokenizer
 
-    from aster.config import TinyModelConfig
-    from aster.tiny_model import build_tiny_model
+    from aster.tiny_model import TinyModelConfig, build_tiny_model
 
     tiny = build_tiny_model(tmp_path_factory.mktemp("tiny_templates"), TinyModelConfig(), seed=0)
     toks = {name: AutoTokenizer.from_pretrained(path) for name, path in qwen3_dirs.items()}

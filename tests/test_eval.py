@@ -99,13 +99,12 @@ def test_eval_engine_gets_the_training_compute_dtype(tmp_path, monkeypatch):
 
     from aster.commands import eval as eval_cmd
     from aster.config import load_config
-    from aster.rollout import engine as engine_mod
     from aster.tiny_model import build_tiny_model
 
     model = str(build_tiny_model(tmp_path / "model"))
     auto = load_config(None, ["model.dtype=auto"])
     seen = {}
-    monkeypatch.setattr(engine_mod, "build_engine",
+    monkeypatch.setattr(eval_cmd, "build_engine",
                         lambda backend, path, rollout, **kw: seen.update(kw) or "engine")
     gpu_like = SimpleNamespace(name="gpu", device_type="gpu",
                                capabilities=SimpleNamespace(bf16=True))

@@ -8,9 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from aster.config import TinyModelConfig
 from aster.rollout.chat import CODE_INTERPRETER_TOOL
-from aster.tiny_model import SPECIAL_TOKENS, build_tiny_model
+from aster.tiny_model import SPECIAL_TOKENS, TinyModelConfig, build_tiny_model
 from tests.qwen3.shapes import SHAPES
 from tests.qwen3.templates import hybrid_template
 

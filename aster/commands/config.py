@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 
 from aster.commands.common import add_config_args
+from aster.config import DEFAULT_CONFIG, load_config, shipped_configs
 
 
 def _show(args: argparse.Namespace) -> int:
-    from aster.config import load_config
-
     name, overrides = args.name, list(args.overrides)
     if name and "=" in name:  # `aster config show a.b=c`: no name, only overrides
         name, overrides = None, [name, *overrides]
@@ -19,8 +18,6 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from aster.config import DEFAULT_CONFIG, shipped_configs
-
     for name in shipped_configs():
         print(f"{name}{'  (default)' if name == DEFAULT_CONFIG else ''}")
     return 0

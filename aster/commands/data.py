@@ -7,9 +7,25 @@ import json
 import logging
 import os
 from collections import Counter
+from pathlib import Path
 
-from aster.backend import DEVICE_CHOICES, DEVICE_HELP
+from aster.backend import DEVICE_CHOICES, DEVICE_HELP, select_backend
 from aster.commands.common import add_config_args, add_run_args
+from aster.commands.eval import load_engine
+from aster.config import load_config
+from aster.data import write_prompts, write_sft
+from aster.data.curate import curate, trajectory_stats
+from aster.data.formats import load_sft, sft_row
+from aster.data.io import file_kind, read_rows, write_rows
+from aster.data.prompts import load_prompts
+from aster.data.report import format_summary, prompt_summary, summarize, text_histogram, write_png
+from aster.data.synth import SynthConfig, synthesize
+from aster.data.synth_engine import EngineTeacher
+from aster.data.synth_http import HTTPTeacher
+from aster.data.synth_store import SynthStore
+from aster.data.synthetic import build_synthetic
+from aster.errors import AsterUserError
+from aster.sandbox import SandboxPool
 
 logger = logging.getLogger("aster")
 
@@ -19,8 +35,6 @@ def _tokenizer(path: str | None):
         return None
     from transformers import AutoTokenizer
 
-    from aster.errors import AsterUserError
-
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
@@ -28,16 +42,12 @@ def _tokenizer(path: str | None):
 
 
 def _stats_of(loaded, args):
-    from aster.data.curate import trajectory_stats
-
     tokenizer = _tokenizer(args.tokenizer)
     return [trajectory_stats(e, tokenizer, rescore=not args.no_rescore) for e in loaded.examples]
 
 
 def _is_prompt_file(path: str) -> bool:
     """True when the file holds RL prompts / an eval set rather than SFT trajectories."""
-    from aster.data.io import read_rows
-
     rows, _ = read_rows(path)
     first = next((r for r in rows if isinstance(r, dict)), {})
     return not ({"conversations", "messages"} & set(first)) and bool(
@@ -45,9 +55,6 @@ def _is_prompt_file(path: str) -> bool:
 
 
 def _prompt_stats(args: argparse.Namespace) -> int:
-    from aster.data.prompts import load_prompts
-    from aster.data.report import format_summary, prompt_summary, text_histogram
-
     loaded = load_prompts(args.file)
     summary = prompt_summary(loaded.prompts, _tokenizer(args.tokenizer))
     # (control characters repaired: load_prompts has logged its one-line summary)
@@ -66,9 +73,6 @@ def _prompt_stats(args: argparse.Namespace) -> int:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    from aster.data.formats import load_sft
-    from aster.data.report import format_summary, summarize, text_histogram, write_png
-
     if _is_prompt_file(args.file):
         return _prompt_stats(args)
     loaded = load_sft(args.file)
@@ -91,10 +95,6 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def run_curate(args: argparse.Namespace) -> int:
-    from aster.data.curate import curate
-    from aster.data.formats import load_sft, sft_row
-    from aster.data.io import file_kind, write_rows
-
     loaded = load_sft(args.input)
     stats = _stats_of(loaded, args)
     result = curate(loaded.examples, stats, min_tool_calls=args.min_tool_calls,
@@ -118,12 +118,6 @@ def run_curate(args: argparse.Namespace) -> int:
 
 
 def run_synthetic(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from aster.config import load_config
-    from aster.data import write_prompts, write_sft
-    from aster.data.synthetic import build_synthetic
-
     cfg = load_config(args.config, args.overrides)
     data = build_synthetic(cfg.data.synthetic, cfg.sandbox)
     out = Path(args.out_dir)
@@ -136,8 +130,6 @@ def run_synthetic(args: argparse.Namespace) -> int:
 
 
 def _synth_config(args: argparse.Namespace):
-    from aster.data.synth import SynthConfig
-
     api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
     return SynthConfig(endpoint=args.endpoint, model=args.model or "teacher",
                        samples_per_prompt=args.samples, max_tool_calls=args.max_tool_calls,
@@ -148,10 +140,6 @@ def _synth_config(args: argparse.Namespace):
 
 def _engine_teacher(args, cfg, synth_cfg, pool):
     """An EngineTeacher on --model, with the engine built exactly as `aster eval` builds it."""
-    from aster.backend import select_backend
-    from aster.commands.eval import load_engine
-    from aster.data.synth_engine import EngineTeacher
-
     if args.engine:
         cfg.rollout.engine = args.engine
     backend = select_backend(args.device or cfg.run.device)
@@ -161,14 +149,6 @@ def _engine_teacher(args, cfg, synth_cfg, pool):
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from aster.config import load_config
-    from aster.data import load_prompts
-    from aster.data.synth import synthesize
-    from aster.data.synth_http import HTTPTeacher
-    from aster.data.synth_store import SynthStore
-    from aster.errors import AsterUserError
-    from aster.sandbox import SandboxPool
-
     if args.endpoint and args.engine:
         raise AsterUserError("--engine runs --model locally; it cannot be combined with "
                              "--endpoint (drop one)")

@@ -7,13 +7,23 @@ import logging
 import time
 from pathlib import Path
 
+from aster.backend import select_backend
 from aster.commands.common import add_run_args
+from aster.config import load_config
+from aster.data import eval_sets
 from aster.errors import AsterUserError
+from aster.eval import compare, evaluate, format_table, log_eval_plan, write_results
+from aster.rollout.chat_format import chat_format
+from aster.rollout.factory import build_engine
+from aster.rollout.templates import use_template
+from aster.rollout.tools import tool_schemas
+from aster.sandbox import SandboxPool
+from aster.train.checkpoint import write_text_atomic
+from aster.train.model_source import check_model_path, resolve_model_path
+from aster.train.precision import compute_dtype, dtype_name
 
 
 def _benchmarks(args, cfg) -> dict:
-    from aster.data import eval_sets
-
     if args.data:
         cfg.data.eval_paths = list(args.data)
     return eval_sets(cfg.data, cfg.sandbox)
@@ -42,12 +52,7 @@ def load_engine(model_path: str, backend, cfg, *, max_model_len: int | None = No
     `max_model_len` defaults to the eval budget plus room for the prompt."""
     from transformers import AutoTokenizer
 
-    from aster.rollout.engine import build_engine
-    from aster.train.precision import compute_dtype, dtype_name
-
     _require_model(model_path)
-    from aster.train.model_source import check_model_path, resolve_model_path
-
     check_model_path(model_path)  # a Hub name: its cached snapshot, or fetched once here
     model_path = resolve_model_path(model_path, lambda fn, what: fn())
     try:
@@ -55,10 +60,6 @@ def load_engine(model_path: str, backend, cfg, *, max_model_len: int | None = No
     except (OSError, ValueError) as exc:
         raise AsterUserError(f"cannot load a tokenizer from {model_path!r} ({exc}); give a "
                              "model directory or a reachable Hugging Face model path") from exc
-    from aster.rollout.chat_format import chat_format
-    from aster.rollout.templates import use_template
-    from aster.rollout.tools import tool_schemas
-
     use_template(tokenizer, cfg.model.chat_template)
     # a template without append-only tool turns, or one that drops the tool schema, fails here
     chat_format(tokenizer, tool_schemas(cfg.rollout.tools))
@@ -75,23 +76,15 @@ def load_engine(model_path: str, backend, cfg, *, max_model_len: int | None = No
 
 def write_run_config(out: Path, cfg) -> None:
     """`out`/config.yaml: the resolved config this evaluation runs with."""
-    from aster.train.checkpoint import write_text_atomic
-
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "config.yaml", cfg.to_yaml())
     logging.getLogger("aster").info("run directory: %s", out.resolve())
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from aster.eval import compare, evaluate, format_table, log_eval_plan, write_results
-
     if args.compare:
         print(compare(args.compare))
         return 0
-    from aster.backend import select_backend
-    from aster.config import load_config
-    from aster.sandbox import SandboxPool
-
     overrides = list(args.overrides) + ([f"eval.k={args.k}"] if args.k else [])
     if args.budgets:
         overrides.append(f"eval.budgets=[{','.join(str(b) for b in args.budgets)}]")

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from aster.backend import DEVICE_CHOICES, DEVICE_HELP
+from aster.backend import DEVICE_CHOICES, DEVICE_HELP, select_backend
+from aster.parity import record_suite
+from aster.parity_record import (
+    compare_records,
+    format_rows,
+    read_record,
+    skipped_dtypes,
+    write_record,
+)
 
 
 def _record(args: argparse.Namespace) -> int:
-    from aster.backend import select_backend
-    from aster.parity import format_rows, record_suite, write_record
-
     backend = select_backend(args.device, kernel_impl=args.kernel_impl)
     record = record_suite(backend, [d.strip() for d in args.dtypes.split(",") if d.strip()])
     write_record(record, args.out)
@@ -26,8 +31,6 @@ def _record(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from aster.parity import compare_records, format_rows, read_record, skipped_dtypes
-
     a, b = read_record(args.a), read_record(args.b)
     rows, ok = compare_records(a, b)
     for name, path, rec in (("A", args.a, a), ("B", args.b, b)):

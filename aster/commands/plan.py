@@ -6,7 +6,9 @@ import argparse
 import math
 
 from aster.commands.common import add_config_args
+from aster.config import load_config
 from aster.errors import AsterUserError
+from aster.plan import build_plan, format_plan, problem
 
 
 def _positive(value: str, what: str) -> float:
@@ -20,9 +22,6 @@ def _positive(value: str, what: str) -> float:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    from aster.config import load_config
-    from aster.plan import build_plan, format_plan, problem
-
     if args.gpus < 1:
         raise AsterUserError(f"--gpus {args.gpus}: give the devices per node, >= 1")
     cfg = load_config(args.config, list(args.overrides))

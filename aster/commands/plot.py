@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from aster.errors import AsterUserError
+from aster.metrics import read_metrics
+
 DESC = "Draw reward, accuracy, tool-call and response-length curves of a run to PNG."
 CURVES = (("reward_mean", "reward"), ("accuracy", "accuracy"),
           ("tool_calls_mean", "tool calls per trajectory"),
@@ -16,9 +19,6 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from aster.errors import AsterUserError
-    from aster.metrics import read_metrics
 
     records = read_metrics(run_dir)
     if not records:

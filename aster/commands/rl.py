@@ -7,17 +7,19 @@ import json
 from pathlib import Path
 
 from aster.commands.common import add_run_args
-from aster.commands.train import add_rollout_dump_args
+from aster.commands.train import add_rollout_dump_args, setup
+from aster.config import load_config
+from aster.data.prompts import load_prompts, write_prompts
+from aster.errors import AsterUserError
+from aster.train.pipeline import run_pipeline
+from aster.train.rl import filter_prompts
+from aster.train.stages import rl_stages
 
 DESC = ("GRPO with the stateful Python sandbox: the config's RL stages (--stage narrows them; "
         "see `aster train` for the whole recipe).")
 
 
 def run(args) -> int:
-    from aster.commands.train import setup
-    from aster.train.pipeline import run_pipeline
-    from aster.train.stages import rl_stages
-
     if args.filter_out:
         return _filter(args)
     cfg, backend = setup(args)
@@ -31,11 +33,6 @@ def run(args) -> int:
 
 def _filter(args) -> int:
     """The standalone all-correct filter over recorded rollouts."""
-    from aster.config import load_config
-    from aster.data.prompts import load_prompts, write_prompts
-    from aster.errors import AsterUserError
-    from aster.train.rl import filter_prompts
-
     cfg = load_config(args.config, args.overrides)
     if not args.filter_records:
         raise AsterUserError("--filter-out needs --filter-records RUN/rollouts/rl_stage1.jsonl "

@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 from aster.commands.common import add_config_args
+from aster.config import load_config
 from aster.errors import AsterUserError
+from aster.sandbox import SandboxPool, format_tool_response
 
 
 def register(sub) -> None:
@@ -28,22 +30,11 @@ def register(sub) -> None:
 
 def sandbox_config(args: argparse.Namespace):
     """The `sandbox:` section of --config with the overrides applied."""
-    try:
-        from aster.config import load_config
-    except ImportError:
-        from aster.sandbox import SandboxConfig
-
-        if args.config or args.overrides:
-            raise AsterUserError("--config and overrides need aster.config, which is not "
-                                 "installed here; run without them") from None
-        return SandboxConfig()
     return load_config(args.config, args.overrides).sandbox
 
 
 def run_command(args: argparse.Namespace) -> int:
     """Run FILE as one cell, or read cells from a REPL (a blank line ends a cell)."""
-    from aster.sandbox import SandboxPool, format_tool_response
-
     if args.file and "=" in args.file and not os.path.exists(args.file):
         args.overrides, args.file = [args.file, *args.overrides], None  # KEY=VALUE, no file
     if args.file:

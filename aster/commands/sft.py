@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from aster.commands.common import add_run_args
+from aster.commands.train import setup
+from aster.train.pipeline import run_pipeline
+from aster.train.stages import StageInputError
 
 DESC = "Cold-start SFT on multi-turn tool trajectories (loss on assistant tokens only)."
 
 
 def run(args) -> int:
-    from aster.commands.train import setup
-    from aster.train.pipeline import run_pipeline
-    from aster.train.stages import StageInputError
-
     cfg, backend = setup(args)
     if "sft" not in cfg.run.stages:  # a stage config runs its own stages, never another's
         raise StageInputError(f"run.stages={cfg.run.stages} has no sft; use a config that has "

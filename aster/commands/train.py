@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import logging
 
+from aster.backend import select_backend
 from aster.commands.common import add_run_args
+from aster.config import load_config
+from aster.errors import ConfigError
+from aster.train.pipeline import format_summary, run_pipeline
+from aster.train.replay import check_rollout_dirs
 
 log = logging.getLogger("aster")
 
 
 def setup(args):
     """(config, backend) from the common run arguments."""
-    from aster.backend import select_backend
-    from aster.config import load_config
-
     cfg = load_config(args.config, args.overrides)
     _apply_rollout_flags(cfg, args)
     backend = select_backend(args.device or cfg.run.device, kernel_impl=cfg.backend.kernel_impl,
@@ -24,9 +26,6 @@ def setup(args):
 def _apply_rollout_flags(cfg, args) -> None:
     """--dump-rollouts / --replay-rollouts into their config keys, validated as such, and the
     directories checked before anything is written."""
-    from aster.errors import ConfigError
-    from aster.train.replay import check_rollout_dirs
-
     if getattr(args, "dump_rollouts", None):
         cfg.rl.dump_rollouts_dir = args.dump_rollouts
     if getattr(args, "replay_rollouts", None):
@@ -54,8 +53,6 @@ def add_rollout_dump_args(parser) -> None:
 
 
 def run(args) -> int:
-    from aster.train.pipeline import format_summary, run_pipeline
-
     cfg, backend = setup(args)
     summary = run_pipeline(cfg, backend, config_name=args.config, output_dir=args.output_dir,
                            resume=args.resume)

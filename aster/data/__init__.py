@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from aster.data.curate import count_tool_calls
 from aster.data.formats import load_sft, write_sft
 from aster.data.prompts import load_prompts, prompt_messages, user_turn, write_prompts
+from aster.data.synthetic import build_synthetic
 
 logger = logging.getLogger("aster")
 
@@ -24,8 +26,6 @@ _CACHE: dict = {}
 
 def synthetic_data(data_cfg, sandbox_cfg=None):
     """The synthetic task's three splits, built once per (task config) in this process."""
-    from aster.data.synthetic import build_synthetic
-
     key = repr(data_cfg.synthetic)
     if key not in _CACHE:
         _CACHE[key] = build_synthetic(data_cfg.synthetic, sandbox_cfg)
@@ -38,8 +38,6 @@ def _limit(items: list, max_rows: int) -> list:
 
 def sft_examples(data_cfg, sandbox_cfg=None) -> list[dict]:
     """SFT trajectories from data_cfg.sft_path, keeping those with >= data_cfg.min_tool_calls."""
-    from aster.data.curate import count_tool_calls
-
     if data_cfg.sft_path == "synthetic":
         examples = synthetic_data(data_cfg, sandbox_cfg).sft
     else:

@@ -14,6 +14,9 @@ import random
 import re
 from dataclasses import dataclass
 
+from aster.reward import score
+from aster.train.sft_encoding import encode_segments
+
 _ERROR_LINE = re.compile(r"(Traceback \(most recent call last\)|^\w*(Error|Exception)\b.*$)",
                          re.MULTILINE)
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -100,8 +103,6 @@ def is_correct(example: dict) -> bool | None:
     """Re-scored with aster.reward; None when the row has no answer."""
     if example.get("answer") in (None, ""):
         return None
-    from aster.reward import score
-
     return score(final_text(example), str(example["answer"])) > 0
 
 
@@ -109,8 +110,6 @@ def count_tokens(example: dict, tokenizer=None) -> int:
     """Tokens SFT trains the conversation as (aster.train.sft_encoding, the tokenizer's chat
     template), or ~chars/4 without a tokenizer."""
     if tokenizer is not None:
-        from aster.train.sft_encoding import encode_segments
-
         segments = encode_segments(tokenizer, example["messages"], example.get("tools"))
         return sum(len(s.ids) for s in segments)
     chars = sum(len(m["content"]) + sum(len(str(c["function"]["arguments"]))

@@ -30,7 +30,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from aster.data.io import Skipped, is_bad_line, read_rows, require_columns, write_rows
+from aster.data.io import Skipped, file_kind, is_bad_line, read_rows, require_columns, write_rows
 from aster.rollout.chat import (  # noqa: F401 (CODE_INTERPRETER_TOOL, TOOL_NAME re-exported)
     CODE_INTERPRETER_TOOL,
     TOOL_NAME,
@@ -364,7 +364,5 @@ def sft_row(example: dict, layout: str, file_kind: str = "jsonl") -> dict:
 
 def write_sft(examples: list[dict], path: str | os.PathLike, layout: str = "aster") -> None:
     """Write trajectories in `layout` (parquet or jsonl from the file name), atomically."""
-    from aster.data.io import file_kind
-
     kind = file_kind(path)
     write_rows([sft_row(e, layout, kind) for e in examples], path)

@@ -22,6 +22,10 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 
+from tqdm import tqdm
+
+from aster.data.curate import count_tool_calls, is_correct
+from aster.data.formats import sft_row, validate_example
 from aster.data.synth_result import SynthResult
 from aster.data.synth_store import SynthStore
 
@@ -65,9 +69,6 @@ def _meta(result: SynthResult) -> dict:
 
 def result_row(result: SynthResult, layout: str, file_kind: str) -> dict:
     """The output row of an accepted result: the layout's columns plus the metadata."""
-    from aster.data.curate import count_tool_calls, is_correct
-    from aster.data.formats import sft_row
-
     example = result.example
     correct = is_correct(example)
     if correct is not None and result.finish_reason in TRUNCATED:
@@ -87,10 +88,6 @@ def synthesize(prompts: list[dict], out_path: str | os.PathLike, cfg: SynthConfi
     in `out_path`; write rows as they finish. `layout`: sharegpt / openai / aster (default
     from the suffix). Returns counts: done (this run), skipped (already there), rejected, the
     finish reasons and how many rows were correct."""
-    from tqdm import tqdm
-
-    from aster.data.formats import validate_example
-
     store = SynthStore(out_path, layout)
     todo = [(p, s) for p in prompts for s in range(cfg.samples_per_prompt)
             if (p["problem"], s) not in store.done]

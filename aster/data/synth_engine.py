@@ -11,14 +11,15 @@ import zlib
 from dataclasses import replace
 
 from aster.data.prompts import prompt_messages
+from aster.data.synth_result import SynthResult
 from aster.data.trajectory import ConversionError, TrajectoryConverter
+from aster.rollout.config import RolloutConfig
+from aster.rollout.loop import run_rollouts
 
 
 def teacher_rollout_config(cfg, rollout_cfg=None):
     """The agent-loop settings for synthesis: `rollout_cfg` (tool timeout, output limit) with
     the SynthConfig's sampling, tool-call limit and response budget."""
-    from aster.rollout.config import RolloutConfig
-
     return replace(rollout_cfg or RolloutConfig(), temperature=cfg.temperature, top_p=cfg.top_p,
                    top_k=-1, max_tool_calls=cfg.max_tool_calls,
                    max_response_tokens=cfg.max_tokens, max_concurrency=cfg.concurrency)
@@ -38,8 +39,6 @@ class EngineTeacher:
         return zlib.crc32(f"{self.cfg.seed}:{prompt['problem']}:{sample}".encode())
 
     def _result(self, item, messages: list[dict], traj):
-        from aster.data.synth_result import SynthResult
-
         prompt, sample = item
         try:
             example = self.converter.example(traj, messages, prompt.get("answer"))
@@ -50,8 +49,6 @@ class EngineTeacher:
 
     def run(self, todo: list):
         """Yield the results of each chunk of `cfg.concurrency` items as it finishes."""
-        from aster.rollout.loop import run_rollouts
-
         for start in range(0, len(todo), self.cfg.concurrency):
             chunk = todo[start:start + self.cfg.concurrency]
             messages = [prompt_messages(p["problem"]) for p, _ in chunk]

@@ -15,6 +15,7 @@ from aster.data.formats import CODE_INTERPRETER_TOOL, TOOL_NAME, with_think
 from aster.data.prompts import user_turn
 from aster.data.synth_result import SynthResult
 from aster.errors import AsterUserError
+from aster.sandbox import format_tool_response
 
 
 class TeacherError(AsterUserError):
@@ -66,8 +67,6 @@ def _internal_call(call: dict) -> dict:
 def synthesize_one(teacher: OpenAITeacher, session, problem: str,
                    max_tool_calls: int) -> tuple[list[dict], str]:
     """One trajectory (internal messages) and why it ended: stop / length / max_tool_calls."""
-    from aster.sandbox import format_tool_response
-
     wire = [{"role": "user", "content": user_turn(problem)}]  # what the server sees
     internal = [dict(wire[0])]
     calls = 0

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from aster.data.config import SyntheticTaskConfig
 from aster.data.formats import CODE_INTERPRETER_TOOL, make_call
 from aster.data.prompts import user_turn
+from aster.sandbox import SandboxConfig, SandboxPool, format_tool_response
 
 logger = logging.getLogger("aster")
 
@@ -147,8 +148,6 @@ def run_steps(problem: Problem, session) -> list[str]:
     """Run the problem's steps, one call each, in a sandbox `session`; the formatted outputs.
 
     Raises RuntimeError when a call fails or the last output is not the exact answer."""
-    from aster.sandbox import format_tool_response
-
     outputs = []
     for step in problem.steps:
         result = session.run(f"{step.code}\nprint({step.target})")
@@ -208,8 +207,6 @@ def _prompt(problem: Problem, split: str) -> dict:
 
 def build_synthetic(cfg: SyntheticTaskConfig | None = None, sandbox_cfg=None) -> SyntheticData:
     """Generate the task: reference trajectories by running the sandbox, prompts held apart."""
-    from aster.sandbox import SandboxConfig, SandboxPool
-
     cfg = cfg or SyntheticTaskConfig()
     sft_problems, rl_problems, eval_problems = sample_problems(cfg)
     rng = random.Random(cfg.seed + 1)  # its own stream: the problems do not depend on it

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from aster.rollout.tools import check_schemas
+
 
 @dataclass
 class RolloutConfig:
@@ -92,8 +94,6 @@ class RolloutConfig:
             raise ValueError("rollout.tools='' must be 'aster', a JSON file of tool schemas or a "
                              "list of them")
         if isinstance(self.tools, list):
-            from aster.rollout.tools import check_schemas
-
             self.tools = check_schemas(self.tools, "rollout.tools")
         if self.on_parse_error not in ("retry", "end"):
             raise ValueError(f"rollout.on_parse_error={self.on_parse_error!r} must be retry "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -163,39 +162,3 @@ def state_dict_of(weights: Mapping[str, torch.Tensor] | torch.nn.Module) -> dict
         out[name] = tensor.detach()
     return out
 
-
-def build_engine(backend, model_path: str, rollout_cfg, *, dtype: str = "float32",
-                 tokenizer=None, model=None, max_model_len: int | None = None) -> Engine:
-    """The rollout engine `backend.engine` names ("hf" or "vllm") for `model_path`.
-
-    `rollout_cfg` is a RolloutConfig; `rollout_cfg.engine` other than "auto" overrides the
-    backend's choice, `rollout_cfg.vllm_mode` picks the continuous, batched or async vLLM engine.
-    `model` (hf only) shares an already-loaded module instead of loading.
-    """
-    name = backend.engine if rollout_cfg.engine == "auto" else rollout_cfg.engine
-    if name == "vllm":
-        backend.require("vllm")
-        from aster.rollout.vllm_engine import VLLMEngine, engine_options
-
-        options, sleep_note = engine_options(backend, rollout_cfg, backend.dist.world_size)
-        os.environ.update(backend.engine_env())
-        cls = VLLMEngine
-        if rollout_cfg.vllm_mode == "continuous":
-            from aster.rollout.vllm_stream import VLLMStreamEngine as cls
-        elif rollout_cfg.vllm_mode == "async":
-            from aster.rollout.vllm_async import VLLMAsyncEngine as cls
-        engine = cls(model_path, dtype=dtype, seed=rollout_cfg.seed, max_model_len=max_model_len,
-                     **options)
-        engine.sleep_note = sleep_note or engine.sleep_note
-        return engine
-    if name == "hf":
-        from aster.rollout.hf_engine import HFEngine
-
-        if rollout_cfg.hf_mode == "continuous":
-            from aster.rollout.hf_stream import HFStreamEngine as HFEngine
-        # one decode batch per turn batch: the agent loop sends up to max_concurrency requests
-        # (a decode step costs about the same for 64 rows as for 128 on CPU)
-        return HFEngine(model if model is not None else model_path, device=backend.device(),
-                        dtype=dtype, attn_implementation=backend.attn_implementation(),
-                        max_batch_size=rollout_cfg.max_concurrency)
-    raise ValueError(f"rollout.engine={name!r} must be one of auto, hf, vllm")

@@ -29,10 +29,14 @@ import logging
 from collections.abc import Mapping
 
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+
+# at module level here (not lazily): GrowingLayer subclasses DynamicLayer; only the engine
+# factory (lazily, when an hf engine is built) and hf_stream import this module
+from transformers import DynamicCache  # noqa: TID253
+from transformers.cache_utils import DynamicLayer  # noqa: TID253
 
 from aster.rollout.engine import Engine, GenerationOutput, SamplingParams, state_dict_of
+from aster.tiny_model import load_model_and_tokenizer
 
 log = logging.getLogger("aster")
 
@@ -70,8 +74,6 @@ class HFEngine(Engine):
         if isinstance(model, torch.nn.Module):
             self.model = model
         else:
-            from aster.tiny_model import load_model_and_tokenizer
-
             self.model, _ = load_model_and_tokenizer(model, device, dtype, attn_implementation)
         self.device = next(self.model.parameters()).device
         self.max_batch_size = max_batch_size

@@ -27,6 +27,7 @@ from aster.rollout.chat import (
 from aster.rollout.chat_format import chat_format
 from aster.rollout.engine import Engine, SamplingParams
 from aster.rollout.tools import tool_schemas
+from aster.sandbox import format_tool_response
 
 log = logging.getLogger("aster")
 
@@ -209,8 +210,6 @@ class AgentLoop:
 
     async def _call(self, traj: Trajectory, session, call) -> str:
         """Run one parsed call (or explain a malformed one); the text for its tool message."""
-        from aster.sandbox import format_tool_response
-
         if call.error is not None:
             traj.tool_errors += 1
             return tool_error_message(call.error)

@@ -27,6 +27,7 @@ from aster.rollout.vllm_engine import (
     to_output,
     vllm_params,
 )
+from aster.rollout.vllm_worker import pack_state_dict
 
 log = logging.getLogger("aster")
 
@@ -100,8 +101,6 @@ class VLLMAsyncEngine(Engine):
 
     def load_weights(self, weights: Mapping[str, torch.Tensor] | torch.nn.Module) -> None:
         """Send the weights to the engine-core process and reload them in place there."""
-        from aster.rollout.vllm_worker import pack_state_dict
-
         blob = pack_state_dict(state_dict_of(weights))
         paths = self._call(self.llm.collective_rpc("aster_reload_weights", args=(blob,)))
         if self.push_path is None:

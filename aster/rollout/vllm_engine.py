@@ -25,12 +25,14 @@ On CPU the process entry point must be under ``if __name__ == "__main__":``.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+import torch.distributed as dist
 
 from aster.rollout.engine import Engine, GenerationOutput, SamplingParams, state_dict_of
 
@@ -163,8 +165,6 @@ def unfreeze_trainer_heap() -> None:
     which in a serving process is vLLM's own static state, but here, colocated, is also the
     trainer's: a stage's model, optimizer and their reference cycles (FSDP2 modules are
     cyclic) would never be collected once dropped. Unfrozen, they are collected as usual."""
-    import gc
-
     gc.unfreeze()
 
 
@@ -204,8 +204,6 @@ class VLLMEngine(Engine):
     def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0,
                  enable_sleep_mode: bool = False, max_model_len: int | None = None,
                  **engine_args):
-        import torch.distributed as dist
-
         args = base_args(model_path, dtype, seed, enable_sleep_mode, max_model_len,
                          **engine_args)
         if args.get("distributed_executor_backend") == "external_launcher":

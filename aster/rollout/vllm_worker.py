@@ -20,6 +20,7 @@ plain lists), so the trainer sends `torch.save` bytes, loaded with ``weights_onl
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import io
 
@@ -69,8 +70,6 @@ def push_weights(worker, weights: list[tuple[str, torch.Tensor]]) -> str:
 def _vllm_config(worker):
     """vLLM's current-config context, as Worker.reload_weights sets it (the layerwise loaders
     read it); a no-op for workers without a config (the tests' stand-ins)."""
-    import contextlib
-
     config = getattr(worker, "vllm_config", None)
     if config is None:
         return contextlib.nullcontext()

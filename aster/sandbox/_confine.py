@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import shutil
 import stat
 import sys
@@ -406,8 +407,6 @@ class Confinement:
         if mode in ("own", "keep_read") and uid is None:
             mode = "root"  # no uid to give: stay uid 0, but without any capability
         if mode in ("own", "keep_read"):
-            import resource
-
             resource.setrlimit(resource.RLIMIT_NPROC, (max_processes, max_processes))
         keep = CAP_DAC_READ_SEARCH if mode == "keep_read" else None
         drop_bounding_set(keep)

@@ -26,8 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from aster.errors import AsterUserError
+from aster.train.strategy import owner_of
+from aster.train.strategy.dcp_io import read_full_state
 
 log = logging.getLogger("aster")
 
@@ -67,8 +70,6 @@ def set_rng_state(state: dict) -> None:
 
 def _world() -> tuple[int, int]:
     """(rank, world size) of the process group, (0, 1) without one."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -76,8 +77,6 @@ def _world() -> tuple[int, int]:
 
 def _barrier() -> None:
     if _world()[1] > 1:
-        import torch.distributed as dist
-
         dist.barrier()
 
 
@@ -110,8 +109,6 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, *, model, optimizer=None, s
     """Write `ckpt_dir/step-<step>/` atomically and prune to the newest `keep_last`. Every rank
     must call it (collective): each writes its own model/optimizer shards (a DeepSpeed engine,
     `model`, its own format) and its side file; rank 0 writes meta.json and renames."""
-    from aster.train.strategy import owner_of
-
     ckpt_dir = Path(ckpt_dir)
     final = ckpt_dir / f"{PREFIX}{step:08d}"
     tmp = ckpt_dir / f".tmp-{PREFIX}{step:08d}"
@@ -164,8 +161,6 @@ def read_meta(path: str | Path) -> dict:
 def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None) -> dict:
     """Restore model/optimizer/scheduler and this rank's RNG from `path` (written on any
     world size, except DeepSpeed's format); returns its meta dict. Every rank must call it."""
-    from aster.train.strategy import owner_of
-
     path = Path(path)
     meta = read_meta(path)
     kind = owner_of(model)
@@ -184,6 +179,4 @@ def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None) 
 def full_checkpoint_state(path: str | Path) -> dict:
     """The whole model and optimizer state of a DCP checkpoint as plain tensors, read in this
     one process (inspection and consolidation; a training run loads through load_checkpoint)."""
-    from aster.train.strategy.dcp_io import read_full_state
-
     return read_full_state(Path(path) / SHARDS)

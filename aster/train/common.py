@@ -4,15 +4,21 @@ aster.train.stage)."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
+from aster.rollout.templates import use_template
 from aster.train.model_source import ModelPathError
+from aster.train.precision import MASTER_DTYPE, cast_state, compute_dtype, dtype_name
+from aster.train.strategy import full_state_dict, unwrap
 from aster.train.update import (  # noqa: F401 (their home before aster.train.update)
     TrainingDivergedError,
     Updater,
@@ -31,8 +37,6 @@ def load_policy(path: str, model_cfg, backend):
     (aster.train.precision)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from aster.train.precision import MASTER_DTYPE, compute_dtype
-
     p = Path(path)
     if not (p / "config.json").is_file():
         raise ModelPathError(f"model.path={path!r} is not a model directory (no config.json); "
@@ -47,8 +51,6 @@ def load_policy(path: str, model_cfg, backend):
     model = backend.prepare_model(model, fused_ops=model_cfg.fused_ops).to(backend.device())
     if model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    from aster.rollout.templates import use_template
-
     tokenizer = use_template(AutoTokenizer.from_pretrained(path), model_cfg.chat_template)
     return model.train(), tokenizer
 
@@ -79,12 +81,6 @@ def save_hf_model(model, tokenizer, out_dir: str | Path, is_main: bool = True,
                   dtype: torch.dtype | None = None) -> Path:
     """An ordinary Hugging Face directory of the (possibly sharded) model, its weights and
     config.json's dtype in `dtype` (the compute dtype; None: as trained); collective."""
-    import copy
-    import shutil
-
-    from aster.train.precision import cast_state, dtype_name
-    from aster.train.strategy import full_state_dict, unwrap
-
     state = full_state_dict(model)
     out = Path(out_dir)
     if is_main:
@@ -107,8 +103,6 @@ def save_hf_model(model, tokenizer, out_dir: str | Path, is_main: bool = True,
 def all_reduce_sum(dist_info, tensor: torch.Tensor) -> torch.Tensor:
     """Sum across ranks in place (identity in a single process)."""
     if dist_info.world_size > 1:
-        import torch.distributed as dist
-
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 

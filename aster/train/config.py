@@ -8,6 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from aster.algo.losses import KL_ESTIMATORS, LOSSES
+from aster.train.strategy import check_strategy_name
+
 
 def _positive(section: str, obj, *keys: str) -> None:
     dot = f"{section}." if section else ""
@@ -145,8 +148,6 @@ class RLConfig:
                   "ppo_epochs", "max_tokens_per_micro_batch", "lr", "max_grad_norm", "clip_c",
                   "tis_cap", "adv_eps")
         _at_least("rl", self, 0, "weight_decay", "warmup_steps", "kl_coef", "entropy_coef")
-        from aster.algo.losses import KL_ESTIMATORS, LOSSES
-
         if self.loss not in LOSSES:
             raise ValueError(f"rl.loss={self.loss!r} must be one of {', '.join(LOSSES)}")
         if self.kl_estimator not in KL_ESTIMATORS:
@@ -181,8 +182,6 @@ class DistributedConfig:
     rollout_timeout_s: float = 4 * 3600.0
 
     def __post_init__(self):
-        from aster.train.strategy import check_strategy_name
-
         check_strategy_name(self.strategy)
         if self.zero_stage not in (1, 2, 3):
             raise ValueError(f"distributed.zero_stage={self.zero_stage!r} must be 1, 2 or 3")

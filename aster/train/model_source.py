@@ -8,6 +8,9 @@ import os
 import re
 from pathlib import Path
 
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import LocalEntryNotFoundError
+
 from aster.errors import AsterUserError
 
 # <run>/<stage>/model: what each training stage writes (aster.train.pipeline.stage_model_dir)
@@ -40,9 +43,6 @@ def _offline() -> bool:
 
 def cached_snapshot(name: str) -> str | None:
     """The cached snapshot directory of `name` (refs/main), without touching the network."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
     try:
         path = snapshot_download(name, cache_dir=_cache_dir(), local_files_only=True)
     except (LocalEntryNotFoundError, OSError, ValueError):
@@ -78,8 +78,6 @@ def check_model_path(path: str) -> None:
 
 def download(name: str) -> str:
     """Fetch `name` into the cache (rank 0 only: the other ranks wait, then read the cache)."""
-    from huggingface_hub import snapshot_download
-
     try:
         path = snapshot_download(name, cache_dir=_cache_dir())
     except Exception as exc:  # noqa: BLE001 - network, auth, missing repo: all one line

@@ -4,19 +4,45 @@ checkpoint), ending with a summary table and summary.json."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import time
 from pathlib import Path
 
 import torch
+import torch.distributed as tdist
 
 from aster.algo import PolicyForward
+from aster.backend import DistInfo
+from aster.data.formats import load_sft
+from aster.data.io import DataError
+from aster.data.prompts import load_prompts
+from aster.data.synthetic import build_synthetic
 from aster.errors import AsterUserError
-from aster.metrics import MetricsWriter
+from aster.eval import evaluate, write_results
+from aster.metrics import MetricsWriter, held_out_collapse
+from aster.rollout.tools import tool_schemas
+from aster.sandbox import SandboxPool
+from aster.tiny_model import build_tiny_model, default_corpus, train_tokenizer
 from aster.train.checkpoint import write_text_atomic
-from aster.train.common import TrainContext, load_policy
-from aster.train.rollouts import SharedEngine
+from aster.train.common import TrainContext, load_policy, save_hf_model
+from aster.train.model_source import check_model_path, resolve_model_path
+from aster.train.precision import check_training_dtype, compute_dtype
+from aster.train.reference import check_reference_policy
+from aster.train.rl import filter_prompts, run_rl_stage
+from aster.train.rollout_wait import set_rollout_timeout
+from aster.train.rollouts import SharedEngine, push_weights
+from aster.train.sft import encode_dataset, run_sft
+from aster.train.stages import (
+    FILTERED,
+    NO_RECORDS,
+    StageInputError,
+    check_stage_inputs,
+    stage1_records,
+)
+from aster.train.strategy import build_strategy
+from aster.train.world import check_world_size
 
 log = logging.getLogger("aster")
 
@@ -67,8 +93,6 @@ def _run_dir_error(path: Path, resume: bool) -> str | None:
 def _broadcast(value, dist):
     if dist.world_size == 1:
         return value
-    import torch.distributed as tdist
-
     box = [value]
     tdist.broadcast_object_list(box, src=0)
     return box[0]
@@ -95,8 +119,6 @@ def on_main(dist, fn, what: str) -> None:
 
 def _barrier(dist):
     if dist.world_size > 1:
-        import torch.distributed as tdist
-
         tdist.barrier()
 
 
@@ -122,8 +144,6 @@ def base_model_dir(cfg, run_dir: Path, is_main: bool, dist, data: dict | None = 
     def build():
         if (out / "config.json").is_file():
             return
-        from aster.tiny_model import build_tiny_model, default_corpus
-
         tmp = run_dir / "base_model.tmp"
         corpus = default_corpus() + _rendered_corpus(data["sft"] if data else [])
         build_tiny_model(tmp, cfg.model.tiny, seed=cfg.run.seed, corpus=corpus)
@@ -138,8 +158,6 @@ def _rendered_corpus(examples: list[dict]) -> list[str]:
     only supplies the template)."""
     if not examples:
         return []
-    from aster.tiny_model import train_tokenizer
-
     tok = train_tokenizer(300, ["x"])
     texts = []
     for e in examples:
@@ -155,9 +173,6 @@ def make_context(cfg, backend, model_dir: str, run_dir: Path, writer,
                  pool=None) -> TrainContext:
     """Load the policy from `model_dir`, wrap it for parallelism; the trainers' context
     (`pool`: the sandbox pool its rollouts use)."""
-    from aster.train.precision import compute_dtype
-    from aster.train.strategy import build_strategy
-
     torch.manual_seed(cfg.run.seed)
     dtype = compute_dtype(cfg.model.dtype, backend)
     strategy = build_strategy(cfg.distributed, backend, dtype)
@@ -213,8 +228,6 @@ def load_task_data(cfg, run_dir: Path, dist) -> dict:
         def build():
             if cache.is_file():
                 return
-            from aster.data.synthetic import build_synthetic
-
             data = build_synthetic(cfg.data.synthetic, cfg.sandbox)
             cache.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(cache, json.dumps({"sft": data.sft, "rl": data.rl,
@@ -234,16 +247,12 @@ def _sft_examples(data_cfg, synthetic) -> list[dict]:
     if data_cfg.sft_path == "synthetic":  # data.max_rows limits the synthetic task as a file
         examples = _first(synthetic["sft"], data_cfg.max_rows)
     else:
-        from aster.data.formats import load_sft
-
         examples = load_sft(data_cfg.sft_path, data_cfg.max_rows).examples
     dense = [e for e in examples if _tool_calls(e) >= data_cfg.min_tool_calls]
     if len(dense) < len(examples):
         log.info("sft data: kept %d of %d trajectories with >= %d tool calls", len(dense),
                  len(examples), data_cfg.min_tool_calls)
     if not dense:
-        from aster.data.io import DataError
-
         raise DataError(f"{data_cfg.sft_path}: no trajectory has >= data.min_tool_calls="
                         f"{data_cfg.min_tool_calls} tool calls; lower it or use denser data")
     return dense
@@ -260,28 +269,19 @@ def _tool_calls(example: dict) -> int:
 def _prompts(path: str, cfg, synthetic, split: str) -> list[dict]:
     if path == "synthetic":
         return _first(synthetic[split], cfg.data.max_rows)
-    from aster.data.prompts import load_prompts
-
     return load_prompts(path, cfg.data.max_rows).prompts
 
 
 # ---- stages -----------------------------------------------------------------------------------
 def run_sft_stage(ctx, data) -> None:
-    from aster.rollout.tools import tool_schemas
-    from aster.train.sft import encode_dataset, run_sft
-
     encoded, dropped = encode_dataset(ctx.tokenizer, data["sft"], ctx.cfg.sft.cutoff_len,
                                       tools=tool_schemas(ctx.cfg.rollout.tools))
     if not encoded:
-        from aster.data.io import DataError
-
         raise DataError("no SFT trajectory to train on; check data.sft_path")
     run_sft(ctx, encoded, dropped)
 
 
 def run_rl(ctx, engine, stage: str, data, run_dir: Path) -> None:
-    from aster.train.rl import run_rl_stage
-
     stage_cfg = ctx.cfg.rl.stage1 if stage == "rl_stage1" else ctx.cfg.rl.stage2
     prompts = data["rl"]
     if stage == "rl_stage2" and stage_cfg.filter_all_correct:
@@ -290,8 +290,6 @@ def run_rl(ctx, engine, stage: str, data, run_dir: Path) -> None:
 
 
 def _filtered_prompts(run_dir: Path, prompts: list[dict]) -> list[dict]:
-    from aster.train.stages import FILTERED, NO_RECORDS, StageInputError
-
     path = run_dir / FILTERED
     if not path.is_file():  # check_stage_inputs refuses such a run before it starts
         raise StageInputError(NO_RECORDS)
@@ -302,9 +300,6 @@ def _filtered_prompts(run_dir: Path, prompts: list[dict]) -> list[dict]:
 def run_filter(cfg, run_dir: Path, data, is_main: bool) -> dict:
     """Drop prompts answered correctly G/G during stage 1's last epoch, from its records (this
     run's, or rl.stage2.filter_records for stage 2 run alone)."""
-    from aster.train.rl import filter_prompts
-    from aster.train.stages import FILTERED, NO_RECORDS, StageInputError, stage1_records
-
     records = stage1_records(cfg, run_dir)
     if not records.is_file():  # stage 1 of this run recorded nothing (no step ran)
         raise StageInputError(NO_RECORDS)
@@ -323,8 +318,6 @@ def run_filter(cfg, run_dir: Path, data, is_main: bool) -> dict:
 def evaluate_stage(ctx, engine, data, stage: str) -> dict:
     """Held-out accuracy and tool calls per trajectory (aster.eval.evaluate), written to
     run_dir/eval/<stage>/."""
-    from aster.eval import evaluate, write_results
-
     summary, rows = evaluate(engine, ctx.pool, data["eval"], ctx.cfg.eval, ctx.tokenizer,
                              rollout_cfg=ctx.cfg.rollout, dist=ctx.dist)
     if ctx.dist.is_main:
@@ -350,9 +343,6 @@ def _train_and_evaluate(stage, cfg, backend, run_dir, base, data, writer, pool,
                         engines) -> dict:
     """The stage's context (the model, its strategy) lives in this call only: once it
     returns, the stage's model, optimizer and engine state can be collected."""
-    from aster.train.common import save_hf_model
-    from aster.train.rollouts import push_weights
-
     model_in = input_model_for(stage, cfg.run.stages, run_dir, base)
     ctx = make_context(cfg, backend, model_in, run_dir, writer, pool=pool)
     if stage == "sft":
@@ -374,8 +364,6 @@ def release(backend) -> None:
     """After a stage (its context gone with the call that held it): collect its model,
     optimizer and engine state (FSDP2 modules are cyclic) and return the training
     allocator's cached memory, before the next stage loads its own."""
-    import gc
-
     gc.collect()
     backend.empty_cache()
 
@@ -383,11 +371,6 @@ def release(backend) -> None:
 def run_pipeline(cfg, backend, *, config_name: str | None = None, output_dir: str | None = None,
                  resume: bool = False) -> dict:
     """The whole recipe in one run directory; returns the summary dict."""
-    from aster.backend import DistInfo
-    from aster.sandbox import SandboxPool
-    from aster.train.stages import check_stage_inputs
-    from aster.train.world import check_world_size
-
     check_inputs(cfg)
     check_stage_inputs(cfg, output_dir, resume)
     # before the process group and any model: a world size the batches cannot split would
@@ -395,8 +378,6 @@ def run_pipeline(cfg, backend, *, config_name: str | None = None, output_dir: st
     check_world_size(cfg, DistInfo.from_env().world_size)
     dist = backend.init_distributed(cfg.distributed.timeout_s)
     _resolve_hub_name(cfg.model, dist)
-    from aster.train.rollout_wait import set_rollout_timeout
-
     set_rollout_timeout(cfg.distributed.rollout_timeout_s)
     if cfg.run.deterministic:
         backend.set_deterministic(cfg.run.seed)
@@ -422,8 +403,6 @@ def run_pipeline(cfg, backend, *, config_name: str | None = None, output_dir: st
 def _resolve_hub_name(model_cfg, dist) -> None:
     """model.path as a Hub name -> its cached snapshot (rank 0 downloads it while the others
     wait), before the run directory exists: a failed download leaves nothing behind."""
-    from aster.train.model_source import resolve_model_path
-
     if model_cfg.path:
         path = resolve_model_path(model_cfg.path, lambda fn, what: on_main(dist, fn, what))
         if path != model_cfg.path and dist.is_main:
@@ -451,8 +430,6 @@ def _run_stages(cfg, backend, run_dir: Path, base, data, writer, pool, engines, 
 
 def _warn_held_out_collapse(monitor, done: dict, stage: str, result: dict) -> None:
     """`monitor`: rl.collapse_monitor."""
-    from aster.metrics import held_out_collapse
-
     if stage == "sft" or not result or not done.get("sft") or not monitor.enabled:
         return
     warning = held_out_collapse(done["sft"], result, monitor.eval_min_fraction)
@@ -463,14 +440,8 @@ def _warn_held_out_collapse(monitor, done: dict, stage: str, result: dict) -> No
 def check_inputs(cfg) -> None:
     """Fail before anything is written when a given path cannot be used (or a KL reference
     policy cannot be sharded like the policy)."""
-    from aster.train.model_source import check_model_path
-    from aster.train.reference import check_reference_policy
-
     check_reference_policy(cfg)
     check_model_path(cfg.model.path)
-    from aster.data.io import DataError
-    from aster.train.precision import check_training_dtype
-
     if any(stage in TRAIN_STAGES for stage in cfg.run.stages):
         check_training_dtype(cfg.model.dtype)
     need = needed_data(cfg)

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import logging
 
+from aster.algo import PolicyForward
+from aster.train.common import load_policy
+from aster.train.strategy import strategy_class
+
 log = logging.getLogger("aster")
 
 
 def check_reference_policy(cfg) -> None:
     """One-line error, before anything loads, for a KL penalty the strategy cannot shard."""
-    from aster.train.strategy import strategy_class
-
     strategy_class(cfg.distributed.strategy).check_config(cfg)
 
 
@@ -25,9 +27,6 @@ def build_reference_policy(ctx):
     (ctx.model_dir), wrapped like the policy: FSDP2 shards it; ddp, none and ZeRO-1/2 keep full
     parameters on every rank, so it stays a plain module (DDP refuses a module without
     trainable parameters, and has nothing to synchronise for one)."""
-    from aster.algo import PolicyForward
-    from aster.train.common import load_policy
-
     check_reference_policy(ctx.cfg)
     model, _ = load_policy(ctx.model_dir, ctx.cfg.model, ctx.backend)
     model.requires_grad_(False)

@@ -3,7 +3,7 @@
 The way engineers align a run on one accelerator family with a run on another: generation is
 sampled, so two runs never see the same trajectories; dump one run's rollouts and replay them
 on the other with the rollout skipped, and every number downstream (old log-probs, loss, grad
-norm, updated weights) must agree within the tolerances of aster.parity.
+norm, updated weights) must agree within the tolerances of aster.parity_record.
 
 - `rl.dump_rollouts_dir=DIR` (`aster rl|train --dump-rollouts DIR`): every GRPO step writes the
   trajectories it trained on (prompt and response token ids, loss masks, rewards, rollout
@@ -34,9 +34,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as tdist
 
+from aster.configio import to_dict
 from aster.errors import AsterUserError
+from aster.parity_record import weight_checksums, write_record
+from aster.rollout import rollout_metrics
+from aster.rollout.agent import Trajectory
 from aster.train.checkpoint import write_text_atomic
+from aster.train.precision import dtype_name
+from aster.train.rollouts import generate
+from aster.train.strategy import strategy_class
 
 log = logging.getLogger("aster")
 
@@ -76,8 +84,6 @@ def record_path(run_dir, stage: str, step: int) -> Path:
 def check_rollout_dirs(cfg) -> None:
     """One-line errors for dump / replay directories that cannot be used (called before the
     run directory is created)."""
-    from aster.train.strategy import strategy_class
-
     rl = cfg.rl
     strategy_class(cfg.distributed.strategy).check_config(cfg)  # what the strategy cannot do
     if rl.dump_rollouts_dir and Path(rl.dump_rollouts_dir).exists() \
@@ -126,8 +132,6 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def config_view(cfg) -> dict:
     """The config keys the training step depends on, beyond the trajectories themselves (the
     device, kernels, paths and parallelism may differ between the two runs)."""
-    from aster.configio import to_dict
-
     rl = {k: v for k, v in to_dict(cfg.rl).items()
           if k not in ("dump_rollouts_dir", "replay_rollouts_dir", "collapse_monitor")}
     return _flatten({"rl": rl, "rollout": {"temperature": cfg.rollout.temperature},
@@ -155,15 +159,11 @@ def step_rollouts(ctx, engine, prompts: list[dict], indices: list[int], stage: s
     """This rank's trajectories of step `step` (0-based) and the rollout metrics, generated
     (and dumped when rl.dump_rollouts_dir is set) or loaded from rl.replay_rollouts_dir; plus
     a StepTrace for finish_step (None when neither is set)."""
-    from aster.train.rollouts import generate
-
     rl = ctx.cfg.rl
     if not (rl.dump_rollouts_dir or rl.replay_rollouts_dir):
         trajs, metrics = generate(ctx, engine, [prompts[i] for i in indices], rl.group_size,
                                   max_response_tokens, seed)
         return trajs, metrics, None
-    from aster.parity import weight_checksums
-
     before = weight_checksums(ctx.hf_model, "weights_before.")
     meta = step_meta(ctx, stage, step + 1, seed, indices)
     if rl.replay_rollouts_dir:
@@ -181,8 +181,6 @@ def finish_step(ctx, trace: StepTrace | None, adv, old_lp, upd: dict) -> None:
     """Write the step's parity record (collective; rank 0 writes). No-op without a trace."""
     if trace is None:
         return
-    from aster.parity import write_record
-
     record = step_record(ctx, trace, adv, old_lp, upd)
     if not ctx.dist.is_main:
         return
@@ -225,8 +223,6 @@ def _dumped_steps(root, stage: str) -> list[int]:
 def load_step(ctx, root, meta: dict) -> tuple[list, dict]:
     """The dumped trajectories matching `meta` (this rank's share of a step), checked against
     this run: same world size, group size, tokenizer; a config difference is a warning."""
-    from aster.rollout.agent import Trajectory
-
     path = step_dir(root, meta["stage"], meta["step"]) / f"rank{meta['rank']}.pt"
     if not path.is_file():
         steps = _dumped_steps(root, meta["stage"])
@@ -293,8 +289,6 @@ def _check_trajectories(trajs: list, meta: dict, path: Path, ctx) -> None:
 
 def _replay_metrics(trajs: list) -> dict:
     """The rollout metrics generate() reports, from the loaded trajectories (no time spent)."""
-    from aster.rollout import rollout_metrics
-
     m = rollout_metrics(trajs)
     return {"time_tools_s": 0.0, "time_generate_s": 0.0,
             "tool_error_rate": m["tool_error_rate"],
@@ -305,8 +299,6 @@ def _replay_metrics(trajs: list) -> dict:
 def _gather(ctx, values: list) -> list:
     if ctx.dist.world_size == 1:
         return values
-    import torch.distributed as tdist
-
     parts = [None] * ctx.dist.world_size
     tdist.all_gather_object(parts, values)
     return [v for part in parts for v in part]
@@ -338,8 +330,6 @@ def _token_quantities(ctx, trajs, adv, old_lp) -> dict:
 
 def step_record(ctx, trace: StepTrace, adv, old_lp, upd: dict) -> dict:
     """The parity record (kind rl_step) of one dumped or replayed step; a collective."""
-    from aster.parity import weight_checksums
-
     quantities = {**_token_quantities(ctx, trace.trajs, adv, old_lp), **trace.weights_before}
     for key in ("loss", "grad_norm", "clip_frac_upper", "clip_frac_lower", "approx_kl"):
         if key in upd:
@@ -350,8 +340,6 @@ def step_record(ctx, trace: StepTrace, adv, old_lp, upd: dict) -> dict:
     for key in ("sum", "weighted_sum"):
         quantities[f"weights_delta.{key}"] = (after[f"weights_after.{key}"]
                                               - trace.weights_before[f"weights_before.{key}"])
-    from aster.train.precision import dtype_name
-
     dtype = dtype_name(ctx.compute_dtype)  # the parity tolerances are the compute dtype's
     backend = ctx.backend
     return {"kind": "rl_step", "source": trace.source, "device": backend.name,

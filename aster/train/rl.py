@@ -11,8 +11,10 @@ import json
 import logging
 import time
 import zlib
+from pathlib import Path
 
 import torch
+import torch.distributed as tdist
 
 from aster.algo import (
     Penalties,
@@ -25,14 +27,16 @@ from aster.algo import (
     shard_for_rank,
 )
 from aster.algo.packing import use_packing
-from aster.metrics import CollapseMonitor
+from aster.metrics import CollapseMonitor, read_metrics
 from aster.train.checkpoint import save_checkpoint
 from aster.train.common import build_optimizer, build_scheduler
+from aster.train.reference import build_reference_policy
 from aster.train.replay import finish_step, step_rollouts
 from aster.train.rl_batches import micro_batches, plan_step, to_origin
 from aster.train.rollout_wait import wait_for_rollouts
 from aster.train.rollouts import push_weights, trajectory_stats
 from aster.train.stage import TrainStage, open_stage
+from aster.train.stages import check_records_match
 
 log = logging.getLogger("aster")
 
@@ -64,8 +68,6 @@ def stage_parts(ctx, stage_cfg) -> dict:
     use_packing(rl.packing, ctx.backend, "rl.packing")  # logs what the attention does
     ref_policy = None
     if rl.kl_coef:
-        from aster.train.reference import build_reference_policy
-
         ref_policy = build_reference_policy(ctx)
     return {"objective": objective, "penalties": penalties, "ref_policy": ref_policy}
 
@@ -344,8 +346,6 @@ def run_rl_stage(ctx, engine, prompts: list[dict], stage: str, stage_cfg) -> dic
 
 def _append_records(ctx, path, records) -> None:
     if ctx.dist.world_size > 1:
-        import torch.distributed as tdist
-
         gathered = [None] * ctx.dist.world_size
         tdist.all_gather_object(gathered, records)
         records = [r for part in gathered for r in part]
@@ -365,8 +365,6 @@ def _truncate_records(path, step: int, is_main: bool) -> None:
 
 
 def _previous_metrics(ctx, stage: str) -> list[dict]:
-    from aster.metrics import read_metrics
-
     return [m for m in read_metrics(ctx.run_dir) if m.get("stage") == stage]
 
 
@@ -386,10 +384,6 @@ def all_correct_prompts(records: list[dict], group_size: int | None = None) -> s
 def filter_prompts(prompts: list[dict], records_path) -> tuple[list[dict], int]:
     """Stage 2's prompt set: `prompts` minus those answered G/G during the stage-1 last epoch
     recorded in `records_path` (a rollouts/<stage>.jsonl). Returns (kept, dropped count)."""
-    from pathlib import Path
-
-    from aster.train.stages import check_records_match
-
     path = Path(records_path)
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] \
         if path.is_file() else []

@@ -22,6 +22,7 @@ import pickle
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as tdist
 
 from aster.algo import build_micro_batch, mini_batches
 from aster.algo.balance import plan_micro_batches
@@ -103,8 +104,6 @@ def exchange(ctx, outgoing: list[dict]) -> dict:
     world, rank = ctx.dist.world_size, ctx.dist.rank
     if world == 1:
         return dict(outgoing[0])
-    import torch.distributed as tdist
-
     payloads = [pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL) if r != rank else b""
                 for r, part in enumerate(outgoing)]
     sizes = torch.zeros(world, world, dtype=torch.int64)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+import torch.distributed as tdist
+
 log = logging.getLogger("aster")
 
 DEFAULT_TIMEOUT_S = 4 * 3600.0
@@ -34,8 +36,6 @@ def set_rollout_timeout(timeout_s: float) -> None:
 def rollout_group():
     """The gloo group of the rollout-phase waits, created collectively at its first use under
     the current process group (a new one after the process group was re-initialised)."""
-    import torch.distributed as tdist
-
     world = tdist.group.WORLD
     if _state["group"] is None or _state["world"] is not world:
         _state["group"] = tdist.new_group(backend="gloo",
@@ -60,8 +60,6 @@ def wait_for_rollouts(dist, rollout_s: float, what: str) -> dict:
     rollout timeout; returns the spread as a metric. One rank: nothing to wait for."""
     if dist is None or dist.world_size == 1:
         return {}
-    import torch.distributed as tdist
-
     seconds: list = [None] * dist.world_size
     tdist.all_gather_object(seconds, float(rollout_s), group=rollout_group())
     line = slowest_line(seconds, what)

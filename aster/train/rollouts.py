@@ -12,8 +12,14 @@ from __future__ import annotations
 import logging
 import weakref
 from collections import Counter
+from dataclasses import replace
 
 import torch
+
+from aster.rollout import rollout_metrics, run_rollouts
+from aster.rollout.factory import build_engine
+from aster.rollout.vllm_engine import concurrency_at
+from aster.train.precision import dtype_name
 
 log = logging.getLogger("aster")
 
@@ -85,9 +91,6 @@ def run_max_model_len(cfg, model_path: str | None = None) -> int:
 def make_engine(ctx, model_dir: str, max_model_len: int | None = None):
     """The rollout engine the backend names, loaded from `model_dir`, sized for the run's
     budgets unless `max_model_len` is given."""
-    from aster.rollout import build_engine
-    from aster.train.precision import dtype_name
-
     return build_engine(ctx.backend, model_dir, ctx.cfg.rollout,
                         dtype=dtype_name(ctx.compute_dtype), tokenizer=ctx.tokenizer,
                         max_model_len=max_model_len or run_max_model_len(ctx.cfg, model_dir))
@@ -98,8 +101,6 @@ _BUDGETS_LOGGED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def log_concurrency(engine, prompt_tokens: int, response_tokens: int) -> None:
     """Once per engine and budget: how many sequences of this budget the engine holds."""
-    from aster.rollout.vllm_engine import concurrency_at
-
     seen = _BUDGETS_LOGGED.setdefault(engine, set())
     if not engine.capacity or response_tokens in seen:
         return
@@ -186,10 +187,6 @@ def generate(ctx, engine, prompts: list[dict], samples: int, max_response_tokens
              seed: int) -> tuple[list, dict]:
     """`samples` trajectories per prompt (prompt-major) and the rollout metrics; the engine is
     left asleep (where it can sleep) for the update that follows."""
-    from dataclasses import replace
-
-    from aster.rollout import rollout_metrics, run_rollouts
-
     cfg = replace(ctx.cfg.rollout, max_response_tokens=max_response_tokens)
     log_concurrency(engine, cfg.max_prompt_tokens, max_response_tokens)
     stats: dict = {}

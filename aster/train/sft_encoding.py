@@ -19,7 +19,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from aster.data.io import DataError, Skipped
 from aster.rollout.chat_format import TurnRenderError, chat_format
+from aster.rollout.tools import same_schemas
 
 log = logging.getLogger("aster")
 
@@ -88,8 +90,6 @@ def encode_dataset(tokenizer, examples: list[dict], cutoff_len: int,
     `tools` (rollout.tools' schemas): every example is rendered with them, as RL and eval
     render their prompts; None keeps each example's own. Returns (sequences, number dropped
     over the cutoff)."""
-    from aster.data.io import DataError, Skipped
-
     if tools is not None:
         _say_replaced_schemas(examples, tools)
     kept, dropped, skipped = [], 0, Skipped()
@@ -123,8 +123,6 @@ def encode_dataset(tokenizer, examples: list[dict], cutoff_len: int,
 
 def _say_replaced_schemas(examples: list[dict], tools: list[dict]) -> None:
     """One log line when the data's own tool schema is not the one rendered."""
-    from aster.rollout.tools import same_schemas
-
     other = [ex["tools"] for ex in examples if ex.get("tools") and
              not same_schemas(ex["tools"], tools)]
     if other:

@@ -9,6 +9,8 @@ import torch
 
 from aster.backend import Backend, Capabilities
 from aster.backends.ascend import probes, runtime
+from aster.backends.ascend.fused_ops import apply_fused_qwen3_ops
+from aster.errors import DeviceUnavailableError
 
 log = logging.getLogger("aster")
 
@@ -37,8 +39,6 @@ class AscendBackend(Backend):
     def __init__(self, kernel_impl: str | None = None, engine: str | None = None):
         self.torch_npu, error = runtime.import_torch_npu()
         if self.torch_npu is None:
-            from aster.errors import DeviceUnavailableError
-
             raise DeviceUnavailableError(f"--device npu: {error}")
         if engine in (None, "auto") and not probes.vllm_ascend_probe().ok:
             log.info("rollout engine: hf (%s)", probes.vllm_ascend_probe().reason)
@@ -87,8 +87,6 @@ class AscendBackend(Backend):
     def prepare_model(self, model: torch.nn.Module, fused_ops: bool = False) -> torch.nn.Module:
         super().prepare_model(model, fused_ops)
         if fused_ops:
-            from aster.backends.ascend.fused_ops import apply_fused_qwen3_ops
-
             apply_fused_qwen3_ops(model, self.torch_npu)
         return model
 

@@ -11,6 +11,7 @@ import torch
 
 from aster.backend import Backend, Capabilities
 from aster.backends.common import has_module
+from aster.backends.cpu.attention import register
 
 
 class CPUBackend(Backend):
@@ -48,8 +49,6 @@ class CPUBackend(Backend):
         causal sdpa call per packed sequence instead of a dense block-diagonal mask; for the
         hf engine's model also grouped-query layers under a padding mask without copying the
         KV heads. Everything else is transformers' sdpa."""
-        from aster.backends.cpu.attention import register
-
         return register(decode=not packed)
 
     def engine_options(self) -> dict:

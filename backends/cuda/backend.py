@@ -9,6 +9,7 @@ import torch
 
 from aster.backend import Backend, Capabilities
 from aster.backends.common import has_module
+from aster.backends.cpu.attention import register
 from aster.backends.cuda import probes
 
 log = logging.getLogger("aster")
@@ -111,8 +112,6 @@ class CUDABackend(Backend):
             return "flash_attention_2"
         if not packed:
             return "sdpa"
-        from aster.backends.cpu.attention import register
-
         global _VARLEN_LOGGED
         if not _VARLEN_LOGGED:
             log.info("attention: flash-attn unavailable (%s); packed rows use per-sequence "

@@ -47,8 +47,7 @@ def _memorise(model, encoded, max_steps: int = 300) -> int:
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """A random-init tiny model directory (its tokenizer has the Qwen3 tool template)."""
-    from aster.config import TinyModelConfig
-    from aster.tiny_model import build_tiny_model
+    from aster.tiny_model import TinyModelConfig, build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny_data") / "model", TinyModelConfig(),
                             seed=0)

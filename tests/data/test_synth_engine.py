@@ -21,8 +21,9 @@ from aster.data.formats import load_sft
 from aster.data.synth import SynthConfig, synthesize
 from aster.data.synth_engine import EngineTeacher
 from aster.data.trajectory import TrajectoryConverter
-from aster.rollout import HFEngine, RolloutConfig, run_rollouts
+from aster.rollout import RolloutConfig, run_rollouts
 from aster.rollout.chat import apply_template, encode_prompt, prompt_messages
+from aster.rollout.hf_engine import HFEngine
 from aster.train.sft import encode_conversation
 from tests.data.conftest import TAUGHT
 from tests.rollout.conftest import ScriptedEngine

@@ -117,8 +117,7 @@ def test_replay_errors_are_one_line(dumped, tmp_path, capsys):
 
 
 def test_replay_with_another_tokenizer_is_refused(dumped, tmp_path, capsys):
-    from aster.config import TinyModelConfig
-    from aster.tiny_model import build_tiny_model
+    from aster.tiny_model import TinyModelConfig, build_tiny_model
 
     _, dump = dumped
     other = build_tiny_model(tmp_path / "other_model", TinyModelConfig(vocab_size=400), seed=0)
@@ -127,7 +126,7 @@ def test_replay_with_another_tokenizer_is_refused(dumped, tmp_path, capsys):
 
 
 def test_compare_lists_and_exact_inputs():
-    from aster.parity import compare_records, tolerance
+    from aster.parity_record import compare_records, tolerance
 
     assert tolerance("float32", "input.reward_sum") == (0.0, 0.0)
     assert tolerance("float32", "update.loss") == (2e-4, 1e-5)

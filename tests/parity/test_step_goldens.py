@@ -3,7 +3,7 @@
 Regenerate (only when the suite itself changes, never to make a test pass):
     aster parity record --device cpu --kernel-impl reference \
         --out tests/parity/golden/steps_cpu_reference.json
-Tolerances per dtype are aster.parity.TOLERANCES (justified there).
+Tolerances per dtype are aster.parity_record.TOLERANCES (justified there).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import torch
 
 from aster.backend import select_backend
 from aster.cli import main
-from aster.parity import compare_records, record_suite
+from aster.parity import record_suite
+from aster.parity_record import compare_records
 
 GOLDEN = Path(__file__).parent / "golden" / "steps_cpu_reference.json"
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aster.config import TinyModelConfig
 from aster.rollout.engine import Engine, GenerationOutput, SamplingParams
-from aster.tiny_model import build_tiny_model
+from aster.tiny_model import TinyModelConfig, build_tiny_model
 
 
 @pytest.fixture(scope="session")

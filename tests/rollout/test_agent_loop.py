@@ -8,7 +8,6 @@ import pytest
 
 from aster.rollout import (
     FINISH_REASONS,
-    HFEngine,
     RolloutConfig,
     Trajectory,
     chat_format,
@@ -16,6 +15,7 @@ from aster.rollout import (
     run_rollouts,
 )
 from aster.rollout.chat import apply_template, prompt_messages
+from aster.rollout.hf_engine import HFEngine
 from tests.rollout.conftest import ScriptedEngine
 
 PROBLEM = {"prompt": "What is 17 * 23 + 5?", "answer": "396"}

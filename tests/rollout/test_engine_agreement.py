@@ -15,8 +15,9 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from aster.errors import CapabilityError
-from aster.rollout import HFEngine, RolloutConfig, run_rollouts
+from aster.rollout import RolloutConfig, run_rollouts
 from aster.rollout.engine import SamplingParams
+from aster.rollout.hf_engine import HFEngine
 from tests.rollout.agreement import (
     ToolInjectingEngine,
     agreement,

@@ -46,8 +46,7 @@ def test_max_model_len_is_the_prompt_plus_the_largest_budget_the_run_uses(stages
 
 
 def test_max_model_len_is_capped_at_the_checkpoints_context(tmp_path):
-    from aster.config import TinyModelConfig
-    from aster.tiny_model import build_tiny_model
+    from aster.tiny_model import TinyModelConfig, build_tiny_model
 
     path = build_tiny_model(str(tmp_path / "tiny"), TinyModelConfig(max_position_embeddings=8192))
     cfg = load_config("qwen3-4b")

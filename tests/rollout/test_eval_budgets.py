@@ -8,7 +8,8 @@ import json
 import pytest
 
 from aster.eval import EvalConfig, evaluate, format_table, write_results
-from aster.rollout import HFEngine, RolloutConfig
+from aster.rollout import RolloutConfig
+from aster.rollout.hf_engine import HFEngine
 from tests.rollout.conftest import ScriptedEngine
 
 KEYS = ("finish_reason", "response_tokens", "text", "prediction", "score", "tool_calls",

@@ -92,7 +92,8 @@ def test_agent_loop_trajectories_match_the_trainer(tiny_dir, tokenizer, pool, on
     from transformers import AutoModelForCausalLM
 
     from aster.backend import select_backend
-    from aster.rollout import build_engine, run_rollouts
+    from aster.rollout import run_rollouts
+    from aster.rollout.factory import build_engine
     from tests.rollout.agreement import ToolInjectingEngine, check_trajectories
 
     engine = build_engine(select_backend("cpu"), tiny_dir, RolloutConfig(hf_mode="continuous",

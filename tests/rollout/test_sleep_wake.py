@@ -8,7 +8,7 @@ import logging
 
 from aster.backend import select_backend
 from aster.config import load_config
-from aster.rollout import HFEngine
+from aster.rollout.hf_engine import HFEngine
 from aster.train import pipeline, rl, rollouts
 from tests.train.small import SMALL
 

@@ -77,8 +77,7 @@ def test_build_engine_sets_the_backends_engine_env_before_the_engine_starts(monk
     # vllm-ascend reads VLLM_ASCEND_ENABLE_NZ when its engine starts (and worker processes
     # inherit the environment), so the backend's engine_env() must be in place before that.
     pytest.importorskip("vllm")
-    from aster.rollout import engine as engine_mod
-    from aster.rollout import vllm_engine, vllm_stream
+    from aster.rollout import factory, vllm_engine, vllm_stream
 
     seen = {}
 
@@ -93,5 +92,5 @@ def test_build_engine_sets_the_backends_engine_env_before_the_engine_starts(monk
     monkeypatch.setenv("ASTER_TEST_ENGINE_ENV", "before")
     backend = select_backend("cpu", engine="vllm")
     monkeypatch.setattr(backend, "engine_env", lambda: {"ASTER_TEST_ENGINE_ENV": "set"})
-    engine_mod.build_engine(backend, "unused-model-path", RolloutConfig(engine="vllm"))
+    factory.build_engine(backend, "unused-model-path", RolloutConfig(engine="vllm"))
     assert seen["env"] == "set"

@@ -13,9 +13,8 @@ def main(out_dir: str) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from aster.backend import select_backend
-    from aster.config import TinyModelConfig
     from aster.rollout.vllm_engine import VLLMEngine
-    from aster.tiny_model import build_tiny_model
+    from aster.tiny_model import TinyModelConfig, build_tiny_model
     from tests.rollout.agreement import agreement, perturb, prompts_for
 
     path = build_tiny_model(out_dir, TinyModelConfig(), seed=0)

@@ -29,10 +29,10 @@ def main(out_dir: str, mode: str = "async") -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from aster.backend import select_backend
-    from aster.config import TinyModelConfig
-    from aster.rollout import RolloutConfig, SamplingParams, build_engine
+    from aster.rollout import RolloutConfig, SamplingParams
+    from aster.rollout.factory import build_engine
     from aster.sandbox import SandboxConfig, SandboxPool
-    from aster.tiny_model import build_tiny_model
+    from aster.tiny_model import TinyModelConfig, build_tiny_model
     from tests.rollout.agreement import agreement, check_trajectories, perturb, prompts_for
 
     torch.set_num_threads(1)

@@ -60,9 +60,8 @@ def main(out_dir: str) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from aster.backend import select_backend
-    from aster.config import TinyModelConfig
-    from aster.rollout import build_engine
-    from aster.tiny_model import build_tiny_model
+    from aster.rollout.factory import build_engine
+    from aster.tiny_model import TinyModelConfig, build_tiny_model
     from aster.train.rollouts import push_weights, run_max_model_len
     from aster.train.strategy import build_strategy
     from tests.rollout.agreement import agreement, perturb, prompts_for

@@ -65,6 +65,7 @@ def test_a_path_that_is_no_name_and_no_directory_is_one_line(tmp_path):
 def test_uncached_name_online_is_downloaded_once_on_rank_0(qwen3_dirs, tmp_path, monkeypatch):
     import huggingface_hub
 
+    from aster.train import model_source
     from aster.train.model_source import resolve_model_path
 
     cache = tmp_path / "hub"
@@ -80,7 +81,7 @@ def test_uncached_name_online_is_downloaded_once_on_rank_0(qwen3_dirs, tmp_path,
         downloads.append((repo_id, cache_dir))  # no network here: the "download" fills the cache
         return _cache(cache, qwen3_dirs["thinking"])
 
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    monkeypatch.setattr(model_source, "snapshot_download", fake)
     calls = []
 
     def on_main(fn, what):
@@ -115,6 +116,7 @@ def test_rl_trains_from_a_cached_hub_name(qwen3_dirs, offline, tmp_path, monkeyp
 def test_a_failed_download_is_one_line_naming_the_command(tmp_path, monkeypatch):
     import huggingface_hub
 
+    from aster.train import model_source
     from aster.train.model_source import ModelPathError, resolve_model_path
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
@@ -127,7 +129,7 @@ def test_a_failed_download_is_one_line_naming_the_command(tmp_path, monkeypatch)
             return real(repo_id, cache_dir=cache_dir, local_files_only=True, **kw)
         raise ConnectionError("the Hub cannot be reached\nmore detail")
 
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    monkeypatch.setattr(model_source, "snapshot_download", unreachable)
     with pytest.raises(ModelPathError) as err:
         resolve_model_path(NAME, lambda fn, what: fn())
     assert "\n" not in str(err.value) and f"hf download {NAME}" in str(err.value)

@@ -17,6 +17,9 @@ import importlib
 from collections.abc import Iterator
 
 from aster.errors import ConfigError
+from aster.rollout.engine import state_dict_of
+from aster.train.strategy.dcp_io import dcp_state, load_dcp, quiet
+from aster.train.update import Updater
 
 # name -> "module:Class"; imported lazily, so asking for fsdp2 never imports DeepSpeed
 _REGISTRY: dict[str, str] = {
@@ -141,8 +144,6 @@ class Strategy:
     def updater(self, policy, optimizer, scheduler, max_grad_norm: float):
         """The stage's Updater over the wrapped `policy` (backward, clip with the NaN guard,
         step, schedule); its `.policy` is what the stage trains."""
-        from aster.train.update import Updater
-
         return Updater(policy, optimizer, scheduler, max_grad_norm, self.world_size)
 
     # ---- weights out ----------------------------------------------------------------------
@@ -156,8 +157,6 @@ class Strategy:
     def full_tensors(self, model) -> Iterator[tuple[str, object]]:
         """(name, full tensor) of every weight of the Hugging Face `model`, one at a time
         (collective where the kind shards: every rank iterates the same names)."""
-        from aster.rollout.engine import state_dict_of
-
         yield from state_dict_of(model).items()
 
     def weight_buckets(self, bucket_bytes: int, model=None) -> Iterator[list[tuple[str, object]]]:
@@ -186,8 +185,6 @@ class Strategy:
         shards (replicated tensors: each written once, by one of the ranks); collective."""
         import torch.distributed.checkpoint as dcp
 
-        from aster.train.strategy.dcp_io import dcp_state, quiet
-
         with quiet():
             dcp.save(dcp_state(model, optimizer), storage_writer=dcp.FileSystemWriter(
                 str(directory)))
@@ -196,6 +193,4 @@ class Strategy:
     def load_state(cls, model, optimizer, directory) -> None:
         """Read into the strategy's own tensors: each rank reads the bytes of its shards
         only, whatever world size and kind wrote them; collective."""
-        from aster.train.strategy.dcp_io import load_dcp
-
         load_dcp(model, optimizer, directory)

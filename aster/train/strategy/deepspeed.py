@@ -12,10 +12,13 @@ import json
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
+from aster.configio import deep_merge
 from aster.errors import AsterUserError, CapabilityError
 from aster.train.strategy import Strategy, unwrap
 from aster.train.update import Updater, diverged_error
@@ -74,8 +77,6 @@ def read_user_config(path: str | None) -> dict:
 def deepspeed_config(dist_cfg, *, world_size: int, max_grad_norm: float,
                      dtype: torch.dtype) -> dict:
     """The engine's config dict from aster's `distributed:` section (pure; no DeepSpeed)."""
-    from aster.configio import deep_merge
-
     check_dtype(dtype)
     zero: dict = {"stage": dist_cfg.zero_stage}
     if dist_cfg.cpu_offload:
@@ -105,8 +106,6 @@ def deepspeed_config(dist_cfg, *, world_size: int, max_grad_norm: float,
 def ensure_process_group(backend) -> None:
     """DeepSpeed needs a process group (and LOCAL_RANK) even for one rank; a single-process
     run has neither."""
-    import torch.distributed as dist
-
     os.environ.setdefault("LOCAL_RANK", str(backend.dist.local_rank))
     if not dist.is_initialized():
         dist.init_process_group(backend.process_group_backend(), store=dist.HashStore(), rank=0,
@@ -165,8 +164,6 @@ class DeepSpeedUpdater(Updater):
 
 def is_engine(model) -> bool:
     """True for a DeepSpeed engine (without importing DeepSpeed when it is not in use)."""
-    import sys
-
     ds = sys.modules.get("deepspeed")
     return ds is not None and isinstance(model, ds.DeepSpeedEngine)
 

@@ -5,7 +5,10 @@ reduce-scatters gradients in fp32. The frozen reference policy is sharded the sa
 from __future__ import annotations
 
 import torch
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
+from aster.rollout.engine import state_dict_of
 from aster.train.strategy import Strategy
 
 
@@ -25,16 +28,11 @@ class FSDP2Strategy(Strategy):
     def full_tensors(self, model):
         """One parameter's full tensor at a time (an all-gather per DTensor: every rank
         iterates the same names and gets the whole tensor)."""
-        from aster.rollout.engine import state_dict_of
-
         for name, tensor in state_dict_of(model).items():
             yield name, tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
 def shard(model, backend, dist_cfg, compute_dtype: torch.dtype | None):
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
-
     mesh = init_device_mesh(backend.device_type, (backend.dist.world_size,))
     kwargs = {"mesh": mesh, "reshard_after_forward": dist_cfg.reshard_after_forward}
     if compute_dtype is not None and compute_dtype != next(model.parameters()).dtype:
