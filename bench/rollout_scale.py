@@ -236,6 +236,7 @@ class Setup:
     max_num_seqs: int = MAX_NUM_SEQS
     max_batched_tokens: int = MAX_BATCHED_TOKENS
     max_concurrency: int = 256  # rollout.max_concurrency (shipped default)
+    kv_admission: bool = True  # rollout.kv_admission in the new mode (the barrier: old, off)
     group: int = 8
     seed: int = 0
     model: StepModel = field(default_factory=StepModel)
@@ -294,7 +295,8 @@ def run_mode(setup: Setup, mode: str, tokenizer, sandbox) -> dict:
     cfg = RolloutConfig(max_response_tokens=setup.shape.max_response_tokens,
                         max_tool_calls=setup.shape.max_calls,
                         max_concurrency=setup.max_concurrency, tool_timeout_s=60.0,
-                        max_tool_output_chars=4096)
+                        max_tool_output_chars=4096,
+                        kv_admission=setup.kv_admission and mode == "new")
     pool = TimedPool(sandbox)
     # the TurnBatcher's 20 ms gather window is wall time: keep it 20 ms of model time
     loop = AgentLoop(engine, tokenizer, pool, cfg, gather_s=0.02 / setup.scale, seed=0)
@@ -304,7 +306,8 @@ def run_mode(setup: Setup, mode: str, tokenizer, sandbox) -> dict:
     finally:
         engine.close()
     wall = (time.perf_counter() - start) * setup.scale
-    return _figures(setup, mode, engine, trajs, plans, pool, wall)
+    return {**_figures(setup, mode, engine, trajs, plans, pool, wall),
+            "peak_in_flight": loop.stats["peak_in_flight"]}
 
 
 def _figures(setup, mode, engine, trajs, plans, pool, wall) -> dict:
@@ -340,6 +343,7 @@ ROWS = [("rollout time (model s)", "rollout_s", "{:.0f}"), ("ideal (model s)", "
         ("prefix-cache hit tokens", "prefix_hit_tokens", "{:,.0f}"),
         ("preemptions", "preemptions", "{:,.0f}"), ("decode tokens", "decode_tokens", "{:,.0f}"),
         ("mean running sequences", "mean_running", "{:.1f}"),
+        ("peak trajectories in flight", "peak_in_flight", "{:.0f}"),
         ("engine stepping (model s)", "engine_busy_s", "{:.0f}"),
         ("engine idle (model s)", "engine_idle_s", "{:.0f}"),
         ("tool calls", "tool_calls", "{:,.0f}"), ("tool time, summed (model s)", "tool_model_s",
@@ -396,7 +400,8 @@ def describe(setup: Setup) -> str:
             f"{setup.max_num_seqs}, max_num_batched_tokens {setup.max_batched_tokens}, "
             f"Qwen3-4B/H100 roofline ({m.hbm_bytes_per_s / 1e12:g} TB/s x {m.hbm_efficiency:g}, "
             f"{m.peak_flops / 1e12:g} TFLOP/s x MFU {m.mfu:g}); time scale {setup.scale:g}x; "
-            f"rollout.max_concurrency {setup.max_concurrency}; sandbox.max_sessions "
+            f"rollout.max_concurrency {setup.max_concurrency}, kv_admission "
+            f"{'on' if setup.kv_admission else 'off'} (new mode); sandbox.max_sessions "
             f"{setup.trajectories} (covers every trajectory)")
 
 
@@ -450,6 +455,9 @@ def main(argv=None) -> int:
                         help="stage-2 shape, 32 trajectories, scale 100")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--new-only", action="store_true", help="skip the barrier run")
+    parser.add_argument("--no-kv-admission", action="store_true",
+                        help="the new mode with rollout.kv_admission off (every trajectory up "
+                             "to --max-concurrency in flight)")
     parser.add_argument("--json", default=None, help="write the figures here")
     args = parser.parse_args(argv)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
@@ -463,7 +471,8 @@ def main(argv=None) -> int:
     if args.quick:
         stages, args.trajectories, args.scale = ["2"], 32, 100.0
     setups = [Setup(SHAPES[s], args.trajectories, args.scale, kv_tokens=args.kv_tokens,
-                    max_concurrency=args.max_concurrency, seed=args.seed) for s in stages]
+                    max_concurrency=args.max_concurrency, seed=args.seed,
+                    kv_admission=not args.no_kv_admission) for s in stages]
     sys.setswitchinterval(SWITCH_S)
     tokenizer = _tokenizer()
     results = []

@@ -21,6 +21,9 @@ class RolloutConfig:
     max_tool_output_chars: int = 4096  # truncated head+tail beyond this; 0: not cut here
     tool_timeout_s: float = 10.0
     max_concurrency: int = 256  # trajectories in flight at once (the hf engine: its batch)
+    # fewer in flight where the engine reports its KV cache: as many as it holds at their
+    # running mean context (aster/rollout/admission.py says why); false: max_concurrency only
+    kv_admission: bool = True
     # the first N calls of a turn run, the rest are ignored (the reproduction: verl's
     # multi_turn.max_parallel_calls=1); 0: every call of the turn runs
     max_calls_per_turn: int = 0

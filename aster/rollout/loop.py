@@ -10,6 +10,7 @@ import zlib
 
 from aster.progress import Progress
 from aster.reward import extract_answer, score
+from aster.rollout.admission import KVAdmission
 from aster.rollout.agent import (
     BusyClock,
     RequestStream,
@@ -75,8 +76,8 @@ class AgentLoop:
         else:
             batcher = TurnBatcher(self.engine, self.max_batch, self.gather_s)
         self._batcher, self._tools = batcher, BusyClock()
-        self._limit = asyncio.Semaphore(self.cfg.max_concurrency)
-        batcher.live = len(jobs)
+        self._admission = self._gate(jobs)
+        batcher.live = 0  # trajectories admitted and not finished (the gate may hold some)
         server = asyncio.create_task(batcher.serve())
         start = time.perf_counter()
         self._progress = Progress(len(jobs), self.label, announce=self.announce).start()
@@ -94,6 +95,17 @@ class AgentLoop:
         self._record_stats(time.perf_counter() - start, batcher)
         return list(trajs)
 
+    def _gate(self, jobs) -> KVAdmission:
+        """max_concurrency, and with kv_admission the engine's KV cache at the running mean
+        context (seeded with the mean prompt plus the response budget)."""
+        capacity = getattr(self.engine, "capacity", None) or {}
+        kv = capacity.get("kv_tokens") if self.cfg.kv_admission else None
+        if not kv or not jobs:
+            return KVAdmission(self.cfg.max_concurrency, None, 0)
+        prompts = [len(self.format.prompt_ids(job[2])) for job in jobs[:64]]
+        budget = sum(prompts) // len(prompts) + self.cfg.max_response_tokens
+        return KVAdmission(self.cfg.max_concurrency, kv, budget)
+
     def _record_stats(self, wall: float, batcher: TurnBatcher | RequestStream) -> None:
         gen = union_seconds(batcher.clock.intervals)
         tool = union_seconds(self._tools.intervals)
@@ -103,18 +115,21 @@ class AgentLoop:
                       "overhead_frac": max(wall - busy, 0.0) / wall if wall > 0 else 0.0,
                       "num_batches": len(batcher.batch_sizes),
                       "mean_batch": (sum(batcher.batch_sizes) / len(batcher.batch_sizes)
-                                     if batcher.batch_sizes else 0.0)}
+                                     if batcher.batch_sizes else 0.0),
+                      "peak_in_flight": self._admission.peak}
 
     # ---- one trajectory ---------------------------------------------------------------------
     async def _trajectory(self, number: int, job) -> Trajectory:
         prompt_index, sample_index, messages, truth = job
-        async with self._limit, contextlib.AsyncExitStack() as stack:
+        async with self._admission.slot() as finished, contextlib.AsyncExitStack() as stack:
+            self._batcher.live += 1
             traj = Trajectory(prompt_ids=self.format.prompt_ids(messages),
                               ground_truth=truth, prompt_index=prompt_index,
                               sample_index=sample_index)
             start = time.perf_counter()
             try:
                 await self._turns(traj, number, stack)
+                finished(len(traj.prompt_ids) + len(traj.response_ids))
             finally:
                 self._batcher.live -= 1
                 self._progress.finish_one()

@@ -104,6 +104,12 @@ class SimEngine(Engine):
         self.model = step_model or StepModel()
         self.scale = time_scale
         self.continuous_batching = continuous  # False: the agent loop batches per turn
+        # what a started vLLM engine reports (aster.rollout.vllm_engine.engine_capacity)
+        self.capacity = {"max_model_len": max_model_len,
+                         "kv_tokens": self.pool.num_blocks * block_size,
+                         "kv_blocks": self.pool.num_blocks, "block_size": block_size,
+                         "max_num_seqs": max_num_seqs,
+                         "max_num_batched_tokens": max_num_batched_tokens}
         self.running: list[_Request] = []
         self.waiting: deque[_Request] = deque()
         self._inbox: list[_Request] = []
