@@ -1,8 +1,8 @@
 """The embedded tiny default's task: multi-step integer arithmetic that needs a stateful tool.
 
 A problem chains `min_steps`..`max_steps` operations, each step naming a variable the next one
-uses: ``a = 63 + 18, b = a // 33, c = b * 21. What is c?``. The reference trajectory makes one
-``code_interpreter`` call per step (``b = a // 33`` only runs if ``a`` survived from the
+uses, one clause per line: ``a = 63 + 18`` / ``b = a // 33`` / ``c = b * 21`` / ``What is c?``.
+The reference trajectory makes one ``code_interpreter`` call per step (``b = a // 33`` only runs if ``a`` survived from the
 previous call: state matters), reads each printed value, and ends with ``\\boxed{...}`` of the
 last one. The tool outputs are produced by actually running the sandbox; the reference is
 checked against exact integer arithmetic. Three disjoint splits come from one seed: SFT
@@ -14,6 +14,14 @@ intermediate value (the tiny config uses 99: every number is one token, so each 
 prompt or a tool output sits at a fixed distance). Measured with a teacher-forced probe: with
 3-digit values the operands are still copied <10% right after 500 steps; with values <= 99
 they are ~97% right after 350.
+
+One clause per line, so that each clause tokenises exactly as the call that copies it. Written
+as ``a = 63 + 18, b = a // 33`` (before 2026-12-07) the second clause's variable was `` b``
+(space-prefixed) in the prompt but ``b`` in the code, and copying it needed a learned
+`` b`` -> ``b`` match on top of the induction circuit: in held-out samples after SFT of the runs
+that failed, the first clause was copied right 126-128 times of 128 and the second 6-31 times of
+70-87 (the robustness grid's failures, docs/tiny-default.md). With lines, every clause is a
+plain repeat of prompt tokens.
 
 The teacher can be imperfect, as real distillation teachers are: with `early_answer_prob` a
 reference trajectory stops after a random earlier step and answers with that intermediate
@@ -68,8 +76,10 @@ class Problem:
 
     @property
     def text(self) -> str:
-        chain = ", ".join(s.code for s in self.steps)
-        return f"{chain}. What is {self.steps[-1].target}?"
+        # one clause per line, so each tokenises exactly as the call that copies it (see the
+        # module docstring: `, b = ...` made the copied `b` a different token from the code's)
+        chain = "\n".join(s.code for s in self.steps)
+        return f"{chain}\nWhat is {self.steps[-1].target}?"
 
 
 def _apply(value: int, op: str, operand: int) -> int:

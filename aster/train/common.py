@@ -60,14 +60,19 @@ def build_optimizer(model, lr: float, weight_decay: float, betas=(0.9, 0.999)):
                              betas=tuple(betas), foreach=False)
 
 
-def build_scheduler(optimizer, total_steps: int, warmup_steps: int, schedule: str = "constant"):
-    """Linear warmup, then constant / cosine / linear decay to 0 at total_steps."""
+def build_scheduler(optimizer, total_steps: int, warmup_steps: int, schedule: str = "constant",
+                    decay_steps: int = 0):
+    """Linear warmup, then constant / cosine / linear decay to 0 at total_steps; `wsd`
+    (warmup-stable-decay): constant, then linear to 0 over the last `decay_steps`."""
+    decay_from = total_steps - decay_steps if schedule == "wsd" else warmup_steps
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / max(1, warmup_steps)
-        if schedule == "constant":
+        if schedule == "constant" or step < decay_from:
             return 1.0
+        if schedule == "wsd":
+            return max(0.0, (total_steps - step) / max(1, decay_steps))
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         progress = min(1.0, progress)
         if schedule == "cosine":

@@ -33,8 +33,10 @@ class SFTConfig:
     """Cold-start SFT: full fine-tune, loss on assistant tokens only."""
 
     lr: float = 3e-5
-    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    # wsd (warmup-stable-decay): constant, then linear to 0 over the last decay_ratio of steps
+    lr_schedule: Literal["constant", "cosine", "linear", "wsd"] = "constant"
     warmup_ratio: float = 0.06
+    decay_ratio: float = 0.2  # wsd only: the share of steps the final decay takes
     epochs: int = 6
     global_batch_size: int = 128  # sequences per optimizer step, all ranks
     micro_batch_size: int = 1  # sequences per forward (or packs, with packing)
@@ -50,6 +52,9 @@ class SFTConfig:
                   "cutoff_len", "max_grad_norm")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"sft.warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
+        if not 0 < self.decay_ratio <= 1 - self.warmup_ratio:
+            raise ValueError(f"sft.decay_ratio={self.decay_ratio!r} must be in (0, 1 - "
+                             f"sft.warmup_ratio={1 - self.warmup_ratio:g}]")
         _at_least("sft", self, 0, "weight_decay", "save_every_steps")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ValueError(f"sft.adam_betas={self.adam_betas!r} must be two values in [0, 1)")

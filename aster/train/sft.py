@@ -89,7 +89,7 @@ def start_sft_stage(ctx, total_steps: int) -> TrainStage:
     cfg = ctx.cfg.sft
     optimizer = build_optimizer(ctx.policy, cfg.lr, cfg.weight_decay, cfg.adam_betas)
     scheduler = build_scheduler(optimizer, total_steps, int(cfg.warmup_ratio * total_steps),
-                                cfg.lr_schedule)
+                                cfg.lr_schedule, decay_steps=round(cfg.decay_ratio * total_steps))
     return open_stage(ctx, "sft", cfg, optimizer, scheduler)
 
 
