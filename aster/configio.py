@@ -29,9 +29,17 @@ REPLACED_KEYS = {
 }
 
 
+# Other trainers' names for aster's keys (transformers' TrainingArguments, verl): a spelling
+# guess would point elsewhere (learning_rate is closer to decay_ratio than to lr)
+OTHER_NAMES = {"learning_rate": "lr", "lr_scheduler_type": "lr_schedule",
+               "num_train_epochs": "epochs", "per_device_train_batch_size": "micro_batch_size"}
+
+
 def _suggest(name: str, valid: list[str], prefix: str) -> str:
     if f"{prefix}{name}" in REPLACED_KEYS:
         return f"; {REPLACED_KEYS[prefix + name]}"
+    if OTHER_NAMES.get(name) in valid:
+        return f"; did you mean '{prefix}{OTHER_NAMES[name]}' (aster's name for {name})?"
     close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
     if close:
         return f"; did you mean '{prefix}{close[0]}'?"

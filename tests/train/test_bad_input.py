@@ -22,7 +22,7 @@ def test_unknown_config_key(tmp_path, capsys):
     rc = main(["train", "-o", str(tmp_path / "run"), "sft.learning_rate=1e-4"])
     assert rc == 2
     line = _error_line(capsys)
-    assert "sft.learning_rate" in line and " lr," in line
+    assert "sft.learning_rate" in line and "'sft.lr'" in line  # aster's name, not a lookalike
 
 
 def test_dataset_of_malformed_rows(tmp_path, capsys):
