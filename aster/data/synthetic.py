@@ -2,11 +2,11 @@
 
 A problem chains `min_steps`..`max_steps` operations, each step naming a variable the next one
 uses, one clause per line: ``a = 63 + 18`` / ``b = a // 33`` / ``c = b * 21`` / ``What is c?``.
-The reference trajectory makes one ``code_interpreter`` call per step (``b = a // 33`` only runs if ``a`` survived from the
-previous call: state matters), reads each printed value, and ends with ``\\boxed{...}`` of the
-last one. The tool outputs are produced by actually running the sandbox; the reference is
-checked against exact integer arithmetic. Three disjoint splits come from one seed: SFT
-trajectories, RL prompts and eval prompts.
+The reference trajectory makes one ``code_interpreter`` call per step (``b = a // 33`` only
+runs if ``a`` survived from the previous call: state matters), reads each printed value, and
+ends with ``\\boxed{...}`` of the last one. The tool outputs are produced by actually running
+the sandbox; the reference is checked against exact integer arithmetic. Three disjoint splits
+come from one seed: SFT trajectories, RL prompts and eval prompts.
 
 Two knobs make the task learnable by a 2-layer model in a few hundred SFT steps: no operator
 appears twice in a problem (the operator names its clause), and `max_value` bounds every
