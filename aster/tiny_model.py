@@ -36,6 +36,10 @@ class TinyModelConfig:
     intermediate_size: int = 128
     vocab_size: int = 512  # the byte-level BPE tokenizer trained in-process
     max_position_embeddings: int = 4096
+    # the std of the random init (transformers' `initializer_range`, 0.02 by default, sized for
+    # wide models): at hidden 128 a larger init lets the tiny default's copy circuit form early
+    # in SFT on every seed of its grid (docs/tiny-default.md)
+    init_std: float = 0.02
 
     def __post_init__(self):
         for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads",
@@ -45,6 +49,8 @@ class TinyModelConfig:
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"model.tiny.num_kv_heads={self.num_kv_heads!r} must divide "
                              f"model.tiny.num_heads={self.num_heads!r}")
+        if not 0 < self.init_std <= 1:
+            raise ValueError(f"model.tiny.init_std={self.init_std!r} must be in (0, 1]")
         if self.vocab_size < 300:
             raise ValueError(f"model.tiny.vocab_size={self.vocab_size!r} must be >= 300 (the "
                              "byte-level tokenizer's 256 bytes, its special tokens, merges)")
@@ -105,7 +111,8 @@ def tiny_qwen3_config(tiny_cfg, vocab_size: int):
         intermediate_size=tiny_cfg.intermediate_size, num_hidden_layers=tiny_cfg.num_layers,
         num_attention_heads=tiny_cfg.num_heads, num_key_value_heads=tiny_cfg.num_kv_heads,
         head_dim=tiny_cfg.head_dim, max_position_embeddings=tiny_cfg.max_position_embeddings,
-        tie_word_embeddings=False, torch_dtype="float32", rope_theta=10000.0)
+        tie_word_embeddings=False, torch_dtype="float32", rope_theta=10000.0,
+        initializer_range=tiny_cfg.init_std)
 
 
 def build_tiny_model(out_dir, tiny_cfg=None, seed: int = 0,

@@ -158,6 +158,7 @@ def test_every_numeric_key_rejects_non_finite_and_out_of_range(value):
     ("rollout.top_k=0", "rollout.top_k=0 must be -1 (off) or >= 1"),
     ("sft.adam_betas=[0.9, 1.5]", "sft.adam_betas=[0.9, 1.5] must be two values in [0, 1)"),
     ("model.tiny.num_kv_heads=3", "model.tiny.num_kv_heads=3 must divide model.tiny.num_heads"),
+    ("model.tiny.init_std=0", "model.tiny.init_std=0.0 must be in (0, 1]"),
 ])
 def test_bad_values_name_key_and_range(override, message):
     with pytest.raises(ConfigError) as info:

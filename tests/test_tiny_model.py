@@ -34,6 +34,17 @@ def test_build_is_fast_and_deterministic(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.parametrize("init_std", [0.02, 0.1])
+def test_init_std_sets_the_random_init(tmp_path, init_std):
+    """model.tiny.init_std reaches the weights (transformers' initializer_range): the tiny
+    default's copy skill depends on it (docs/tiny-default.md)."""
+    path = build_tiny_model(tmp_path, TinyModelConfig(hidden_size=128, init_std=init_std), seed=0)
+    weights = AutoModelForCausalLM.from_pretrained(path).state_dict()
+    for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.up_proj.weight",
+                 "model.embed_tokens.weight"):
+        assert weights[name].std().item() == pytest.approx(init_std, rel=0.05), name
+
+
 def test_loads_with_auto_classes(tiny_dir):
     cfg = TinyModelConfig()
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)

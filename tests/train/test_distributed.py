@@ -3,11 +3,18 @@ on the same global batch, under DDP, FSDP2 and DeepSpeed ZeRO stages 1-3, for SF
 a GRPO policy update; a checkpoint round trip restores every rank's own RNG streams; and in
 bf16 compute every strategy steps fp32 master weights as an fp32 run does.
 
-Tolerances: loss and grad norm 1e-5 relative, weights 1e-4 absolute; only the order of
-floating-point reductions differs (measured: ~1e-6 relative on the grad norm, ~1e-7 on the
-loss). Two AdamW steps at lr 1e-2 move the weights by ~1e-2, so a wrong gradient (a rank's
-local gradient, a missing average) shows in the weights; a wrong gradient *scale* barely moves
-AdamW's first steps, which is why the grad norm (before clipping) is compared too.
+Tolerances: loss and grad norm 1e-5 relative; only the order of floating-point reductions
+differs (measured: ~1e-6 relative on the grad norm, ~1e-7 on the loss). Two AdamW steps at lr
+1e-2 move the weights by ~1e-2, so a wrong gradient (a rank's local gradient, a missing average)
+shows in the weights; a wrong gradient *scale* barely moves AdamW's first steps, which is why
+the grad norm (before clipping) is compared too. What the weights can promise: AdamW's first
+steps are g / (|g| + eps), so an element whose gradient is as small as the reduction-order noise
+can land anywhere within a step (lr) of the other run's, and no max-abs bound below lr holds on
+every machine and model init (one element of 558K was 1.2e-4 apart with the 2026-12-08 tiny
+default). `assert_weights_agree` checks what holds: at most 1 in 10^5 elements more than 1e-4
+apart, the 99.99th percentile of |difference| below 1e-5, none more than one step per update
+(measured: 0-2 elements above 1e-4, percentile 1e-7-4e-6, max 1.7e-4). A wrong gradient moves
+most elements by ~lr and fails all three.
 
 The runner imports once and forks the ranks (tests/train/_dist_worker.py): ~15 s for every
 strategy together on a 2-core box.
@@ -29,6 +36,16 @@ WORKER = Path(__file__).with_name("_dist_worker.py")
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 STRATEGIES = ["ddp", "fsdp2", "deepspeed-1", "deepspeed-2", "deepspeed-3"]
 
+
+
+def assert_weights_agree(w1: dict, w2: dict, lr: float = 1e-2, steps: int = 2):
+    """The weights after `steps` AdamW steps at `lr` agree up to reduction order (see above)."""
+    diff = torch.cat([(w1[k].float() - w2[k].float()).abs().flatten() for k in w1])
+    assert not diff.isnan().any()
+    far = int((diff > 1e-4).sum())
+    assert far <= 1e-5 * diff.numel(), f"{far} of {diff.numel()} elements more than 1e-4 apart"
+    assert diff.quantile(0.9999).item() < 1e-5, diff.quantile(0.9999).item()
+    assert diff.max().item() <= steps * lr, diff.max().item()
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +80,7 @@ def test_two_process_gloo_matches_single_process(runs, tiny_model_dir, strategy)
     assert set(w2) == set(w1)
     moved = max_abs_diff(w1, base, rename=lambda k: k.removeprefix("model."))
     assert moved > 1e-3  # the steps really changed the weights
-    diff = max_abs_diff(w1, w2)
-    assert diff < 1e-4
+    assert_weights_agree(w1, w2)
     assert got["hf_export_diff"] == 0.0  # save_hf_model writes exactly the trained weights
 
 
@@ -84,8 +100,7 @@ def test_two_process_grpo_update_matches_single_process(runs, strategy):
     # differs between one and two ranks
     for key in ("clip_frac_upper", "clip_frac_lower"):
         assert got[key] == pytest.approx(ref[key], rel=1e-6), key
-    diff = max_abs_diff(w1, w2)
-    assert diff < 1e-4
+    assert_weights_agree(w1, w2)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -106,7 +121,7 @@ def test_two_process_kl_entropy_gspo_update_matches_single_process(runs, strateg
     for key in ("loss", "pg_loss", "grad_norm", "approx_kl", "kl_ref", "entropy_bonus",
                 "ratio_max", "clip_frac_upper", "clip_frac_lower"):
         assert got[key] == pytest.approx(ref[key], rel=1e-5), key
-    assert max_abs_diff(w1, w2) < 1e-4
+    assert_weights_agree(w1, w2)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

@@ -52,8 +52,10 @@ def test_four_ranks_on_a_device_only_collective_match_one_process(four_ranks):
     assert got["sft_grad_norm"] == pytest.approx(ref["sft_grad_norm"], rel=1e-5)
     # the GRPO step: 2 mini batches (2 optimizer steps), 1 prompt per rank in each; the second
     # mini batch starts from the first update, whose eps-sensitive elements (below) move its
-    # gradient norm by ~2e-5 relative (measured)
-    for key, rel in (("loss", 1e-5), ("grad_norm", 1e-4), ("approx_kl", 1e-5)):
+    # gradient norm by ~2e-5 relative (measured) and its approx_kl, a quantity of the updated
+    # policy too, by 1.3e-5 (measured with the 2026-12-08 tiny default's init): both get the
+    # post-update tolerance, 1e-4
+    for key, rel in (("loss", 1e-5), ("grad_norm", 1e-4), ("approx_kl", 1e-4)):
         assert got["rl"][key] == pytest.approx(ref["rl"][key], rel=rel), key
     for key in ("clip_frac_upper", "clip_frac_lower", "reward_mean", "tool_calls_mean",
                 "response_len_mean", "trajectories"):
