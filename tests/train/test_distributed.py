@@ -14,7 +14,7 @@ every machine and model init (one element of 558K was 1.2e-4 apart with the 2026
 default). `assert_weights_agree` checks what holds: at most 1 in 10^5 elements more than 1e-4
 apart, the 99.99th percentile of |difference| below 1e-5, none more than one step per update
 (measured: 0-2 elements above 1e-4, percentile 1e-7-4e-6, max 1.7e-4). A wrong gradient moves
-most elements by ~lr and fails all three.
+most elements by ~lr and fails the first two.
 
 The runner imports once and forks the ranks (tests/train/_dist_worker.py): ~15 s for every
 strategy together on a 2-core box.
